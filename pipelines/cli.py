@@ -1,0 +1,81 @@
+"""`vace generate`: render one job without a server, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that builds a GenerationRequest."""
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--video", help="source / control video (path, URL or data: URI)")
+    parser.add_argument("--mask", help="mask video or one mask image (white = generate)")
+    parser.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    parser.add_argument("--first-frame")
+    parser.add_argument("--last-frame")
+    parser.add_argument("--size", default="832*480", help="WIDTH*HEIGHT, multiples of 16")
+    parser.add_argument("--frames", type=int, default=81, help="frame count (snapped to 4n+1)")
+    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--shift", type=float, default=16.0)
+    parser.add_argument("--sampler", default="unipc", help="unipc | dpm++ | euler")
+    parser.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed)")
+    parser.add_argument("--conditioning-scale", type=float, default=1.0)
+    parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs)")
+
+
+def request_from_args(args: argparse.Namespace):
+    from pipelines.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, parse_size
+
+    width, height = parse_size(args.size)
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt,
+        width=width, height=height, num_frames=args.frames, fps=args.fps, steps=args.steps,
+        guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
+        conditioning_scale=args.conditioning_scale, video=args.video, mask=args.mask,
+        reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
+        task=args.task,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="render one video without a server")
+    gen.add_argument("--model", default="tiny", help="tiny | tiny-a14b | path to a diffusers VACE directory")
+    gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gen.add_argument("--out", required=True, help="output .mp4 path")
+    add_generation_flags(gen)
+    gen.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipelines.render import Renderer
+    from pipelines.request import RequestError
+    from weights.loader import WeightsError, load_pipeline
+    from weights.tiny import resolve_model
+
+    try:
+        request = request_from_args(args)
+        model = load_pipeline(resolve_model(args.model), device=args.device)
+        renderer = Renderer(model)
+        prepared = renderer.prepare(request)
+    except (RequestError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=prepared.request.steps, desc="denoising", unit="step", file=sys.stderr)
+
+    def progress(step: int, total: int) -> None:
+        bar.update(step - bar.n)
+
+    result = renderer.render(prepared, on_progress=progress, output_path=args.out)
+    bar.close()
+    print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
+                      "width": result.width, "height": result.height, "fps": result.fps,
+                      "timings": {k: round(v, 3) for k, v in result.timings.items()}}, indent=2))
+    return 0

@@ -1,0 +1,52 @@
+"""Fetch and decode the media a GenerationRequest names into TaskInputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.conditioning import TaskInputs
+from pipelines.fetch import FetchPolicy, materialize
+from pipelines.media import image_to_array, is_image, load_image, load_video
+from pipelines.request import GenerationRequest, RequestError
+
+
+def _mask_array(path: Path, field: str, max_frames: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(mask_video, mask_image): a single image applies to every frame."""
+    if is_image(path):
+        img = load_image(path, field)
+        if img.mode == "RGBA":
+            img = img.convert("RGB")
+        return None, image_to_array(img).mean(axis=-1)
+    return load_video(path, field, max_frames).frames.mean(axis=-1), None
+
+
+def load_inputs(request: GenerationRequest, work_dir: Path, policy: FetchPolicy | None = None) -> TaskInputs:
+    """Materialize every media reference of the request and decode it (no resizing yet)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    def local(ref: str, field: str) -> Path:
+        return materialize(ref, field, work_dir, policy)
+
+    # Source clips longer than needed are cut at decode time (match_input_num_frames reads the full length).
+    max_frames = None if request.task_options.get("match_input_num_frames") else request.num_frames
+    inputs = TaskInputs(width=request.width, height=request.height, num_frames=request.num_frames,
+                        options=dict(request.task_options))
+    if request.video:
+        path = local(request.video, "video")
+        if is_image(path):
+            raise RequestError("video", "expected a video, got a still image")
+        inputs.video = load_video(path, "video", max_frames)
+    if request.mask:
+        inputs.mask_video, inputs.mask_image = _mask_array(local(request.mask, "mask"), "mask",
+                                                           max_frames or 100_000)
+    inputs.reference_images = [
+        load_image(local(ref, f"reference_images[{i}]"), f"reference_images[{i}]")
+        for i, ref in enumerate(request.reference_images)
+    ]
+    if request.first_frame:
+        inputs.first_frame = load_image(local(request.first_frame, "first_frame"), "first_frame")
+    if request.last_frame:
+        inputs.last_frame = load_image(local(request.last_frame, "last_frame"), "last_frame")
+    return inputs

@@ -1,0 +1,33 @@
+"""The `vace` command: serve, generate, weights (and the subcommands other modules register)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each entry: module with `register(subparsers)`; modules own their subcommands and handlers.
+SUBCOMMAND_MODULES = (
+    "pipelines.cli",
+    "weights.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vace", description="VACE video generation server and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

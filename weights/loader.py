@@ -1,0 +1,136 @@
+"""Open a VACE pipeline from a local diffusers directory, never touching the network."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weights.catalog import EQUIVALENT_CLASSES, required_components
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+class WeightsError(RuntimeError):
+    """A weights directory is missing, incomplete or unreadable."""
+
+
+def set_offline() -> None:
+    """Forbid every hub download for this process (and keep library progress bars quiet)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["DIFFUSERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def check_layout(root: str | Path) -> dict[str, Any]:
+    """Validate the diffusers layout of root; return model_index.json or raise one WeightsError listing all gaps."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WeightsError(f"weights directory not found: {root}")
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise WeightsError(f"{root} is not a diffusers pipeline directory: model_index.json is missing")
+    index = json.loads(index_path.read_text())
+    two_experts = bool(index.get("transformer_2") and index["transformer_2"][0])
+    problems = []
+    for sub, cls in required_components(two_experts).items():
+        entry = index.get(sub)
+        folder = root / sub
+        declared = entry[1] if entry else None
+        if declared not in EQUIVALENT_CLASSES.get(cls, {cls}):
+            problems.append(f"model_index.json: {sub} should be {cls}, found {declared}")
+        if not folder.is_dir():
+            problems.append(f"{sub}/: folder missing")
+            continue
+        files = [p.name for p in folder.iterdir()]
+        if sub == "tokenizer":
+            if not any(n in files for n in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
+                problems.append(f"{sub}/: no tokenizer files")
+        elif sub == "scheduler":
+            if "scheduler_config.json" not in files:
+                problems.append(f"{sub}/scheduler_config.json: missing")
+        else:
+            if "config.json" not in files:
+                problems.append(f"{sub}/config.json: missing")
+            if not any(n.endswith(WEIGHT_SUFFIXES) for n in files):
+                problems.append(f"{sub}/: no weight files (*.safetensors)")
+            for shard_index in folder.glob("*.index.json"):
+                shards = set(json.loads(shard_index.read_text()).get("weight_map", {}).values())
+                problems += [f"{sub}/{s}: missing (listed in {shard_index.name})" for s in sorted(shards)
+                             if not (folder / s).is_file()]
+    if problems:
+        raise WeightsError(f"incomplete weights directory {root}:\n  " + "\n  ".join(problems))
+    return index
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline plus what the rest of the system needs to know about it."""
+
+    name: str
+    path: Path
+    pipeline: Any
+    device: str
+    two_experts: bool
+
+    @property
+    def transformers(self) -> list[Any]:
+        return [t for t in (self.pipeline.transformer, getattr(self.pipeline, "transformer_2", None)) if t is not None]
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_pipeline(root: str | Path, device: str | None = None, name: str | None = None) -> LoadedModel:
+    """Load every component from root, local files only: bf16 transformer/text encoder + fp32 VAE on CUDA,
+    float32 everywhere on CPU."""
+    import torch
+    from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers.schedulers import UniPCMultistepScheduler
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    set_offline()
+    _quiet_libraries()
+    root = Path(root)
+    index = check_layout(root)
+    device = resolve_device(device)
+    big = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    two_experts = bool(index.get("transformer_2") and index["transformer_2"][0])
+    local = {"local_files_only": True}
+    try:
+        parts = {
+            "tokenizer": AutoTokenizer.from_pretrained(str(root / "tokenizer"), **local),
+            "text_encoder": UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=big, **local),
+            "vae": AutoencoderKLWan.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32, **local),
+            "scheduler": UniPCMultistepScheduler.from_pretrained(str(root), subfolder="scheduler", **local),
+            "transformer": WanVACETransformer3DModel.from_pretrained(
+                str(root), subfolder="transformer", torch_dtype=big, **local),
+        }
+        if two_experts:
+            parts["transformer_2"] = WanVACETransformer3DModel.from_pretrained(
+                str(root), subfolder="transformer_2", torch_dtype=big, **local)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"could not load weights from {root}: {exc}") from exc
+    pipe = WanVACEPipeline(boundary_ratio=index.get("boundary_ratio"), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return LoadedModel(name=name or root.name, path=root, pipeline=pipe, device=device, two_experts=two_experts)
