@@ -79,7 +79,6 @@ def decode_data_uri(uri: str, field_name: str) -> tuple[bytes, str]:
 def _download(url: str, policy: FetchPolicy, field_name: str, dest: Path) -> None:
     import httpx
 
-    check_url(url, policy, field_name)
     try:
         with httpx.stream("GET", url, timeout=policy.timeout_s, follow_redirects=False) as resp:
             if resp.status_code != 200:
@@ -112,7 +111,9 @@ def materialize(ref: str, field_name: str, work_dir: Path, policy: FetchPolicy |
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return Path(name)
-    if ref.startswith(("http://", "https://")):
+    scheme = urllib.parse.urlparse(ref).scheme.lower()
+    if scheme not in ("", "file") and len(scheme) > 1:  # one letter = a Windows drive, not a scheme
+        check_url(ref, policy, field_name)
         fd, name = tempfile.mkstemp(dir=work_dir, prefix=f"{field_name}-")
         os.close(fd)
         _download(ref, policy, field_name, Path(name))

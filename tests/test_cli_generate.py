@@ -1,0 +1,37 @@
+"""`vace generate` end to end in a subprocess on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pipelines.media import probe_video
+from tests.synthetic import moving_square_frames, save_image, solid_image, write_video
+
+
+def vace(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_generate_writes_requested_video_and_reports_seed(tmp_path, tiny_model_dir):
+    out = tmp_path / "out.mp4"
+    ref = save_image(solid_image(32, 32, (0, 200, 0)), tmp_path / "ref.png")
+    src = write_video(tmp_path / "src.mp4", moving_square_frames(13, 64, 48))
+    proc = vace("generate", "--model", "tiny", "--prompt", "a fox", "--size", "64*48", "--frames", "12",
+                "--fps", "8", "--steps", "2", "--seed", "-1", "--video", str(src), "--ref", str(ref),
+                "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["num_frames"] == 13 and 0 <= report["seed"] < 2**32
+    assert probe_video(out) == {"num_frames": 13, "width": 64, "height": 48, "fps": 8.0}
+    assert "denoising" in proc.stderr  # the progress bar
+
+
+def test_generate_bad_input_is_one_clear_error(tmp_path, tiny_model_dir):
+    proc = vace("generate", "--model", "tiny", "--prompt", "a fox", "--size", "60*48", "--out",
+                str(tmp_path / "x.mp4"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: width: must be a multiple of 16, got 60"
+    proc = vace("generate", "--model", str(tmp_path / "nowhere"), "--prompt", "a", "--out", str(tmp_path / "y.mp4"))
+    assert proc.returncode == 2 and "weights directory not found" in proc.stderr
