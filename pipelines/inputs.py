@@ -12,7 +12,7 @@ from pipelines.media import image_to_array, is_image, load_image, load_video
 from pipelines.request import GenerationRequest, RequestError
 
 
-def _mask_array(path: Path, field: str, max_frames: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _mask_array(path: Path, field: str, max_frames: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(mask_video, mask_image): a single image applies to every frame."""
     if is_image(path):
         img = load_image(path, field)
@@ -39,8 +39,7 @@ def load_inputs(request: GenerationRequest, work_dir: Path, policy: FetchPolicy 
             raise RequestError("video", "expected a video, got a still image")
         inputs.video = load_video(path, "video", max_frames)
     if request.mask:
-        inputs.mask_video, inputs.mask_image = _mask_array(local(request.mask, "mask"), "mask",
-                                                           max_frames or 100_000)
+        inputs.mask_video, inputs.mask_image = _mask_array(local(request.mask, "mask"), "mask", max_frames)
     inputs.reference_images = [
         load_image(local(ref, f"reference_images[{i}]"), f"reference_images[{i}]")
         for i, ref in enumerate(request.reference_images)
