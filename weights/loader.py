@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class LoadedModel:
     pipeline: Any
     device: str
     two_experts: bool
+    offload: str = "none"
+    levers: dict[str, Any] = field(default_factory=dict)  # GPU levers applied (pipelines.acceleration)
 
     @property
     def transformers(self) -> list[Any]:
@@ -100,9 +102,10 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def load_pipeline(root: str | Path, device: str | None = None, name: str | None = None) -> LoadedModel:
+def load_pipeline(root: str | Path, device: str | None = None, name: str | None = None,
+                  offload: str = "none") -> LoadedModel:
     """Load every component from root, local files only: bf16 transformer/text encoder + fp32 VAE on CUDA,
-    float32 everywhere on CPU."""
+    float32 everywhere on CPU. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto)."""
     import torch
     from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
     from diffusers.schedulers import UniPCMultistepScheduler
@@ -132,5 +135,8 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
         raise WeightsError(f"could not load weights from {root}: {exc}") from exc
     pipe = WanVACEPipeline(boundary_ratio=index.get("boundary_ratio"), **parts)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    return LoadedModel(name=name or root.name, path=root, pipeline=pipe, device=device, two_experts=two_experts)
+    from pipelines.memory import apply_memory_mode, check_mode, component_bytes, resolve_offload
+
+    offload = apply_memory_mode(pipe, resolve_offload(check_mode(offload), device, component_bytes(root)), device)
+    return LoadedModel(name=name or root.name, path=root, pipeline=pipe, device=device, two_experts=two_experts,
+                       offload=offload)
