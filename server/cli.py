@@ -10,6 +10,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "pipelines.cli",
     "weights.cli",
+    "server.serve",
 )
 
 

@@ -1,0 +1,176 @@
+"""The FastAPI application: lifecycle (store, worker, change feed), health, outputs, errors, dialects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.api import DIALECTS
+from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
+from server.problems import problem, service_problem
+from server.store import PROCESSING, QUEUED, Store, database_url
+from server.supervisor import READY, SETUP_FAILED, WorkerSupervisor
+from server.worker import WorkerConfig
+
+log = logging.getLogger("vace.server")
+
+SUPERVISE_INTERVAL_S = 0.5
+
+
+@dataclass
+class Settings:
+    """What `vace serve` configures (see server/serve.py for the flags)."""
+
+    models: dict[str, str]  # served name -> weights directory; the first is the default
+    data_dir: Path
+    public_url: str
+    api_keys: list[str] = field(default_factory=list)
+    device: str = "auto"
+    queue_max: int = 100
+    allow_hosts: list[str] = field(default_factory=list)
+    own_netlocs: set[str] = field(default_factory=set)
+    run_worker: bool = True
+    max_render_side: int | None = None
+    webhook_attempts: int = 6
+
+
+ErrorRenderer = Any  # (Request, ServiceError) -> Response
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(database_url(settings.data_dir))
+    service = PredictionService(store, ServiceConfig(
+        data_dir=settings.data_dir, public_url=settings.public_url, queue_max=settings.queue_max,
+        allow_hosts=set(settings.allow_hosts), own_netlocs=settings.own_netlocs,
+        webhook_attempts=settings.webhook_attempts))
+    supervisor = WorkerSupervisor(store, WorkerConfig(
+        database_url=store.url, data_dir=str(settings.data_dir), models=settings.models, device=settings.device,
+        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if store.single_host:
+            lost = store.fail_held("interrupted: the server stopped while this prediction was running")
+            if lost:
+                log.warning("marked %d interrupted prediction(s) failed: %s", len(lost), ", ".join(lost))
+        await service.start()
+        task = None
+        if settings.run_worker:
+            supervisor.start()
+            task = asyncio.create_task(_supervise(supervisor, store))
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.to_thread(supervisor.stop)
+            await service.stop()
+            store.close()
+
+    app = FastAPI(title="VACE server", version="0.1.0", lifespan=lifespan,
+                  description="VACE video generation with Replicate-compatible (and other) APIs")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.service = service
+    app.state.supervisor = supervisor
+    app.state.error_renderers = []  # (path prefix, renderer) pairs a dialect adds for its own error bodies
+    app.state.openapi_input_schemas = {}
+    _add_error_handlers(app)
+    _add_core_routes(app)
+    for name in DIALECTS:
+        importlib.import_module(name).install(app)
+    _add_openapi(app)
+    return app
+
+
+async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
+    import time
+
+    while True:
+        try:
+            await asyncio.to_thread(supervisor.poll)
+            if not store.single_host:
+                store.fail_held("the worker running this prediction stopped heartbeating",
+                                expired_before=time.time())
+        except Exception:  # noqa: BLE001 - keep supervising
+            log.exception("supervision failed")
+        await asyncio.sleep(SUPERVISE_INTERVAL_S)
+
+
+def _add_core_routes(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+
+    @app.get("/health", tags=["server"], summary="STARTING (503) until the model is loaded, then READY")
+    @app.get("/health-check", tags=["server"], include_in_schema=False)
+    def health() -> JSONResponse:
+        supervisor: WorkerSupervisor = app.state.supervisor
+        state = supervisor.state if settings.run_worker else READY
+        counts = app.state.store.count_active()
+        body = {"status": state, "models": list(settings.models), "queue": {"queued": counts[QUEUED],
+                "processing": counts[PROCESSING], "max": settings.queue_max},
+                "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts}}
+        if state == SETUP_FAILED:
+            body["error"] = supervisor.error
+        return JSONResponse(body, status_code=200 if state == READY else 503)
+
+    @app.get("/outputs/{name}", tags=["server"], summary="A rendered video")
+    def output(name: str) -> FileResponse:
+        path = app.state.service.output_path(name)
+        if path is None:
+            raise NotFound(f"output {name!r} not found")
+        return FileResponse(path, media_type="video/mp4")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def render(request: Request, exc: ServiceError) -> Any:
+        for prefix, renderer in app.state.error_renderers:
+            if request.url.path.startswith(prefix):
+                return renderer(request, exc)
+        return service_problem(exc)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Any:
+        return render(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Any:
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+            errors.append((".".join(loc) or "body", err.get("msg", "invalid")))
+        return render(request, InvalidInput("; ".join(f"{f}: {m}" for f, m in errors), errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail),
+                       headers=getattr(exc, "headers", None))
+
+
+def _add_openapi(app: FastAPI) -> None:
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(app.state.openapi_input_schemas)
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+

@@ -1,0 +1,22 @@
+"""API-key check shared by every dialect (Authorization: Bearer <key>, or fal's `Key <key>`)."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from server.predictions import Unauthorized
+
+
+def require_api_key(request: Request) -> None:
+    """FastAPI dependency: pass when no keys are configured or the request carries one of them."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() in ("bearer", "key", "token") and any(hmac.compare_digest(token, k) for k in keys):
+        return
+    raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'"
+                       if not token else "the API key is not valid")

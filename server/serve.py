@@ -1,0 +1,125 @@
+"""`vace serve`: the prediction server (FastAPI under uvicorn) with its GPU worker."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the prediction server (Replicate-compatible API)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="tiny | tiny-a14b | a diffusers VACE directory; repeatable, the first is the default "
+                        "(and the one prunaai/vace-14b runs on)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", default=os.environ.get("VACE_DATA_DIR", "vace-data"),
+                   help="database, uploads and outputs (default: ./vace-data)")
+    p.add_argument("--public-url", default=None,
+                   help="base URL clients reach this server at (default: from --host/--port and TLS); "
+                        "set it behind a TLS proxy so output URLs are https")
+    p.add_argument("--ssl-certfile", default=None)
+    p.add_argument("--ssl-keyfile", default=None)
+    p.add_argument("--api-key", action="append", default=[],
+                   help="accepted bearer token (repeatable; also VACE_API_KEYS, comma separated)")
+    p.add_argument("--allow-insecure-no-auth", action="store_true",
+                   help="allow serving a non-loopback address without any API key")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--queue-max", type=int, default=100, help="queued predictions before answering 429")
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="host on a loopback/private address that input URLs and webhooks may reach")
+    p.add_argument("--no-worker", action="store_true",
+                   help="accept and store predictions only; no GPU worker runs in this process")
+    p.add_argument("--max-render-side", type=int, default=None, metavar="PIXELS",
+                   help="render at most this many pixels on the longer side and resize the video to the "
+                        "requested size (CPU smoke tests and demos with the tiny model)")
+    p.add_argument("--webhook-attempts", type=int, default=6)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(handler=serve)
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """`[NAME=]tiny|DIR` -> {served name: weights directory}; the weights are checked before serving."""
+    from weights.loader import check_layout
+    from weights.tiny import TINY_MODELS, resolve_model
+
+    models: dict[str, str] = {}
+    for spec in specs or ["tiny"]:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "", spec
+        directory = resolve_model(path)
+        check_layout(directory)
+        name = name or (path if path in TINY_MODELS else Path(directory).name.lower())
+        models[name] = str(directory)
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def own_netlocs(host: str, port: int, public_url: str) -> set[str]:
+    names = {host, *LOOPBACK_NAMES}
+    out = {f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in names}
+    out.add(urllib.parse.urlparse(public_url).netloc)
+    return out
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import Settings, create_app
+    from weights.loader import WeightsError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    keys = list(args.api_key) + [k.strip() for k in os.environ.get("VACE_API_KEYS", "").split(",") if k.strip()]
+    if not keys and not is_loopback(args.host) and not args.allow_insecure_no_auth:
+        print(f"error: refusing to serve {args.host} without an API key; pass --api-key KEY "
+              "(or --allow-insecure-no-auth to serve without authentication)", file=sys.stderr)
+        return 2
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        print("error: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
+        return 2
+    try:
+        models = parse_models(args.model)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scheme = "https" if args.ssl_certfile else "http"
+    shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    shown = f"[{shown}]" if ":" in shown else shown
+    public_url = (args.public_url or f"{scheme}://{shown}:{args.port}").rstrip("/")
+    settings = Settings(
+        models=models, data_dir=Path(args.data_dir).resolve(), public_url=public_url, api_keys=keys,
+        device=args.device, queue_max=args.queue_max, allow_hosts=list(args.allow_host),
+        own_netlocs=own_netlocs(args.host, args.port, public_url), run_worker=not args.no_worker,
+        max_render_side=args.max_render_side, webhook_attempts=args.webhook_attempts)
+    app = create_app(settings)
+    logging.getLogger("vace.server").info("serving %s at %s (data in %s)", ", ".join(models), public_url,
+                                          settings.data_dir)
+    uvicorn.run(app, host=args.host, port=args.port, ssl_certfile=args.ssl_certfile,
+                ssl_keyfile=args.ssl_keyfile, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def main() -> int:
+    from server.cli import main as cli_main
+
+    return cli_main(["serve", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Persistent predictions and uploaded files (SQLAlchemy Core; SQLite by default, PostgreSQL-ready).
+
+Statuses are dialect-free: queued -> processing -> succeeded | failed | canceled.
+A worker takes a job with `claim()` (an atomic conditional UPDATE) and holds a lease it renews with
+`heartbeat()`; every write a worker makes is guarded by its lease, so a worker whose job was taken
+away (recovery, crash) cannot overwrite the outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), unique=True, nullable=False, index=True),
+    Column("endpoint", String(200), nullable=False),  # the model/endpoint name the client addressed
+    Column("version", String(100), nullable=False, default=""),
+    Column("dialect", String(32), nullable=False, default=""),  # which API created it (webhook format)
+    Column("model", String(200), nullable=False),  # the served model that runs it
+    Column("input", JSON, nullable=False),  # the input as the client sent it
+    Column("request", JSON, nullable=False),  # GenerationRequest.to_dict()
+    Column("status", String(16), nullable=False, index=True),
+    Column("logs", Text, nullable=False, default=""),
+    Column("progress", Float, nullable=True),  # percentage 0..100
+    Column("output", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("metrics", JSON, nullable=True),
+    Column("seed", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("completed_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False, index=True),
+    Column("rev", Integer, nullable=False, default=0),
+    Column("webhook", Text, nullable=True),
+    Column("webhook_events", JSON, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("cancel_at", Float, nullable=True),
+    Column("lease_owner", String(100), nullable=True, index=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("extra", JSON, nullable=True),  # dialect-specific bookkeeping (e.g. sync mode, endpoint path)
+)
+
+files = Table(
+    "files", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), unique=True, nullable=False, index=True),
+    Column("name", String(500), nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("path", Text, nullable=False),  # relative to the data dir
+)
+
+
+def new_id() -> str:
+    """Lowercase base32 of a random 128-bit value, no padding (26 characters)."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+@dataclass
+class Prediction:
+    """One row of the predictions table."""
+
+    id: str
+    endpoint: str
+    version: str
+    dialect: str
+    model: str
+    input: dict[str, Any]
+    request: dict[str, Any]
+    status: str
+    logs: str = ""
+    progress: float | None = None
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    metrics: dict[str, Any] | None = None
+    seed: int | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    completed_at: float | None = None
+    updated_at: float = 0.0
+    rev: int = 0
+    webhook: str | None = None
+    webhook_events: list[str] | None = None
+    cancel_requested: bool = False
+    cancel_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_row(cls, row: Any) -> Prediction:
+        data = dict(row._mapping)
+        data["extra"] = data.get("extra") or {}
+        return cls(**data)
+
+
+@dataclass
+class StoredFile:
+    id: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    md5: str
+    metadata: dict[str, Any]
+    created_at: float
+    expires_at: float | None
+    path: str
+    seq: int = 0
+
+    @classmethod
+    def from_row(cls, row: Any) -> StoredFile:
+        return cls(**dict(row._mapping))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def database_url(data_dir: str | Path) -> str:
+    return os.environ.get("VACE_DATABASE_URL") or f"sqlite:///{Path(data_dir).resolve() / 'vace.db'}"
+
+
+class Store:
+    """All reads and writes of predictions and files. Safe to use from several processes."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @property
+    def single_host(self) -> bool:
+        """True when the database is a local file, so no worker outside this machine can hold a lease."""
+        return self.url.startswith("sqlite")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- predictions -------------------------------------------------------------------------------------------
+
+    def insert(self, pred: Prediction) -> Prediction:
+        now = time.time()
+        pred.created_at = pred.created_at or now
+        pred.updated_at = now
+        values = {k: v for k, v in pred.__dict__.items() if k != "seq"}
+        with self.engine.begin() as conn:
+            conn.execute(predictions.insert().values(**values))
+        return self.get(pred.id)  # type: ignore[return-value]
+
+    def get(self, prediction_id: str) -> Prediction | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(predictions).where(predictions.c.id == prediction_id)).first()
+        return Prediction.from_row(row) if row else None
+
+    def page(self, before_seq: int | None = None, after_seq: int | None = None, limit: int = 100,
+             endpoint_prefix: str | None = None) -> list[Prediction]:
+        """Newest first. `before_seq` pages towards older rows, `after_seq` towards newer ones."""
+        query = select(predictions)
+        if endpoint_prefix:
+            query = query.where(predictions.c.endpoint.startswith(endpoint_prefix))
+        if after_seq is not None:
+            query = query.where(predictions.c.seq > after_seq).order_by(predictions.c.seq.asc()).limit(limit)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            return [Prediction.from_row(r) for r in reversed(rows)]
+        if before_seq is not None:
+            query = query.where(predictions.c.seq < before_seq)
+        query = query.order_by(predictions.c.seq.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [Prediction.from_row(r) for r in conn.execute(query).all()]
+
+    def count_active(self) -> dict[str, int]:
+        query = (select(predictions.c.status, func.count())
+                 .where(predictions.c.status.in_((QUEUED, PROCESSING))).group_by(predictions.c.status))
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(query).all())
+        return {QUEUED: counts.get(QUEUED, 0), PROCESSING: counts.get(PROCESSING, 0)}
+
+    def queue_position(self, pred: Prediction) -> int:
+        """How many queued predictions are ahead of this one (0 = next)."""
+        query = select(func.count()).where(and_(predictions.c.status == QUEUED, predictions.c.seq < pred.seq))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def changed_since(self, since: float) -> list[Prediction]:
+        query = select(predictions).where(predictions.c.updated_at >= since).order_by(predictions.c.updated_at)
+        with self.engine.connect() as conn:
+            return [Prediction.from_row(r) for r in conn.execute(query).all()]
+
+    def _update(self, where: Any, **values: Any) -> int:
+        values["updated_at"] = time.time()
+        values["rev"] = predictions.c.rev + 1
+        with self.engine.begin() as conn:
+            return conn.execute(update(predictions).where(where).values(**values)).rowcount
+
+    def claim(self, owner: str, lease_s: float, models: list[str] | None = None) -> Prediction | None:
+        """Atomically take the oldest queued prediction (optionally only for `models`)."""
+        for _ in range(5):
+            query = select(predictions.c.id).where(predictions.c.status == QUEUED)
+            if models is not None:
+                query = query.where(predictions.c.model.in_(models))
+            with self.engine.connect() as conn:
+                candidate = conn.execute(query.order_by(predictions.c.seq.asc()).limit(1)).scalar()
+            if candidate is None:
+                return None
+            now = time.time()
+            taken = self._update(and_(predictions.c.id == candidate, predictions.c.status == QUEUED),
+                                 status=PROCESSING, started_at=now, lease_owner=owner,
+                                 lease_expires=now + lease_s)
+            if taken:
+                return self.get(candidate)
+        return None
+
+    def heartbeat(self, prediction_id: str, owner: str, lease_s: float) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(predictions).where(self._held(prediction_id, owner))
+                                .values(lease_expires=time.time() + lease_s)).rowcount
+        return bool(done)
+
+    @staticmethod
+    def _held(prediction_id: str, owner: str) -> Any:
+        return and_(predictions.c.id == prediction_id, predictions.c.lease_owner == owner,
+                    predictions.c.status == PROCESSING)
+
+    def report(self, prediction_id: str, owner: str, **values: Any) -> bool:
+        """A worker's progress write (logs, progress, seed, ...); ignored unless it still holds the lease."""
+        return bool(self._update(self._held(prediction_id, owner), **values))
+
+    def finish(self, prediction_id: str, owner: str, status: str, **values: Any) -> bool:
+        """A worker's final write: terminal status, release the lease."""
+        assert status in TERMINAL
+        return bool(self._update(self._held(prediction_id, owner), status=status, completed_at=time.time(),
+                                 lease_owner=None, lease_expires=None, **values))
+
+    def cancel_requested(self, prediction_id: str) -> bool:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(predictions.c.cancel_requested)
+                                 .where(predictions.c.id == prediction_id)).scalar()
+        return bool(value)
+
+    def request_cancel(self, prediction_id: str, reason: str = "canceled") -> Prediction | None:
+        """Queued: canceled at once. Processing: flagged; the worker stops at the next step."""
+        now = time.time()
+        self._update(and_(predictions.c.id == prediction_id, predictions.c.status == QUEUED),
+                     status=CANCELED, completed_at=now, cancel_requested=True, logs=predictions.c.logs + f"{reason}\n")
+        self._update(and_(predictions.c.id == prediction_id, predictions.c.status == PROCESSING,
+                          predictions.c.cancel_requested.is_(False)), cancel_requested=True)
+        return self.get(prediction_id)
+
+    def due_for_cancel(self, now: float) -> list[str]:
+        query = select(predictions.c.id).where(and_(
+            predictions.c.cancel_at.is_not(None), predictions.c.cancel_at <= now,
+            predictions.c.status.in_((QUEUED, PROCESSING)), predictions.c.cancel_requested.is_(False)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def fail_held(self, error: str, owner: str | None = None, expired_before: float | None = None) -> list[str]:
+        """Fail processing predictions held by `owner`, whose lease expired, or (neither given) all of them."""
+        where = predictions.c.status == PROCESSING
+        if owner is not None:
+            where = and_(where, predictions.c.lease_owner == owner)
+        if expired_before is not None:
+            where = and_(where, or_(predictions.c.lease_expires.is_(None),
+                                    predictions.c.lease_expires < expired_before))
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(select(predictions.c.id).where(where)).scalars())
+        for pid in ids:
+            self._update(and_(predictions.c.id == pid, predictions.c.status == PROCESSING),
+                         status=FAILED, error=error, completed_at=time.time(), lease_owner=None,
+                         lease_expires=None, logs=predictions.c.logs + f"{error}\n")
+        return ids
+
+    def requeue_held(self, owner: str, note: str) -> list[str]:
+        """Put a stopping worker's job back at its place in the queue."""
+        where = and_(predictions.c.status == PROCESSING, predictions.c.lease_owner == owner)
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(select(predictions.c.id).where(where)).scalars())
+        for pid in ids:
+            self._update(and_(predictions.c.id == pid, predictions.c.status == PROCESSING), status=QUEUED,
+                         started_at=None, lease_owner=None, lease_expires=None, progress=None,
+                         logs=predictions.c.logs + f"{note}\n")
+        return ids
+
+    # ---- files -------------------------------------------------------------------------------------------------
+
+    def insert_file(self, record: StoredFile) -> StoredFile:
+        values = {k: v for k, v in record.__dict__.items() if k != "seq"}
+        with self.engine.begin() as conn:
+            conn.execute(files.insert().values(**values))
+        return self.get_file(record.id)  # type: ignore[return-value]
+
+    def get_file(self, file_id: str) -> StoredFile | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(files).where(files.c.id == file_id)).first()
+        return StoredFile.from_row(row) if row else None
+
+    def list_files(self, limit: int = 100) -> list[StoredFile]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(files).order_by(files.c.seq.desc()).limit(limit)).all()
+        return [StoredFile.from_row(r) for r in rows]
+
+    def delete_file(self, file_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(files.delete().where(files.c.id == file_id)).rowcount)
