@@ -63,3 +63,29 @@ EQUIVALENT_CLASSES = {"T5Tokenizer": {"T5Tokenizer", "T5TokenizerFast", "AutoTok
 def required_components(two_experts: bool) -> dict[str, str]:
     """Subfolders (and classes) a directory must hold for a single- or two-expert model."""
     return dict(CHECKPOINTS["Wan2.2-VACE-Fun-A14B" if two_experts else "Wan2.1-VACE-14B"].components)
+
+
+@dataclass(frozen=True)
+class Auxiliary:
+    """A helper model (not a VACE checkpoint) the server loads from a local directory."""
+
+    name: str
+    repo_id: str
+    description: str
+    server_option: str
+
+    def fetch_hint(self) -> str:
+        return f"huggingface-cli download {self.repo_id} --local-dir <DIR>   (on a connected machine)"
+
+
+AUXILIARY: dict[str, Auxiliary] = {
+    a.name: a
+    for a in (
+        Auxiliary(
+            name="nsfw-image-detection",
+            repo_id="Falconsai/nsfw_image_detection",
+            description="safety checker: ViTForImageClassification (normal / nsfw) run on sampled output frames",
+            server_option="--safety-checker DIR (or VACE_SAFETY_CHECKER=DIR)",
+        ),
+    )
+}

@@ -61,4 +61,8 @@ def _list(args: argparse.Namespace) -> int:
     for ckpt in CHECKPOINTS.values():
         print(f"{ckpt.name}\n  {ckpt.description}\n  subfolders: {', '.join(ckpt.components)}"
               f"\n  get it: {ckpt.fetch_hint()}")
+    from weights.catalog import AUXILIARY
+
+    for aux in AUXILIARY.values():
+        print(f"{aux.name}\n  {aux.description}\n  use it: {aux.server_option}\n  get it: {aux.fetch_hint()}")
     return 0

@@ -78,9 +78,13 @@ def write_tiny(out_dir: str | Path, two_experts: bool = False) -> Path:
 
 
 def write_tiny_bundle(out_dir: str | Path) -> dict[str, Path]:
-    """Write every tiny model of TINY_MODELS under out_dir/<name>."""
+    """Write every tiny model of TINY_MODELS under out_dir/<name>, plus the tiny safety checker."""
+    from pipelines.safety import TINY_NAME, write_tiny_checker
+
     out = Path(out_dir)
-    return {name: write_tiny(out / name, two_experts=(name == "tiny-a14b")) for name in TINY_MODELS}
+    bundle = {name: write_tiny(out / name, two_experts=(name == "tiny-a14b")) for name in TINY_MODELS}
+    bundle[TINY_NAME] = write_tiny_checker(out / TINY_NAME)
+    return bundle
 
 
 def _normalise_json(root: Path) -> None:
@@ -111,6 +115,26 @@ def resolve_model(spec: str) -> Path:
         write_tiny(staging / spec, two_experts=(spec == "tiny-a14b"))
         try:
             (staging / spec).rename(target)
+        except OSError:  # another process finished first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_safety_checker() -> Path:
+    """The tiny random safety classifier of the tiny bundle (written on first use)."""
+    from pipelines.safety import TINY_NAME, write_tiny_checker
+
+    target = tiny_home() / TINY_NAME
+    if not (target / "config.json").is_file():
+        import shutil
+        import tempfile
+
+        tiny_home().mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=tiny_home(), prefix=".staging-"))
+        write_tiny_checker(staging / TINY_NAME)
+        try:
+            (staging / TINY_NAME).rename(target)
         except OSError:  # another process finished first
             pass
         shutil.rmtree(staging, ignore_errors=True)
