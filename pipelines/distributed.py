@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pipelines.fetch import FetchPolicy
@@ -160,6 +159,18 @@ class ShardRenderer(Renderer):
             return broadcast_tensors(latents, device)[0]
 
         pipe.prepare_video_latents = prepare_video_latents
+
+    @contextlib.contextmanager
+    def denoise_context(self, request: GenerationRequest, metrics: dict[str, Any]) -> Iterator[None]:
+        """No step cache under sequence parallelism: its hooks see the unsharded tokens at vace_blocks[0]
+        while the blocks run on shards, and a data-dependent skip decision (First Block Cache) taken per
+        shard would let the ranks diverge and deadlock. Recorded in the metrics instead of applied."""
+        metrics["preset"] = request.preset
+        metrics["step_cache"] = "none"
+        if request.preset != "none":
+            metrics["step_cache_note"] = (f"preset {request.preset}: step caching is not applied under "
+                                          "sequence parallelism; every step runs the full transformer")
+        yield
 
     def decode(self, latents: Any, num_reference_images: int) -> Any:
         if self.rank != 0:
@@ -436,19 +447,18 @@ class RenderGroup:
 class GroupRenderer:
     """Drop-in for Renderer (prepare / render) that runs each job on a RenderGroup.
 
-    prepare() runs here, in the caller's process (it needs no model); render() ships the Prepared job.
+    prepare() runs here, in the caller's process: Renderer.prepare (validation, input decoding, conditioning)
+    touches no model, so it is called with just the work dir and fetch policy it reads.
+    render() ships the Prepared job to the group.
     """
+
+    prepare = Renderer.prepare
 
     def __init__(self, group: RenderGroup, work_dir: str | Path | None = None,
                  fetch_policy: FetchPolicy | None = None):
         self.group = group
-        # Renderer.prepare touches no model: a model-less Renderer does the validation and input decoding.
-        self._preparer = Renderer(SimpleNamespace(pipeline=None), work_dir=work_dir or group.work_dir / "prepare",
-                                  fetch_policy=fetch_policy)
-        self.work_dir = self._preparer.work_dir
-
-    def prepare(self, request: GenerationRequest) -> Prepared:
-        return self._preparer.prepare(request)
+        self.work_dir = Path(work_dir or group.work_dir / "prepare")
+        self.fetch_policy = fetch_policy
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:
