@@ -123,7 +123,8 @@ def _add_core_routes(app: FastAPI) -> None:
         counts = app.state.store.count_active()
         body = {"status": state, "models": list(settings.models), "queue": {"queued": counts[QUEUED],
                 "processing": counts[PROCESSING], "max": settings.queue_max},
-                "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts}}
+                "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts,
+                           "pid": supervisor.process.pid if supervisor.process else None}}
         if state == SETUP_FAILED:
             body["error"] = supervisor.error
         return JSONResponse(body, status_code=200 if state == READY else 503)
@@ -133,7 +134,9 @@ def _add_core_routes(app: FastAPI) -> None:
         path = app.state.service.output_path(name)
         if path is None:
             raise NotFound(f"output {name!r} not found")
-        return FileResponse(path, media_type="video/mp4")
+        import mimetypes
+
+        return FileResponse(path, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -162,9 +162,9 @@ class PredictionService:
         import httpx
 
         self._http = httpx.AsyncClient(follow_redirects=False, timeout=self.config.webhook_timeout_s)
-        for pred in self.store.page(limit=1000):
-            if not pred.terminal:
-                self._seen[pred.id] = pred
+        recent = self.store.changed_since(time.time() - 10.0)  # baseline: no events for changes already made
+        for pred in recent + [p for p in self.store.page(limit=1000) if not p.terminal]:
+            self._seen[pred.id] = pred
         self._watch_task = asyncio.create_task(self._watch(), name="prediction-watch")
 
     async def stop(self) -> None:
@@ -356,6 +356,8 @@ class PredictionService:
                 since = now
                 for pred in changed:
                     self._on_change(pred)
+                for pid in [p.id for p in self._seen.values() if p.terminal and p.updated_at < now - 10.0]:
+                    del self._seen[pid]  # past the re-read window: no more changes can arrive
                 self._flush_throttled()
             except asyncio.CancelledError:
                 raise
@@ -376,8 +378,6 @@ class PredictionService:
         if pred.webhook:
             wanted = [e for e in webhook_events_between(prev, pred) if e in (pred.webhook_events or ())]
             self._schedule_webhooks(pred, wanted)
-        if pred.terminal:
-            self._seen.pop(pred.id, None)
 
     def _schedule_webhooks(self, pred: Prediction, events: list[str]) -> None:
         now = time.monotonic()

@@ -204,6 +204,12 @@ class Store:
             row = conn.execute(select(predictions).where(predictions.c.id == prediction_id)).first()
         return Prediction.from_row(row) if row else None
 
+    def delete(self, prediction_id: str) -> bool:
+        """Remove a finished prediction's row (fal's sync_mode keeps no history)."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(predictions.delete().where(and_(
+                predictions.c.id == prediction_id, predictions.c.status.in_(TERMINAL)))).rowcount)
+
     def page(self, before_seq: int | None = None, after_seq: int | None = None, limit: int = 100,
              endpoint_prefix: str | None = None) -> list[Prediction]:
         """Newest first. `before_seq` pages towards older rows, `after_seq` towards newer ones."""

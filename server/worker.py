@@ -155,6 +155,8 @@ class JobRunner:
                 "fps": result.fps, "num_frames": result.num_frames,
                 "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
             }
+            output.update(self._deliver(job, result, out_dir, logs))
+            output["file_size"] = out_path.stat().st_size
             metrics = {"predict_time": round(predict_time, 3), "seed": result.seed,
                        "timings": {k: round(v, 3) for k, v in result.timings.items()}, **result.metrics}
             logs.append(f"done in {predict_time:.2f}s")
@@ -176,6 +178,20 @@ class JobRunner:
             import shutil
 
             shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
+
+    def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: list[str]) -> dict[str, Any]:
+        """The dialect's delivery options (job.extra["deliver"]): encoder settings, frames zip, safety check."""
+        from pipelines.deliver import DeliverOptions, deliver
+
+        if not job.extra.get("deliver"):
+            return {}
+        options = DeliverOptions.from_dict(job.extra["deliver"])
+        extra = deliver(result.frames, result.path, result.fps, options, out_dir, job.id)
+        safety = extra.get("safety")
+        if safety:
+            logs.append("safety checker: " + ("NSFW content detected" if safety["nsfw"] else "no NSFW content")
+                        if safety["checked"] else f"safety checker: NOT CHECKED ({safety['note']})")
+        return extra
 
     def _fail(self, job: Prediction, owner: str, logs: list[str], started: float, message: str) -> str:
         logs.append(message)

@@ -1,0 +1,124 @@
+"""Start the real `vace serve` as a subprocess on loopback (optionally with TLS made by trustme)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TLS:
+    """A test CA and a server certificate for 127.0.0.1 / localhost."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> TLS:
+        import trustme
+
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        tls = cls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+        ca.cert_pem.write_to_path(str(tls.ca_file))
+        cert.private_key_pem.write_to_path(str(tls.key_file))
+        with open(tls.cert_file, "wb") as fh:
+            for blob in cert.cert_chain_pems:
+                fh.write(blob.bytes())
+        return tls
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    tls: TLS | None = None
+    api_key: str | None = None
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    health_seen: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}-server.log"
+
+    def client(self, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        import ssl
+
+        verify = ssl.create_default_context(cafile=str(self.tls.ca_file)) if self.tls else True
+        return httpx.Client(base_url=self.base_url, verify=verify,
+                            headers=headers, timeout=30, **kwargs)
+
+    def start(self, wait_ready: bool = True) -> Server:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+        if self.tls:
+            cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.health_seen = []
+        self.wait_health(ready=wait_ready)
+        return self
+
+    def wait_health(self, ready: bool = True, timeout: float = 120.0) -> None:
+        """Poll /health, recording what it answered; return once it answers (READY if `ready`)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as http:
+            while time.monotonic() < deadline:
+                if self.proc and self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    resp = http.get("/health")
+                    self.health_seen.append((resp.status_code, resp.json()["status"]))
+                    if not ready or resp.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError(f"server not healthy after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the server process (its worker notices and exits on its own)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -1,0 +1,229 @@
+"""The Replicate-compatible API driven by the official `replicate` client against the real server over TLS."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.media import probe_video
+from tests.server_process import TLS, Server
+from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("replicate-api")
+    srv = Server(root / "data", tls=TLS.make(root / "tls"), api_key=API_KEY,
+                 args=["--model", "tiny", "--max-render-side", "64", "--allow-host", "127.0.0.1",
+                       "--queue-max", "20", "--webhook-attempts", "4"])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    """A replicate client configured only through the environment, as a user's code would be."""
+    import replicate
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPLICATE_BASE_URL", server.base_url)
+        mp.setenv("REPLICATE_API_TOKEN", API_KEY)
+        mp.setenv("SSL_CERT_FILE", str(server.tls.ca_file))
+        mp.setenv("REPLICATE_POLL_INTERVAL", "0.2")
+        yield replicate.Client()
+
+
+def small(**extra) -> dict:
+    return {"prompt": "a red square", "width": 64, "height": 64, "num_frames": 9, "steps": 2, **extra}
+
+
+def test_health_went_from_starting_to_ready(server: Server):
+    assert server.health_seen[0] == (503, "STARTING")
+    assert server.health_seen[-1] == (200, "READY")
+    with server.client() as http:
+        body = http.get("/health").json()
+    assert body["status"] == "READY" and body["models"] == ["tiny"]
+
+
+def test_openapi_documents_routes_and_inputs(server: Server):
+    with server.client() as http:
+        spec = http.get("/openapi.json").json()
+    for path in ("/v1/predictions", "/replicate/v1/predictions", "/v1/models/{owner}/{name}/predictions",
+                 "/v1/predictions/{prediction_id}/cancel", "/v1/files", "/v1/webhooks/default/secret", "/health"):
+        assert path in spec["paths"], path
+    pruna = spec["components"]["schemas"]["ReplicateInput_prunaai_vace_14b"]["properties"]
+    assert len(pruna) == 12
+
+
+def test_prunaai_schema_is_exact(client):
+    version = client.models.get("prunaai/vace-14b").latest_version
+    assert version.id == "51299232dc3d0946d5f5ed74935d85243e172698f747d291460db1e6ef3669fb"
+    props = version.openapi_schema["components"]["schemas"]["Input"]["properties"]
+    assert list(props) == ["prompt", "src_video", "src_mask", "src_ref_images", "size", "frame_num", "speed_mode",
+                           "sample_solver", "sample_steps", "sample_guide_scale", "sample_shift", "seed"]
+    assert props["size"]["enum"] == ["832*480", "480*832", "1280*720", "720*1280"]
+    assert props["size"]["default"] == "832*480"
+    assert props["speed_mode"]["enum"] == ["Lightly Juiced 🍊 (more consistent)", "Juiced 🔥 (more speed)",
+                                           "Extra Juiced 🚀 (even more speed)"]
+    assert {k: props[k]["default"] for k in ("frame_num", "sample_solver", "sample_steps", "sample_guide_scale",
+                                             "sample_shift", "seed")} == {
+        "frame_num": 81, "sample_solver": "unipc", "sample_steps": 50, "sample_guide_scale": 5,
+        "sample_shift": 16, "seed": -1}
+
+
+def test_run_prunaai_returns_file_output_of_requested_shape(client, tmp_path: Path):
+    from replicate.helpers import FileOutput
+
+    ref = data_uri(solid_image(48, 48, (200, 40, 40)))
+    output = client.run("prunaai/vace-14b", input={
+        "prompt": "a red ball", "src_ref_images": [ref], "size": "480*832", "frame_num": 5, "sample_steps": 2,
+        "speed_mode": "Juiced 🔥 (more speed)", "seed": 7})
+    assert isinstance(output, FileOutput)
+    assert output.url.startswith("https://127.0.0.1:")
+    path = tmp_path / "out.mp4"
+    path.write_bytes(output.read())
+    assert probe_video(path) | {"fps": None} == {"num_frames": 5, "width": 480, "height": 832, "fps": None}
+
+
+def test_run_by_version_and_under_replicate_prefix(server: Server, client):
+    from replicate.helpers import FileOutput
+
+    pruna = "prunaai/vace-14b:bbafc615de3e3903470a335f94294810ced166309adcba307ac8692113a7b273"
+    out = client.run(pruna, input={"prompt": "x", "frame_num": 5, "sample_steps": 1})
+    assert isinstance(out, FileOutput)
+    with server.client() as http:
+        resp = http.post("/replicate/v1/models/vace/tiny/predictions", json={"input": small()},
+                         headers={"Prefer": "wait=30"})
+    assert resp.status_code == 201 and resp.headers["Preference-Applied"] == "wait=30"
+    body = resp.json()
+    assert body["status"] == "succeeded"
+    assert body["urls"]["get"] == f"{server.base_url}/replicate/v1/predictions/{body['id']}"
+
+
+def test_create_wait_with_a_file_uploaded_by_the_client(client, tmp_path: Path):
+    video = write_video(tmp_path / "clip.mp4", moving_square_frames(9, 64, 64))
+    with open(video, "rb") as fh:  # the client uploads open files through POST /v1/files
+        prediction = client.predictions.create(model="vace/tiny", input=small(
+            video=fh, mask=data_uri(solid_image(64, 64, (255, 255, 255))), seed=3))
+    assert prediction.status == "starting"
+    assert "/v1/files/" in prediction.input["video"]
+    prediction.wait()
+    assert prediction.status == "succeeded", prediction.error
+    assert "denoising step 2/2" in prediction.logs and prediction.progress.current == 2
+    assert prediction.metrics["predict_time"] > 0 and prediction.metrics["seed"] == 3
+    uploaded = client.files.list()[0]
+    assert uploaded.name == "clip.mp4" and uploaded.size == video.stat().st_size
+    assert client.files.get(uploaded.id).checksums["sha256"] == uploaded.checksums["sha256"]
+    assert client.files.delete(uploaded.id)
+
+
+def test_cancel_running_prediction_stops_between_steps(client):
+    prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
+    deadline = time.monotonic() + 60
+    while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        prediction.reload()
+    assert prediction.status == "processing"
+    prediction.cancel()
+    prediction.wait()
+    assert prediction.status == "canceled"
+    steps = [int(line.split("denoising step ")[1].split("/")[0])
+             for line in prediction.logs.splitlines() if "denoising step" in line]
+    assert steps and steps[-1] < 100
+    assert f"cancelled after step {steps[-1]}/100" in prediction.logs  # nothing ran after the flagged step
+
+
+def test_stream_events(client):
+    prediction = client.predictions.create(model="vace/tiny", input=small(), stream=True)
+    events = list(prediction.stream())
+    kinds = [e.event.value for e in events]
+    assert kinds[-1] == "done" and "output" in kinds and "logs" in kinds
+    assert str([e for e in events if e.event.value == "output"][0].data).endswith(f"/outputs/{prediction.id}.mp4")
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[dict, bytes]] = []
+    fail_first = True
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if _Receiver.fail_first:
+            _Receiver.fail_first = False
+            self.send_response(500)
+        else:
+            _Receiver.received.append((dict(self.headers), body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhooks_start_output_completed_signed(server: Server, client):
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        with server.client() as http_client:
+            secret = http_client.get("/v1/webhooks/default/secret").json()["key"]
+        assert secret.startswith("whsec_")
+        prediction = client.predictions.create(
+            model="vace/tiny", input=small(), webhook=f"http://127.0.0.1:{receiver.server_port}/hook",
+            webhook_events_filter=["start", "output", "completed"])
+        prediction.wait()
+        deadline = time.monotonic() + 30
+        while len(_Receiver.received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        receiver.shutdown()
+    bodies = [Webhook(secret).verify(body, headers) for headers, body in _Receiver.received]
+    assert [b["status"] for b in bodies] == ["processing", "succeeded", "succeeded"]  # start, output, completed
+    assert bodies[0]["output"] is None and bodies[1]["output"] == bodies[2]["output"] is not None
+    assert all(b["id"] == prediction.id for b in bodies)
+    with pytest.raises(WebhookVerificationError):  # a wrong secret does not verify
+        Webhook("whsec_" + "A" * 43 + "=").verify(_Receiver.received[0][1], _Receiver.received[0][0])
+
+
+def _assert_problem(resp, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def test_errors_are_rfc7807(server: Server, client):
+    import replicate
+
+    with server.client() as http:
+        http.headers["Authorization"] = "Bearer wrong"
+        _assert_problem(http.get("/v1/predictions"), 401)
+        del http.headers["Authorization"]
+        _assert_problem(http.get("/v1/predictions"), 401)
+    with server.client() as http:
+        _assert_problem(http.get("/v1/predictions/doesnotexist"), 404)
+        _assert_problem(http.get("/replicate/v1/models/nobody/nothing"), 404)
+        body = _assert_problem(http.post("/v1/models/prunaai/vace-14b/predictions", json={"input": {
+            "prompt": "x", "size": "64*64", "frame_num": "many", "sample_solver": "euler", "extra": 1}}), 422)
+        assert {f["field"] for f in body["invalid_fields"]} == {"size", "frame_num", "sample_solver", "extra"}
+        body = _assert_problem(http.post("/v1/models/prunaai/vace-14b/predictions", json={"input": {
+            "prompt": "x", "sample_guide_scale": 50}}), 422)
+        assert body["invalid_fields"][0]["field"] == "sample_guide_scale"  # range check, in the client's name
+        body = _assert_problem(http.post("/v1/models/vace/tiny/predictions", json={"input": small(
+            video="http://10.1.2.3/private.mp4")}), 422)
+        assert body["invalid_fields"][0]["field"] == "video"
+        body = _assert_problem(http.post("/v1/models/vace/tiny/predictions", json={"input": small(
+            video="/etc/passwd")}), 422)
+        assert body["invalid_fields"][0]["field"] == "video"
+    with pytest.raises(replicate.exceptions.ReplicateError) as err:
+        client.predictions.create(model="prunaai/vace-14b", input={"prompt": "x", "size": "1*1"})
+    assert err.value.status == 422
