@@ -1,0 +1,140 @@
+"""Annotators: turn source frames into VACE control frames (depth, pose, flow, scribble, ...).
+
+Every annotator has one interface: `annotator(frames, progress=None) -> frames`, with frames (F, H, W, 3)
+float32 in [0, 1] in and out (same count and size), and `progress(done, total)` called per frame.
+Model-based annotators load from a local weights directory (weights.annotators manifest), never from
+the network; `require(name, env)` raises RequestError naming the directory and how to get the weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipelines.request import RequestError
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Annotator(Protocol):
+    name: str
+
+    def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class AnnotatorEnv:
+    """Where annotator weights live and which device they run on."""
+
+    root: Path | None = None  # None: weights.annotators.annotators_root()
+    device: str | None = None  # None: cuda when available, else cpu
+    progress: ProgressFn | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path | None, device: str | None = None) -> AnnotatorEnv:
+        from weights.annotators import annotators_root
+
+        return cls(root=annotators_root(model_dir), device=device)
+
+    def resolved_root(self) -> Path:
+        from weights.annotators import annotators_root
+
+        return self.root if self.root is not None else annotators_root()
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# Weight-free annotators (no directory) and which weights entry each model-based one needs.
+WEIGHT_FREE = ("gray", "farneback", "canny")
+WEIGHTS_OF = {"depth": "depth-anything-v2", "pose": "dwpose", "face": "dwpose", "raft": "raft",
+              "lineart": "lineart", "sam2": "sam2"}
+
+
+def require(name: str, env: AnnotatorEnv) -> None:
+    """Raise RequestError (field `task_options`) when annotator `name` cannot run here."""
+    if name in WEIGHT_FREE:
+        return
+    from weights.annotators import describe_missing
+
+    problem = describe_missing(WEIGHTS_OF[name], env.resolved_root())
+    if problem:
+        raise RequestError("task_options", problem)
+    if name == "raft":
+        from pipelines.annotators.flow import torchvision_problem
+
+        problem = torchvision_problem()
+        if problem:
+            raise RequestError("task_options", problem)
+
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str, str], object] = {}
+
+
+def load(name: str, env: AnnotatorEnv):
+    """The annotator `name`, loaded once per (weights directory, device) and kept for later requests."""
+    require(name, env)
+    root, device = env.resolved_root(), env.resolved_device()
+    key = (name, str(root), device)
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _build(name, root, device)
+        return _LOADED[key]
+
+
+def _build(name: str, root: Path, device: str):
+    from weights.annotators import ANNOTATOR_WEIGHTS
+
+    folder = root / ANNOTATOR_WEIGHTS[WEIGHTS_OF[name]].dirname if name in WEIGHTS_OF else None
+    if name == "gray":
+        from pipelines.annotators.simple import GrayAnnotator
+
+        return GrayAnnotator()
+    if name == "farneback":
+        from pipelines.annotators.flow import FarnebackFlow
+
+        return FarnebackFlow()
+    if name == "canny":
+        from pipelines.annotators.scribble import CannyScribble
+
+        return CannyScribble()
+    if name == "depth":
+        from pipelines.annotators.depth import DepthAnythingV2
+
+        return DepthAnythingV2(folder, device)
+    if name in ("pose", "face"):
+        from pipelines.annotators.dwpose import DWPose
+
+        return DWPose(folder, device, body=name == "pose", face=True)
+    if name == "raft":
+        from pipelines.annotators.flow import RaftFlow
+
+        return RaftFlow(folder, device)
+    if name == "lineart":
+        from pipelines.annotators.scribble import LineArt
+
+        return LineArt(folder, device)
+    if name == "sam2":
+        from pipelines.annotators.tracking import Sam2Tracker
+
+        return Sam2Tracker(folder, device)
+    raise KeyError(name)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def from_uint8(frames: np.ndarray) -> np.ndarray:
+    return frames.astype(np.float32) / 255.0
