@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from pipelines import tasks
+from pipelines.acceleration import preset_applied
 from pipelines.conditioning import Conditioning
 from pipelines.fetch import FetchPolicy
 from pipelines.inputs import load_inputs
 from pipelines.media import write_mp4
+from pipelines.prompt_cache import prompt_cache_for
 from pipelines.request import GenerationRequest
 from pipelines.schedulers import make_scheduler
 
@@ -58,6 +60,7 @@ class Renderer:
         self.pipe = model.pipeline
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vace-render-"))
         self.fetch_policy = fetch_policy
+        self.prompt_cache = prompt_cache_for(self.pipe)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
@@ -68,15 +71,15 @@ class Renderer:
         return Prepared(request, cond, time.perf_counter() - started)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
-        return self.pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt,
-                                       do_classifier_free_guidance=guidance > 1.0,
-                                       device=self.pipe._execution_device)
+        """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
+        negative = self.prompt_cache.get(negative_prompt or "") if guidance > 1.0 else None
+        return self.prompt_cache.get(prompt), negative
 
     @contextlib.contextmanager
     def denoise_context(self, request: GenerationRequest, metrics: dict[str, Any]) -> Iterator[None]:
-        """Hook for step caches / acceleration presets around the denoising loop."""
-        metrics["preset"] = "none"
-        yield
+        """The request's acceleration preset (step cache) around the denoising loop; fills `metrics`."""
+        with preset_applied(self.model, request.preset, request.steps, request.guidance > 1.0, metrics):
+            yield
 
     def pipeline_kwargs(self, prepared: Prepared) -> dict[str, Any]:
         """The conditioning and sampling arguments handed to WanVACEPipeline.__call__."""
