@@ -1,0 +1,102 @@
+"""Crash safety: SIGKILL of the server mid-job and restart; death of the worker process; failing jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_process import Server
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def small(**extra) -> dict:
+    return {"prompt": "a square", "width": 64, "height": 64, "num_frames": 9, "steps": 2, **extra}
+
+
+def create(http: httpx.Client, **extra) -> str:
+    resp = http.post("/v1/models/vace/tiny/predictions", json={"input": small(**extra)})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
+def wait_for(http: httpx.Client, pid: str, predicate, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(f"/v1/predictions/{pid}").json()
+        if predicate(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"prediction {pid} never reached the expected state: {body}")
+
+
+def running(body: dict) -> bool:
+    return body["status"] == "processing" and "denoising step" in body["logs"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("recovery") / "data"
+
+
+def test_sigkill_and_restart_leaves_nothing_processing(data_dir: Path):
+    server = Server(data_dir, args=["--model", "tiny"]).start()
+    try:
+        with server.client() as http:
+            long_id = create(http, steps=100, num_frames=17)
+            queued = [create(http, seed=i) for i in range(2)]
+            wait_for(http, long_id, running)
+            server.kill()
+    finally:
+        server.kill()
+
+    server = Server(data_dir, args=["--model", "tiny"]).start(wait_ready=False)
+    try:
+        with server.client() as http:
+            states = {pid: http.get(f"/v1/predictions/{pid}").json() for pid in [long_id, *queued]}
+            assert states[long_id]["status"] == "failed"
+            assert "interrupted" in states[long_id]["error"]
+            for pid in queued:  # still waiting (or already picked up by the new worker)
+                assert states[pid]["status"] in ("starting", "processing", "succeeded")
+            for pid in queued:
+                assert wait_for(http, pid, lambda b: b["status"] in TERMINAL)["status"] == "succeeded"
+    finally:
+        server.stop()
+
+
+def test_worker_death_fails_its_job_and_a_new_worker_takes_over(data_dir: Path):
+    server = Server(data_dir, args=["--model", "tiny"]).start()
+    try:
+        with server.client() as http:
+            doomed = create(http, steps=100, num_frames=17)
+            after = create(http)
+            wait_for(http, doomed, running)
+            worker_pid = http.get("/health").json()["worker"]["pid"]
+            os.kill(worker_pid, signal.SIGKILL)
+            failed = wait_for(http, doomed, lambda b: b["status"] in TERMINAL)
+            assert failed["status"] == "failed" and "worker process died" in failed["error"]
+            assert wait_for(http, after, lambda b: b["status"] in TERMINAL)["status"] == "succeeded"
+            health = http.get("/health").json()
+            assert health["status"] == "READY" and health["worker"]["restarts"] == 1
+            assert health["worker"]["pid"] != worker_pid
+    finally:
+        server.stop()
+
+
+def test_a_failing_job_fails_alone(data_dir: Path):
+    server = Server(data_dir, args=["--model", "tiny"]).start()
+    try:
+        with server.client() as http:
+            broken = "data:video/mp4;base64,AAAAAAAA"  # passes the API checks, cannot be decoded
+            bad = create(http, video=broken)
+            good = create(http)
+            body = wait_for(http, bad, lambda b: b["status"] in TERMINAL)
+            assert body["status"] == "failed" and "video" in body["error"]
+            assert wait_for(http, good, lambda b: b["status"] in TERMINAL)["status"] == "succeeded"
+    finally:
+        server.stop()
