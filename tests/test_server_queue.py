@@ -71,3 +71,31 @@ def test_health_ready_without_worker(server: Server):
         body = http.get("/health").json()
     assert body["status"] == "READY" and body["worker"]["enabled"] is False
     assert body["queue"]["queued"] == QUEUE_MAX
+
+
+def test_prefer_wait_answers_starting_when_not_done(server: Server, created: list[str]):
+    with server.client() as http:
+        http.post(f"/v1/predictions/{created[1]}/cancel")  # make room: the queue is at its cap
+        resp = http.post("/v1/models/vace/tiny/predictions", headers={"Prefer": "wait=1"},
+                         json={"input": {"prompt": "nobody runs me"}})
+    assert resp.status_code == 201 and resp.headers["Preference-Applied"] == "wait=1"
+    assert resp.json()["status"] == "starting"
+
+
+def test_cancel_after_cancels_a_waiting_prediction(server: Server, created: list[str]):
+    import time
+
+    with server.client() as http:
+        http.post(f"/v1/predictions/{created[2]}/cancel")
+        too_soon = http.post("/v1/models/vace/tiny/predictions", headers={"Cancel-After": "2s"},
+                             json={"input": {"prompt": "x"}})
+        assert too_soon.status_code == 422
+        assert too_soon.json()["invalid_fields"][0]["field"] == "Cancel-After"
+        pid = http.post("/v1/models/vace/tiny/predictions", headers={"Cancel-After": "5s"},
+                        json={"input": {"prompt": "x"}}).json()["id"]
+        assert http.get(f"/v1/predictions/{pid}").json()["status"] == "starting"
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/predictions/{pid}").json()["status"] != "canceled":
+            assert time.monotonic() < deadline, "Cancel-After did not cancel"
+            time.sleep(0.25)
+        assert "Cancel-After" in http.get(f"/v1/predictions/{pid}").json()["logs"]
