@@ -1,0 +1,163 @@
+"""In-process checks of the store, the webhook signing/events and the Replicate header parsers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipelines.request import GenerationRequest
+from server.api.replicate import parse_duration, parse_prefer_wait
+from server.api.replicate_models import catalog
+from server.predictions import (
+    InvalidInput,
+    PredictionService,
+    ServiceConfig,
+    sign_standard_webhook,
+    webhook_events_between,
+)
+from server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
+from server.worker import capped_request, progress_line
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def queued(store: Store, n: int = 1) -> list[str]:
+    ids = []
+    for i in range(n):
+        pred = Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny",
+                          input={"prompt": str(i)}, request=GenerationRequest(prompt=str(i)).to_dict(),
+                          status=QUEUED)
+        ids.append(store.insert(pred).id)
+    return ids
+
+
+def test_ids_are_26_char_lowercase_base32():
+    ids = {new_id() for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == 26 and i == i.lower() and i.isalnum() for i in ids)
+
+
+def test_claims_are_fifo_and_never_shared(store: Store):
+    ids = queued(store, 12)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        other = Store(store.url)
+        while (job := other.claim(name, 30)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids) and len(set(claimed)) == 12
+    assert store.claim("late", 30) is None
+
+
+def test_writes_need_the_lease(store: Store):
+    (pid,) = queued(store)
+    job = store.claim("w1", 30)
+    assert job.id == pid and job.status == PROCESSING and job.started_at
+    assert store.report(pid, "w1", logs="step 1/2\n")
+    assert not store.report(pid, "intruder", logs="nope")
+    assert store.fail_held("worker died", owner="w1") == [pid]
+    assert not store.finish(pid, "w1", SUCCEEDED, output={"path": "x"})  # lease gone: outcome kept
+    final = store.get(pid)
+    assert final.status == FAILED and final.error == "worker died" and final.output is None
+
+
+def test_cancel_queued_at_once_running_by_flag(store: Store):
+    a, b = queued(store, 2)
+    store.claim("w1", 30)
+    assert store.request_cancel(b).status == CANCELED
+    running = store.request_cancel(a)
+    assert running.status == PROCESSING and store.cancel_requested(a)
+
+
+def test_requeue_on_stop_keeps_fifo_position(store: Store):
+    a, b = queued(store, 2)
+    store.claim("w1", 30)
+    assert store.requeue_held("w1", "requeued") == [a]
+    assert store.claim("w2", 30).id == a
+
+
+def test_list_cursors_walk_both_ways(tmp_path: Path, store: Store):
+    ids = queued(store, 7)
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x"))
+    page1 = svc.list(limit=3)
+    page2 = svc.list(page1.next_cursor, limit=3)
+    page3 = svc.list(page2.next_cursor, limit=3)
+    assert [p.id for p in page1.results + page2.results + page3.results] == ids[::-1]
+    assert page1.previous_cursor is None and page3.next_cursor is None
+    assert [p.id for p in svc.list(page3.previous_cursor, limit=3).results] == [p.id for p in page2.results]
+    with pytest.raises(InvalidInput):
+        svc.list("%%%")
+
+
+def test_standard_webhook_signature_verifies():
+    from standardwebhooks.webhooks import Webhook
+
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = json.dumps({"id": "abc"}).encode()
+    import time
+
+    ts = int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts),
+               "webhook-signature": sign_standard_webhook(secret, "msg_1", ts, body)}
+    assert Webhook(secret).verify(body, headers) == {"id": "abc"}
+
+
+def _pred(**kw) -> Prediction:
+    base = dict(id="p", endpoint="e", version="", dialect="replicate", model="m", input={}, request={},
+                status=QUEUED)
+    return Prediction(**{**base, **kw})
+
+
+def test_webhook_events_from_state_changes():
+    start = _pred(status=PROCESSING, started_at=1.0)
+    assert webhook_events_between(None, start) == ["start"]
+    logs = _pred(status=PROCESSING, started_at=1.0, logs="step 1/2\n")
+    assert webhook_events_between(start, logs) == ["logs"]
+    done = _pred(status=SUCCEEDED, started_at=1.0, logs="step 1/2\n", output={"path": "outputs/p.mp4"})
+    assert webhook_events_between(logs, done) == ["output", "completed"]
+    assert webhook_events_between(None, done) == ["start", "logs", "output", "completed"]
+    assert webhook_events_between(None, _pred(status=CANCELED)) == ["completed"]  # canceled while queued
+
+
+def test_replicate_header_parsers():
+    assert parse_prefer_wait("wait") == 60 and parse_prefer_wait("wait=5") == 5
+    assert parse_prefer_wait("wait=600") == 60 and parse_prefer_wait(None) is None
+    assert parse_duration("30s") == 30 and parse_duration("5m") == 300 and parse_duration("1h30m") == 5400
+    with pytest.raises(InvalidInput):
+        parse_duration("soon")
+
+
+def test_prunaai_translation():
+    model = catalog(["tiny"])["prunaai/vace-14b"]
+    req = model.to_request({"prompt": "p", "src_video": "https://a/v.mp4", "src_mask": "https://a/m.png",
+                            "size": "480*832", "frame_num": 33, "sample_solver": "dpm++",
+                            "speed_mode": "Extra Juiced 🚀 (even more speed)"})
+    assert (req.width, req.height, req.num_frames, req.sampler, req.steps, req.guidance, req.shift, req.seed) == (
+        480, 832, 33, "dpm++", 50, 5.0, 16.0, -1)
+    assert req.video and req.mask and req.preset != "none"
+    assert model.field_name("num_frames") == "frame_num" and model.field_name("reference_images[1]") == \
+        "src_ref_images[1]"
+    with pytest.raises(InvalidInput) as err:
+        model.to_request({"prompt": "p", "src_ref_images": ["a", "b", "c", "d"]})
+    assert err.value.errors[0][0] == "src_ref_images"
+
+
+def test_render_cap_and_progress_line():
+    req = GenerationRequest(prompt="p", width=832, height=480)
+    small = capped_request(req, 64)
+    assert (small.width, small.height) == (64, 32) and capped_request(req, None) is req
+    line = progress_line(3, 4)
+    assert line.startswith(" 75%|") and "| 3/4" in line and "step 3/4" in line
