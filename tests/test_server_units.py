@@ -161,3 +161,13 @@ def test_render_cap_and_progress_line():
     assert (small.width, small.height) == (64, 32) and capped_request(req, None) is req
     line = progress_line(3, 4)
     assert line.startswith(" 75%|") and "| 3/4" in line and "step 3/4" in line
+
+
+def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "1",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "without an API key" in result.stderr
