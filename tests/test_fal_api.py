@@ -1,0 +1,222 @@
+"""The fal dialect driven by the official `fal-client` against the real server over TLS."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import importlib
+import json
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.media import probe_video
+from tests.server_process import TLS, Server
+from tests.synthetic import moving_square_frames, write_video
+
+API_KEY = "fal-test-key"
+APP = "fal-ai/wan-vace-14b"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tiny_a14b_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("fal-api")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VACE_SAFETY_CHECKER", "tiny")
+        srv = Server(root / "data", tls=TLS.make(root / "tls"), api_key=API_KEY,
+                     args=["--model", "tiny", "--model", "tiny-a14b", "--max-render-side", "32",
+                           "--allow-host", "127.0.0.1"])
+        srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def fal(server: Server):
+    """fal_client configured only through the environment (its hosts are read at import time)."""
+    host = f"127.0.0.1:{server.port}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAL_RUN_HOST", host)
+        mp.setenv("FAL_QUEUE_RUN_HOST", f"{host}/queue")
+        mp.setenv("FAL_KEY", API_KEY)
+        mp.setenv("SSL_CERT_FILE", str(server.tls.ca_file))
+        import fal_client
+        import fal_client.auth
+        import fal_client.client
+
+        importlib.reload(fal_client.auth)
+        importlib.reload(fal_client.client)
+        importlib.reload(fal_client)
+        assert fal_client.client.QUEUE_URL_FORMAT == f"https://{host}/queue/"
+        yield fal_client.SyncClient(key=API_KEY)
+
+
+@pytest.fixture(scope="module")
+def control_video(tmp_path_factory) -> str:
+    path = write_video(tmp_path_factory.mktemp("media") / "control.mp4", moving_square_frames(9, 64, 48), fps=8)
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def ca(server: Server) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(server.tls.ca_file))
+
+
+def small(**extra) -> dict:
+    return {"prompt": "a red square", "resolution": "240p", "aspect_ratio": "16:9", "num_frames": 17,
+            "frames_per_second": 8, "num_inference_steps": 2, "acceleration": "none", **extra}
+
+
+def fetch(server: Server, url: str, tmp_path: Path, name: str = "out.mp4") -> Path:
+    with server.client() as http:
+        resp = http.get(url)
+    assert resp.status_code == 200, resp.text
+    path = tmp_path / name
+    path.write_bytes(resp.content)
+    return path
+
+
+def rows(server: Server, prediction_id: str) -> int:
+    from server.store import Store, database_url
+
+    store = Store(database_url(server.data_dir))
+    try:
+        return sum(1 for p in store.page(limit=1000) if p.id == prediction_id)
+    finally:
+        store.close()
+
+
+def test_subscribe_depth_control_video_returns_a_matching_videofile(fal, server, control_video, tmp_path):
+    logs = []
+    result = fal.subscribe(f"{APP}/depth", small(video_url=control_video, preprocess=False, seed=11,
+                                                 return_frames_zip=True, video_quality="low"),
+                           with_logs=True, on_queue_update=logs.append)
+    video = result["video"]
+    assert result["seed"] == 11 and result["prompt"] == "a red square"
+    assert (video["width"], video["height"], video["num_frames"], video["fps"]) == (416, 240, 17, 8)
+    assert video["content_type"] == "video/mp4" and video["url"].startswith(server.base_url)
+    assert video["duration"] == pytest.approx(17 / 8)
+    path = fetch(server, video["url"], tmp_path)
+    assert path.stat().st_size == video["file_size"]
+    assert probe_video(path) == {"num_frames": 17, "width": 416, "height": 240, "fps": 8.0}
+    from pipelines.frames_zip import read_frames_zip
+
+    zipped = read_frames_zip(fetch(server, result["frames_zip"]["url"], tmp_path, "frames.zip"))
+    assert zipped.shape == (17, 240, 416, 3) and result["frames_zip"]["content_type"] == "application/zip"
+    assert any("step" in entry["message"] for status in logs for entry in (getattr(status, "logs", None) or []))
+
+
+def test_submit_status_logs_queue_position_cancel_and_both_url_forms(fal, server, control_video):
+    import fal_client
+
+    long = fal.submit(f"{APP}/pose", small(video_url=control_video, num_inference_steps=50, seed=1))
+    waiting = fal.submit(f"{APP}/pose", small(video_url=control_video, seed=2))
+    assert f"/queue/{APP}/pose/requests/{long.request_id}" in long.status_url
+    status = waiting.status(with_logs=True)
+    assert isinstance(status, fal_client.Queued) and status.position >= 0
+    deadline = time.monotonic() + 120
+    while True:  # the long one runs and reports denoising steps
+        status = long.status(with_logs=True)
+        if isinstance(status, fal_client.InProgress) and any("denoising step" in e["message"]
+                                                             for e in status.logs or []):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    queued = waiting.status(with_logs=False)
+    assert isinstance(queued, fal_client.Queued) and queued.position == 0
+    # the client's own URLs drop the endpoint sub-path; both forms answer
+    by_app = fal.get_handle(APP, long.request_id)
+    assert "/pose/" not in by_app.status_url and isinstance(by_app.status(), fal_client.InProgress)
+    long.cancel()
+    deadline = time.monotonic() + 60
+    while not isinstance(status := long.status(with_logs=True), fal_client.Completed):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status.error_type == "request_cancelled"
+    with pytest.raises(fal_client.client.FalClientHTTPError):
+        long.get()
+    with httpx.Client(verify=ca(server), headers={"Authorization": f"Key {API_KEY}"}) as http:
+        again = http.put(long.cancel_url)
+        assert again.status_code == 400 and again.json() == {"status": "ALREADY_COMPLETED"}
+        missing = http.put(f"{server.base_url}/queue/{APP}/requests/nope/cancel")
+        assert missing.status_code == 404 and missing.json() == {"status": "NOT_FOUND"}
+    result = waiting.get()
+    assert result["seed"] == 2
+    same = fal.get_handle(APP, waiting.request_id).get()
+    assert same == result
+    assert rows(server, waiting.request_id) == 1
+
+
+def test_run_sync_mode_returns_a_data_uri_and_keeps_no_history(fal, server, control_video, tmp_path):
+    result = fal.run(f"{APP}/depth", small(video_url=control_video, sync_mode=True))
+    url = result["video"]["url"]
+    assert url.startswith("data:video/mp4;base64,")
+    path = tmp_path / "sync.mp4"
+    path.write_bytes(base64.b64decode(url.split(",", 1)[1]))
+    assert probe_video(path)["num_frames"] == result["video"]["num_frames"] == 17
+    plain = fal.run(f"{APP}", small(prompt="text only", num_frames=17))  # base endpoint: text-to-video
+    assert plain["video"]["url"].startswith("https://") and (plain["video"]["width"], plain["video"]["height"]) == \
+        (416, 240)
+
+
+def test_wan22_endpoint_runs_on_the_two_expert_model(fal, server, control_video):
+    handle = fal.submit("fal-ai/wan-22-vace-fun-a14b/depth", small(video_url=control_video))
+    handle.get()
+    status = handle.status(with_logs=True)
+    assert any("model: tiny-a14b" in e["message"] for e in status.logs)
+
+
+def test_validation_errors_auth_and_webhook(server, control_video):
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        with httpx.Client(base_url=server.base_url, verify=ca(server), timeout=30,
+                          headers={"Authorization": f"Key {API_KEY}"}) as api:
+            bad = api.post(f"/queue/{APP}/depth", json=small(video_url=control_video, num_frames=500,
+                                                               sampler="ddim", num_interpolated_frames=2))
+            assert bad.status_code == 422
+            locs = {tuple(d["loc"]) for d in bad.json()["detail"]}
+            assert locs == {("body", "num_frames"), ("body", "sampler"), ("body", "num_interpolated_frames")}
+            assert api.post(f"/queue/{APP}/depth", json=small(video_url=control_video),
+                             headers={"Authorization": "Key wrong"}).status_code == 401
+            assert api.post(f"/queue/{APP}/depth", json=small(video_url="file:///etc/passwd")).status_code == 422
+            sub = api.post(f"/queue/{APP}/depth", params={"fal_webhook": f"http://127.0.0.1:{hook.server_port}/h"},
+                            json=small(video_url=control_video, enable_safety_checker=True))
+            assert sub.status_code == 200 and sub.json()["status"] == "IN_QUEUE"
+            request_id = sub.json()["request_id"]
+            stream = api.get(f"/queue/{APP}/requests/{request_id}/status/stream", params={"logs": 1})
+            statuses = [json.loads(line[5:]) for line in stream.text.splitlines() if line.startswith("data:")]
+            assert statuses[-1]["status"] == "COMPLETED" and statuses[-1]["metrics"]["inference_time"] > 0
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert received and received[0]["request_id"] == request_id
+        assert received[0]["status"] in ("OK", "ERROR")  # a random tiny classifier may flag noise
+        if received[0]["status"] == "OK":
+            assert received[0]["payload"]["video"]["num_frames"] == 17
+        else:
+            assert "safety checker" in received[0]["error"]
+    finally:
+        hook.shutdown()
+
+
+def test_wan22_without_a_two_expert_model_names_it(tiny_model_dir):
+    from server.api.fal import ModelUnavailable, pick_model
+
+    assert pick_model({"tiny": str(tiny_model_dir)}, False, APP) == "tiny"
+    with pytest.raises(ModelUnavailable, match="Wan2.2-VACE-Fun-A14B"):
+        pick_model({"tiny": str(tiny_model_dir)}, True, "fal-ai/wan-22-vace-fun-a14b")
