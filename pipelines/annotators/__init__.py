@@ -67,15 +67,15 @@ def require(name: str, env: AnnotatorEnv) -> None:
         return
     from weights.annotators import describe_missing
 
-    problem = describe_missing(WEIGHTS_OF[name], env.resolved_root())
-    if problem:
-        raise RequestError("task_options", problem)
     if name == "raft":
         from pipelines.annotators.flow import torchvision_problem
 
         problem = torchvision_problem()
         if problem:
             raise RequestError("task_options", problem)
+    problem = describe_missing(WEIGHTS_OF[name], env.resolved_root())
+    if problem:
+        raise RequestError("task_options", problem)
 
 
 _LOCK = threading.Lock()
