@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api import DIALECTS
+from server.multi_gpu import make_supervisor
 from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
 from server.problems import problem, service_problem
 from server.store import PROCESSING, QUEUED, Store, database_url
@@ -44,6 +45,9 @@ class Settings:
     run_worker: bool = True
     max_render_side: int | None = None
     webhook_attempts: int = 6
+    gpus: str | None = None  # --gpus 0,1,2,3: one worker per GPU (or per group), one queue
+    sequence_parallel: int = 1  # --sequence-parallel N: each worker is a group of N ranks
+    sp_mode: str = "ulysses"  # --sp-mode ulysses|ring
 
 
 ErrorRenderer = Any  # (Request, ServiceError) -> Response
@@ -56,9 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
         data_dir=settings.data_dir, public_url=settings.public_url, queue_max=settings.queue_max,
         allow_hosts=set(settings.allow_hosts), own_netlocs=settings.own_netlocs,
         webhook_attempts=settings.webhook_attempts))
-    supervisor = WorkerSupervisor(store, WorkerConfig(
+    supervisor = make_supervisor(store, WorkerConfig(
         database_url=store.url, data_dir=str(settings.data_dir), models=settings.models, device=settings.device,
-        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side))
+        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side),
+        settings.gpus, settings.sequence_parallel, settings.sp_mode)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,6 +130,8 @@ def _add_core_routes(app: FastAPI) -> None:
                 "processing": counts[PROCESSING], "max": settings.queue_max},
                 "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts,
                            "pid": supervisor.process.pid if supervisor.process else None}}
+        if hasattr(supervisor, "workers"):  # several workers (--gpus / --sequence-parallel)
+            body["workers"] = supervisor.workers
         if state == SETUP_FAILED:
             body["error"] = supervisor.error
         return JSONResponse(body, status_code=200 if state == READY else 503)

@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-insecure-no-auth", action="store_true",
                    help="allow serving a non-loopback address without any API key")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--gpus", default=None, metavar="0,1,2,3",
+                   help="GPUs to use: one worker per GPU (or per --sequence-parallel group), all fed by one queue")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+                   help="shard each job over a group of N GPUs (--gpus splits into groups of N); with "
+                        "--device cpu, N processes share the CPU (gloo)")
+    p.add_argument("--sp-mode", default="ulysses", choices=["ulysses", "ring"],
+                   help="sequence-parallel attention: ulysses (all-to-all over heads) or ring (key/value ring)")
     p.add_argument("--queue-max", type=int, default=100, help="queued predictions before answering 429")
     p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                    help="host on a loopback/private address that input URLs and webhooks may reach")
@@ -106,7 +113,15 @@ def serve(args: argparse.Namespace) -> int:
         models=models, data_dir=Path(args.data_dir).resolve(), public_url=public_url, api_keys=keys,
         device=args.device, queue_max=args.queue_max, allow_hosts=list(args.allow_host),
         own_netlocs=own_netlocs(args.host, args.port, public_url), run_worker=not args.no_worker,
-        max_render_side=args.max_render_side, webhook_attempts=args.webhook_attempts)
+        max_render_side=args.max_render_side, webhook_attempts=args.webhook_attempts, gpus=args.gpus,
+        sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode)
+    try:
+        from server.multi_gpu import worker_device_sets
+
+        worker_device_sets(args.device, args.gpus, args.sequence_parallel)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     logging.getLogger("vace.server").info("serving %s at %s (data in %s)", ", ".join(models), public_url,
                                           settings.data_dir)

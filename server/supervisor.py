@@ -42,7 +42,8 @@ class WorkerSupervisor:
         self._stop = self.ctx.Event()
         config = dataclasses.replace(self.config, worker_id=self.worker_id)
         self.process = self.ctx.Process(target=worker_main, args=(config, self._events, self._stop),
-                                        name=self.worker_id, daemon=True)
+                                        name=self.worker_id, daemon=not self.config.devices)
+        # (a daemonic process may not have children: a sequence-parallel worker spawns its ranks)
         self.process.start()
         self._last_start = time.monotonic()
         self.state = STARTING

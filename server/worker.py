@@ -32,6 +32,8 @@ class WorkerConfig:
     allow_hosts: list[str] = field(default_factory=list)
     max_render_side: int | None = None
     lease_s: float = LEASE_S
+    devices: tuple[str, ...] = ()  # a sequence-parallel group (2+ devices, see server/multi_gpu.py); () = `device`
+    sp_mode: str = "ulysses"
 
 
 def progress_line(step: int, total: int) -> str:
@@ -44,20 +46,28 @@ def progress_line(step: int, total: int) -> str:
 class ModelPool:
     """Loads served models on demand; keeps one resident at a time (one GPU)."""
 
-    def __init__(self, models: dict[str, str], device: str):
+    def __init__(self, models: dict[str, str], device: str, devices: tuple[str, ...] = (),
+                 sp_mode: str = "ulysses", work_dir: Path | None = None):
         self.paths = models
         self.device = device
+        self.devices = devices
+        self.sp_mode = sp_mode
+        self.work_dir = work_dir or Path("vace-group")
         self.loaded: dict[str, Any] = {}
 
     def get(self, name: str) -> Any:
-        from weights.loader import load_pipeline
+        """A LoadedModel, or a ready RenderGroup when this worker is a sequence-parallel group."""
+        from server.multi_gpu import load_served_model, release
 
         if name not in self.loaded:
             if name not in self.paths:
                 raise KeyError(f"model {name!r} is not served here")
+            for model in self.loaded.values():
+                release(model)
             self.loaded.clear()
             _free_accelerator_memory()
-            self.loaded[name] = load_pipeline(self.paths[name], device=self.device, name=name)
+            self.loaded[name] = load_served_model(self.paths[name], name, self.device, self.devices,
+                                                  self.sp_mode, self.work_dir)
         return self.loaded[name]
 
 
@@ -106,8 +116,9 @@ class JobRunner:
         self.fetch_policy.allow_local_paths = True
 
     def run(self, job: Prediction) -> str:
-        from pipelines.render import RenderCancelled, Renderer
+        from pipelines.render import RenderCancelled
         from pipelines.request import GenerationRequest, RequestError
+        from server.multi_gpu import renderer_for
 
         owner = self.config.worker_id
         logs: list[str] = [job.logs] if job.logs else []
@@ -126,7 +137,7 @@ class JobRunner:
             request = GenerationRequest.from_dict(job.request)
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
-            renderer = Renderer(model, work_dir=work_dir, fetch_policy=self.fetch_policy)
+            renderer = renderer_for(model, work_dir, self.fetch_policy)
             prepared = renderer.prepare(capped_request(request, self.config.max_render_side))
             requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
             if prepared.request.width != request.width or prepared.request.height != request.height:
@@ -247,7 +258,8 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     _exit_with_parent()
     store = Store(config.database_url)
-    pool = ModelPool(config.models, config.device)
+    pool = ModelPool(config.models, config.device, config.devices, config.sp_mode,
+                     Path(config.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
         pool.get(default)
