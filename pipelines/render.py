@@ -14,6 +14,7 @@ import numpy as np
 
 from pipelines import tasks
 from pipelines.acceleration import preset_applied
+from pipelines.annotators import AnnotatorEnv
 from pipelines.conditioning import Conditioning
 from pipelines.fetch import FetchPolicy
 from pipelines.inputs import load_inputs
@@ -67,7 +68,9 @@ class Renderer:
         started = time.perf_counter()
         request = request.validated().with_seed()
         inputs = load_inputs(request, self.work_dir / "inputs", self.fetch_policy)
-        cond = tasks.build(request.task, inputs)
+        # Annotator weights live beside the model (<weights root>/annotators) unless $VACE_ANNOTATORS_DIR says.
+        env = AnnotatorEnv.for_model(getattr(self.model, "path", None), getattr(self.model, "device", None))
+        cond = tasks.build(request.task, inputs, env)
         return Prepared(request, cond, time.perf_counter() - started)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
