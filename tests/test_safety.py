@@ -97,3 +97,22 @@ def test_transparency_modes():
     assert not flatten(opaque, "content_aware")[1].any()
     with pytest.raises(ValueError):
         flatten(img, "gray")
+
+
+@pytest.mark.parametrize("mode", ["content_aware", "white", "black"])
+def test_first_frame_with_alpha_follows_transparency_mode(mode):
+    from PIL import Image
+
+    from pipelines import tasks
+    from pipelines.conditioning import TaskInputs
+
+    img = Image.new("RGBA", (32, 32), (255, 0, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, 16, 32))  # left half transparent
+    inputs = TaskInputs(width=32, height=32, num_frames=5, first_frame=img, options={"transparency_mode": mode})
+    cond = tasks.build("firstframe", inputs)
+    left, right = cond.mask[0, :, :12], cond.mask[0, :, 20:]
+    assert not right.any() and cond.mask[1:].all()
+    if mode == "content_aware":
+        assert left.all() and np.allclose(cond.video[0, :, :12], 0.5)
+    else:
+        assert not left.any() and np.allclose(cond.video[0, :, :12], 1.0 if mode == "white" else 0.0)

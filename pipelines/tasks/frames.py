@@ -20,17 +20,30 @@ def reference_to_video(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
     return default_conditioning(inputs)
 
 
+def _slot(img, inputs: TaskInputs):
+    """An image placed as one frame: (frame, mask). Images with alpha follow task_options.transparency_mode
+    (content_aware: transparent pixels are generated; white / black: filled), see pipelines.transparency."""
+    from pipelines.transparency import MODES, frame_and_mask, has_alpha
+
+    if not has_alpha(img):
+        return image_at_output(img, inputs), 0.0
+    mode = inputs.options.get("transparency_mode", "content_aware")
+    if mode not in MODES:
+        raise RequestError("task_options.transparency_mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+    return frame_and_mask(img, mode, inputs.width, inputs.height)
+
+
 def frame_slots(inputs: TaskInputs, first: bool, last: bool) -> Conditioning:
     n, w, h = inputs.num_frames, inputs.width, inputs.height
     video, mask = gray_frames(n, w, h), mask_frames(n, w, h)
     if first:
         if inputs.first_frame is None:
             raise RequestError("first_frame", "this task needs a first frame image")
-        video[0], mask[0] = image_at_output(inputs.first_frame, inputs), 0.0
+        video[0], mask[0] = _slot(inputs.first_frame, inputs)
     if last:
         if inputs.last_frame is None:
             raise RequestError("last_frame", "this task needs a last frame image")
-        video[-1], mask[-1] = image_at_output(inputs.last_frame, inputs), 0.0
+        video[-1], mask[-1] = _slot(inputs.last_frame, inputs)
     return Conditioning(video, mask, references(inputs))
 
 
