@@ -84,6 +84,9 @@ def write_tiny_bundle(out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     bundle = {name: write_tiny(out / name, two_experts=(name == "tiny-a14b")) for name in TINY_MODELS}
     bundle[TINY_NAME] = write_tiny_checker(out / TINY_NAME)
+    from weights.annotators import ensure_tiny_annotators
+
+    bundle["annotators"] = ensure_tiny_annotators(out)  # out/annotators: the models' annotators root
     return bundle
 
 
@@ -118,6 +121,9 @@ def resolve_model(spec: str) -> Path:
         except OSError:  # another process finished first
             pass
         shutil.rmtree(staging, ignore_errors=True)
+    from weights.annotators import ensure_tiny_annotators
+
+    ensure_tiny_annotators(home)  # every task runs with the tiny model: annotators beside it
     return target
 
 
