@@ -25,7 +25,54 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default="unipc", help="unipc | dpm++ | euler")
     parser.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed)")
     parser.add_argument("--conditioning-scale", type=float, default=1.0)
-    parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs)")
+    parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs); "
+                        "see pipelines/tasks: t2v r2v firstframe lastframe firstlastframe extension firstclip "
+                        "lastclip inpainting outpainting reframe control depth pose face flow gray scribble layout "
+                        "move-anything swap-anything animate-anything expand-anything")
+    add_task_flags(parser)
+
+
+def add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """Task settings; each lands in GenerationRequest.task_options only when given."""
+    group = parser.add_argument_group("task options")
+    group.add_argument("--preprocess", action=argparse.BooleanOptionalAction, default=None,
+                       help="run the task's annotator on --video (default) or take it as a ready control video")
+    group.add_argument("--annotator", help="flow: raft | farneback; scribble: lineart | canny")
+    group.add_argument("--expand", action="append", choices=("left", "right", "top", "bottom"), default=[],
+                       help="outpainting / expand-anything side (repeatable)")
+    group.add_argument("--expand-ratio", type=float, help="added border per side, x source width/height")
+    group.add_argument("--trim-borders", action=argparse.BooleanOptionalAction, default=None,
+                       help="reframe: cut black bars first (default on)")
+    group.add_argument("--zoom-factor", type=float, help="reframe: 0 = whole input visible .. 1 = fills the frame")
+    group.add_argument("--clip-position", choices=("first", "last"), help="extension: clip before or after")
+    group.add_argument("--clip-frames", type=int, help="extension: how many frames of the clip to keep")
+    group.add_argument("--mask-tracking", choices=("none", "sam2"), help="track a mask image through the video")
+    group.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2",
+                       help="layout / move-anything key box in output pixels (repeatable: start ... end)")
+    group.add_argument("--match-input-frames", action="store_true", help="frame count from the input video")
+    group.add_argument("--match-input-fps", action="store_true", help="fps from the input video")
+
+
+def task_options_from_args(args: argparse.Namespace) -> dict:
+    from pipelines.request import RequestError
+
+    options: dict = {}
+    for key in ("preprocess", "annotator", "expand_ratio", "trim_borders", "zoom_factor", "clip_position",
+                "clip_frames", "mask_tracking"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    for side in getattr(args, "expand", None) or []:
+        options[f"expand_{side}"] = True
+    if getattr(args, "box", None):
+        try:
+            options["boxes"] = [[float(v) for v in box.split(",")] for box in args.box]
+        except ValueError:
+            raise RequestError("task_options.boxes", f"--box takes X1,Y1,X2,Y2 numbers, got {args.box!r}") from None
+    if getattr(args, "match_input_frames", False):
+        options["match_input_num_frames"] = True
+    if getattr(args, "match_input_fps", False):
+        options["match_input_frames_per_second"] = True
+    return options
 
 
 def request_from_args(args: argparse.Namespace):
@@ -39,7 +86,7 @@ def request_from_args(args: argparse.Namespace):
         guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
         conditioning_scale=args.conditioning_scale, video=args.video, mask=args.mask,
         reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
-        task=args.task,
+        task=args.task, task_options=task_options_from_args(args),
     )
 
 
