@@ -72,8 +72,8 @@ def module_bytes(components: dict[str, Any]) -> dict[str, int]:
 
 
 def headroom_bytes(sizes: dict[str, int]) -> int:
-    """Activations, the step cache's residuals and the CUDA context: 4 GiB or 15% of the weights."""
-    return max(4 * GIB, int(0.15 * sum(sizes.values())))
+    """Activations, the step cache's residuals, VAE decoding and the CUDA context: 4 GiB or 25% of the weights."""
+    return max(4 * GIB, int(0.25 * sum(sizes.values())))
 
 
 def choose_offload(free_bytes: int, sizes: dict[str, int]) -> str:
