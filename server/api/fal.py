@@ -204,7 +204,9 @@ class FalAPI:
             except RequestError as exc:
                 raise FalInputError.of(field_name, exc.message) from exc
 
-        return fs.build_job(app_id, sub, data, probe=probe)
+        job = fs.build_job(app_id, sub, data, probe=probe)
+        preflight(job.request, lambda f: fs.fal_field(f, job.media_fields), FalInputError.of)
+        return job
 
     def _probe_policy(self) -> Any:
         import dataclasses
@@ -314,6 +316,18 @@ class FalAPI:
         r.add_api_route(base, result, methods=["GET"], summary="The output (or the error)", name=f"fal_result{tag}")
         r.add_api_route(f"{base}/cancel", cancel, methods=["PUT"], summary="Cancel the request",
                         name=f"fal_cancel{tag}")
+
+
+def preflight(request: Any, rename: Any, error: Any) -> None:
+    """Refuse at submit time what the worker would refuse (task options, missing annotator weights)."""
+    try:
+        from pipelines.tasks import preflight as task_preflight
+    except ImportError:  # pragma: no cover - older task module
+        return
+    try:
+        task_preflight(request)
+    except RequestError as exc:
+        raise error(rename(exc.field.removeprefix("task_options.")), exc.message) from exc
 
 
 def schema_name(sub: str) -> str:

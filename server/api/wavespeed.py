@@ -90,6 +90,9 @@ class WaveSpeedAPI:
                 raise WaveSpeedInputError([("enable_safety_checker", f"{reason}; this server refuses requests "
                                                                      "that ask for a safety check it cannot run")])
         job = ws.build_job(data)
+        from server.api.fal import preflight
+
+        preflight(job.request, lambda f: ws.wavespeed_field(f, data), lambda f, m: WaveSpeedInputError([(f, m)]))
         from server.api.fal import pick_model
 
         model = pick_model(self.app.state.settings.models, False, ws.MODEL_ID)
