@@ -196,3 +196,32 @@ def test_prompt_cache_evicts_least_recently_used():
     assert "b" not in cache and "a" in cache and "c" in cache
     cache.get("b")
     assert calls == ["a", "b", "c", "b"]
+
+
+def test_skipped_step_on_an_unchanged_input_reproduces_the_computed_output(tiny_model):
+    """The VACE hints are inside the cached residual once: a skip must not add them again (diffusers'
+    block-level MagCache/FBCache hooks do, on WanVACETransformer3DModel)."""
+    import torch
+
+    from pipelines.step_cache import CachePolicy, StepCache
+
+    transformer = tiny_model.pipeline.transformer
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 5, 8, 8, generator=generator), timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 512, 32, generator=generator),
+                  control_hidden_states=torch.randn(1, 96, 5, 8, 8, generator=generator), return_dict=False)
+    policy = CachePolicy("magcache", threshold=10.0, max_skip_steps=5, warmup_steps=1,
+                         mag_ratios={"cond": [1.0, 1.0]})
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+        cache = StepCache([transformer], policy, num_steps=2)
+        try:
+            outputs = []
+            for _ in range(2):
+                with transformer.cache_context("cond"):
+                    outputs.append(transformer(**inputs)[0])
+        finally:
+            cache.remove()
+    assert cache.stats.computed == {"cond": 1} and cache.stats.skipped == {"cond": 1}
+    assert torch.equal(outputs[0], reference)
+    torch.testing.assert_close(outputs[1], reference, atol=1e-5, rtol=0)
