@@ -360,7 +360,7 @@ REQUEST_TO_FAL = {
     "num_frames": "num_frames", "fps": "frames_per_second", "steps": "num_inference_steps",
     "guidance": "guidance_scale", "shift": "shift", "sampler": "sampler", "seed": "seed", "video": "video_url",
     "mask": "mask_video_url", "first_frame": "first_frame_url", "last_frame": "last_frame_url",
-    "reference_images": "ref_image_urls", "preset": "acceleration", "task": "task",
+    "reference_images": "ref_image_urls", "preset": "acceleration", "task": "task", "task_options": "preprocess",
 }
 
 

@@ -92,6 +92,7 @@ REQUEST_TO_WAVESPEED = {
     "width": "size", "height": "size", "num_frames": "duration", "fps": "duration", "steps": "num_inference_steps",
     "guidance": "guidance_scale", "shift": "flow_shift", "conditioning_scale": "context_scale",
     "reference_images": "images", "first_frame": "first_image", "last_frame": "last_image", "mask": "mask_video",
+    "task_options": "task",
 }
 
 
