@@ -10,6 +10,8 @@ import sys
 SUBCOMMAND_MODULES = (
     "pipelines.cli",
     "weights.cli",
+    "pipelines.bench",
+    "pipelines.calibrate",
     "server.serve",
 )
 
