@@ -20,6 +20,7 @@ the job with GroupFailed and the group is restarted.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import socket
 import threading
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pipelines.fetch import FetchPolicy
@@ -56,6 +58,9 @@ class GroupSpec:
     devices: tuple[str, ...]
     sp_mode: str = "ulysses"
     name: str | None = None
+    # "module:function" called as function(model_dir, device) -> LoadedModel in each rank (e.g. a benchmark's
+    # random-weight builder); None = weights.loader.load_pipeline
+    loader: str | None = None
 
     @property
     def size(self) -> int:
@@ -214,7 +219,11 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.size))
         dist.init_process_group(spec.backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=spec.size)
-        model = load_pipeline(spec.model_dir, device=str(device), name=spec.name)
+        if spec.loader:
+            module, function = spec.loader.split(":")
+            model = getattr(importlib.import_module(module), function)(spec.model_dir, str(device))
+        else:
+            model = load_pipeline(spec.model_dir, device=str(device), name=spec.name)
         if rank != 0:
             model.pipeline.text_encoder = None
             if device.type == "cuda":
@@ -447,9 +456,10 @@ class RenderGroup:
 class GroupRenderer:
     """Drop-in for Renderer (prepare / render) that runs each job on a RenderGroup.
 
-    prepare() runs here, in the caller's process: Renderer.prepare (validation, input decoding, conditioning)
-    touches no model, so it is called with just the work dir and fetch policy it reads.
-    render() ships the Prepared job to the group.
+    prepare() runs here, in the caller's process: Renderer.prepare (validation, input decoding, annotators,
+    conditioning) runs no transformer, so it is called with what it reads: the work dir, the fetch policy
+    and `model` as a reference (weights path and device, for the annotators kept beside the weights; they
+    run on the group's first device). render() ships the Prepared job to the group.
     """
 
     prepare = Renderer.prepare
@@ -459,6 +469,8 @@ class GroupRenderer:
         self.group = group
         self.work_dir = Path(work_dir or group.work_dir / "prepare")
         self.fetch_policy = fetch_policy
+        spec = group.spec
+        self.model = SimpleNamespace(name=spec.name, path=Path(spec.model_dir), device=spec.devices[0])
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:

@@ -73,6 +73,20 @@ def _render(server: Server, tmp: Path, name: str) -> np.ndarray:
     return load_video(path, "video").frames
 
 
+def test_gpus_and_groups_become_workers():
+    from server.multi_gpu import worker_device_sets
+
+    assert worker_device_sets("auto", "0,1,2,3", 1) == [("cuda:0",), ("cuda:1",), ("cuda:2",), ("cuda:3",)]
+    assert worker_device_sets("auto", "0,1,2,3,4,5,6,7", 4) == [
+        tuple(f"cuda:{i}" for i in range(4)), tuple(f"cuda:{i}" for i in range(4, 8))]
+    assert worker_device_sets("cpu", None, 2) == [("cpu", "cpu")]
+    assert worker_device_sets("cuda:1", None, 1) == [("cuda:1",)]
+    with pytest.raises(ValueError):
+        worker_device_sets("cuda", None, 2)  # GPU groups are named with --gpus
+    with pytest.raises(ValueError):
+        worker_device_sets("auto", "0,1,2", 2)
+
+
 def test_sequence_parallel_server_matches_one_process_server(sp_server, tmp_path_factory, tmp_path):
     single = _server(tmp_path_factory.mktemp("single"))
     single.start()
