@@ -58,6 +58,7 @@ class BenchConfig:
     guidance: float = 5.0
     offload: str = "none"
     sequence_parallel: int = 1
+    sp_mode: str = "ulysses"
     device: str = "auto"
     attention: str = "auto"
     compile_blocks: bool = True
@@ -133,31 +134,79 @@ def _peak_tflops(device_name: str) -> float | None:
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Build (or load) the model, render one job and return the report."""
     if cfg.sequence_parallel > 1:
-        # The sequence-parallel variant belongs here: run the same job through a pipelines.distributed
-        # render group of cfg.sequence_parallel ranks and report it like _measure does.
-        raise BenchError("--sequence-parallel > 1 is not wired into `vace bench` yet (see pipelines.parallel)")
+        return _run_sharded(cfg)
     started = time.perf_counter()
     model = build_model(cfg.model, cfg.device, cfg.offload)
     from pipelines.acceleration import apply_gpu_levers
+    from pipelines.render import Renderer
 
     apply_gpu_levers(model, attention=cfg.attention, compile_blocks=cfg.compile_blocks, fp8=cfg.fp8)
     load_seconds = time.perf_counter() - started
-    return _measure(cfg, model, load_seconds)
+    info = {"name": model.name, "device": model.device, "dtype": str(model.pipeline.transformer.dtype),
+            "offload": model.offload, "levers": model.levers, "config": dict(model.pipeline.transformer.config)}
+    return _measure(cfg, Renderer(model), info, load_seconds)
 
 
-def _measure(cfg: BenchConfig, model: Any, load_seconds: float) -> dict[str, Any]:
+def rank_model(spec: str, device: str) -> Any:
+    """GroupSpec.loader for sharded benches: each rank builds the model run_bench would."""
+    return build_model(spec, device, "none")
+
+
+def transformer_config(spec: str) -> dict[str, Any]:
+    """The transformer config of a real shape or of a weights directory (read, not loaded)."""
+    if spec in REAL_CONFIGS:
+        return dict(REAL_CONFIGS[spec])
+    from weights.tiny import resolve_model
+
+    return json.loads((resolve_model(spec) / "transformer" / "config.json").read_text())
+
+
+def _run_sharded(cfg: BenchConfig) -> dict[str, Any]:
+    """The same job through a pipelines.distributed render group of cfg.sequence_parallel ranks."""
+    import torch
+
+    from pipelines.distributed import GroupRenderer, GroupSpec, RenderGroup, plan_groups
+    from weights.loader import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        if torch.cuda.device_count() < cfg.sequence_parallel:
+            raise BenchError(f"--sequence-parallel {cfg.sequence_parallel} needs that many GPUs; "
+                             f"{torch.cuda.device_count()} visible")
+        devices = plan_groups([f"cuda:{i}" for i in range(cfg.sequence_parallel)], cfg.sequence_parallel)[0]
+    else:
+        devices = plan_groups(["cpu"], cfg.sequence_parallel)[0]
+    if cfg.offload != "none":
+        raise BenchError("--offload applies to one-process runs; a sequence-parallel group keeps its shards resident")
+    started = time.perf_counter()
+    group = RenderGroup(GroupSpec(cfg.model, devices, cfg.sp_mode, f"sharded-{cfg.model}",
+                                  loader="pipelines.bench:rank_model"))
+    try:
+        group.wait_ready()
+        load_seconds = time.perf_counter() - started
+        info = {"name": f"{cfg.model} x{len(devices)} ({cfg.sp_mode})", "device": devices[0],
+                "dtype": "bfloat16" if devices[0].startswith("cuda") else "float32", "offload": "none",
+                "levers": {"notes": ["GPU levers are not applied inside a sequence-parallel group"]},
+                "config": transformer_config(cfg.model), "devices": list(devices)}
+        return _measure(cfg, GroupRenderer(group), info, load_seconds)
+    finally:
+        group.stop()
+
+
+def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds: float) -> dict[str, Any]:
+    """Render one job with `renderer` (Renderer or GroupRenderer) and build the report; `info` describes
+    the model (name, device, dtype, offload, levers, transformer config; `devices` for a group)."""
     import diffusers
     import torch
 
-    from pipelines.render import Renderer
     from pipelines.request import GenerationRequest
 
-    cuda = model.device.startswith("cuda")
+    cuda = info["device"].startswith("cuda")
+    ranks = len(info.get("devices", [info["device"]]))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     request = GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height, num_frames=cfg.frames,
                                 steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, preset=cfg.preset)
-    renderer = Renderer(model)
     prepared = renderer.prepare(request)
     marks: list[float] = []
 
@@ -171,19 +220,22 @@ def _measure(cfg: BenchConfig, model: Any, load_seconds: float) -> dict[str, Any
     steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     first_step = denoise - sum(steps)
     warm = steps or [denoise]
-    config = dict(model.pipeline.transformer.config)
+    config = info["config"]
     num_frames = prepared.conditioning.num_frames
     flops = transformer_flops(config, cfg.width, cfg.height, num_frames)
     done = result.metrics["transformer_evaluations"]
     skipped = result.metrics["transformer_evaluations_skipped"]
     achieved = flops * done / denoise / 1e12
     device_name = torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})"
-    peak = _peak_tflops(device_name) if cuda else None
+    peak = _peak_tflops(device_name) * ranks if cuda and _peak_tflops(device_name) else None
     return {
-        "model": cfg.model, "model_name": model.name, "device": device_name,
-        "dtype": str(model.pipeline.transformer.dtype).replace("torch.", ""),
+        "model": cfg.model, "model_name": info["name"], "device": device_name,
+        "devices": info.get("devices", [info["device"]]),
+        "dtype": info["dtype"].replace("torch.", ""),
         "preset": result.metrics["preset"], "step_cache": result.metrics["step_cache"],
-        "offload": model.offload, "sequence_parallel": cfg.sequence_parallel,
+        "step_cache_note": result.metrics.get("step_cache_note"),
+        "offload": info["offload"], "sequence_parallel": cfg.sequence_parallel,
+        "sp_mode": cfg.sp_mode if cfg.sequence_parallel > 1 else None,
         "width": cfg.width, "height": cfg.height, "frames": num_frames, "steps": cfg.steps,
         "guidance": cfg.guidance, "cfg": cfg.guidance > 1.0,
         "transformer": {"width": config["num_attention_heads"] * config["attention_head_dim"],
@@ -198,13 +250,14 @@ def _measure(cfg: BenchConfig, model: Any, load_seconds: float) -> dict[str, Any
         "setup_and_first_step_seconds": first_step,
         "stages": {"load_model": load_seconds, **result.timings},
         "total_seconds": load_seconds + sum(result.timings.values()),
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        # A group's ranks are other processes: their GPU memory is not visible from here.
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda and ranks == 1 else None,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "achieved_tflops": achieved,
         "effective_tflops": flops * (done + skipped) / denoise / 1e12,
         "peak_tflops": peak,
         "mfu": achieved / peak if peak else None,
-        "gpu_levers": model.levers,
+        "gpu_levers": info["levers"],
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -220,7 +273,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--steps", type=int, default=50)
     bench.add_argument("--guidance", type=float, default=5.0)
     bench.add_argument("--offload", default="none", help="none | model | group | sequential | auto")
-    bench.add_argument("--sequence-parallel", type=int, default=1, metavar="N")
+    bench.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+                       help="shard the job over N ranks (N GPUs; on CPU, N gloo processes)")
+    bench.add_argument("--sp-mode", default="ulysses", choices=["ulysses", "ring"])
     bench.add_argument("--device", default="auto")
     bench.add_argument("--attention", default="auto", help="auto | sage | _flash_3 | flash | native")
     bench.add_argument("--no-compile", dest="compile_blocks", action="store_false")
@@ -238,7 +293,8 @@ def _bench_command(args: argparse.Namespace) -> int:
         width, height = parse_size(args.size)
         cfg = BenchConfig(model=args.model, preset=args.preset, width=width, height=height, frames=args.frames,
                           steps=args.steps, guidance=args.guidance, offload=args.offload,
-                          sequence_parallel=args.sequence_parallel, device=args.device, attention=args.attention,
+                          sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode,
+                          device=args.device, attention=args.attention,
                           compile_blocks=args.compile_blocks, fp8=args.fp8, seed=args.seed)
         report = run_bench(cfg)
     except (BenchError, RequestError, WeightsError, ValueError) as exc:

@@ -25,6 +25,8 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default="unipc", help="unipc | dpm++ | euler")
     parser.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed)")
     parser.add_argument("--conditioning-scale", type=float, default=1.0)
+    parser.add_argument("--preset", default="none",
+                        help="acceleration preset: none | low | regular (or a prunaai speed_mode / fal acceleration)")
     parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs); "
                         "see pipelines/tasks: t2v r2v firstframe lastframe firstlastframe extension firstclip "
                         "lastclip inpainting outpainting reframe control depth pose face flow gray scribble layout "
@@ -86,7 +88,7 @@ def request_from_args(args: argparse.Namespace):
         guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
         conditioning_scale=args.conditioning_scale, video=args.video, mask=args.mask,
         reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
-        task=args.task, task_options=task_options_from_args(args),
+        task=args.task, task_options=task_options_from_args(args), preset=args.preset,
     )
 
 
@@ -94,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="render one video without a server")
     gen.add_argument("--model", default="tiny", help="tiny | tiny-a14b | path to a diffusers VACE directory")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gen.add_argument("--offload", default="auto", help="memory mode: none | model | group | sequential | auto")
     gen.add_argument("--out", required=True, help="output .mp4 path")
     add_generation_flags(gen)
     gen.set_defaults(handler=_generate)
@@ -109,10 +112,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         request = request_from_args(args)
-        model = load_pipeline(resolve_model(args.model), device=args.device)
+        model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
         renderer = Renderer(model)
         prepared = renderer.prepare(request)
-    except (RequestError, WeightsError) as exc:
+    except (RequestError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar = tqdm(total=prepared.request.steps, desc="denoising", unit="step", file=sys.stderr)
@@ -124,5 +127,8 @@ def _generate(args: argparse.Namespace) -> int:
     bar.close()
     print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
                       "width": result.width, "height": result.height, "fps": result.fps,
+                      "preset": result.metrics.get("preset"),
+                      "transformer_evaluations": result.metrics.get("transformer_evaluations"),
+                      "transformer_evaluations_skipped": result.metrics.get("transformer_evaluations_skipped"),
                       "timings": {k: round(v, 3) for k, v in result.timings.items()}}, indent=2))
     return 0

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pipelines.acceleration import preset_applied
 from pipelines.fetch import FetchPolicy
 from pipelines.render import CancelFn, Prepared, ProgressFn, RenderCancelled, Renderer, RenderResult
 from pipelines.request import GenerationRequest, RequestError
@@ -72,11 +73,23 @@ class GroupSpec:
 
 
 def parse_gpus(spec: str) -> list[int]:
-    """'0,1,2,3' -> [0, 1, 2, 3] (duplicates and negatives rejected)."""
+    """'0,1,2,3' or '0-3' (ranges and lists mix: '0-3,6') -> [0, 1, 2, 3]; duplicates and negatives rejected."""
+    usage = f"--gpus takes GPU indices such as 0,1,2,3 or 0-3, got {spec!r}"
+    ids: list[int] = []
     try:
-        ids = [int(part) for part in spec.split(",") if part.strip()]
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            first, dash, last = part.partition("-")
+            if dash and first:
+                lo, hi = int(first), int(last)
+                if hi < lo:
+                    raise ValueError(usage)
+                ids.extend(range(lo, hi + 1))
+            else:
+                ids.append(int(part))
     except ValueError:
-        raise ValueError(f"--gpus takes comma-separated GPU indices such as 0,1,2,3, got {spec!r}") from None
+        raise ValueError(usage) from None
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
         raise ValueError(f"--gpus needs distinct non-negative GPU indices, got {spec!r}")
     return ids
@@ -170,12 +183,12 @@ class ShardRenderer(Renderer):
         """No step cache under sequence parallelism: its hooks see the unsharded tokens at vace_blocks[0]
         while the blocks run on shards, and a data-dependent skip decision (First Block Cache) taken per
         shard would let the ranks diverge and deadlock. Recorded in the metrics instead of applied."""
-        metrics["preset"] = request.preset
-        metrics["step_cache"] = "none"
+        with preset_applied(self.model, "none", request.steps, request.guidance > 1.0, metrics):
+            yield
         if request.preset != "none":
+            metrics["preset_requested"] = request.preset
             metrics["step_cache_note"] = (f"preset {request.preset}: step caching is not applied under "
                                           "sequence parallelism; every step runs the full transformer")
-        yield
 
     def decode(self, latents: Any, num_reference_images: int) -> Any:
         if self.rank != 0:

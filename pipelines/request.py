@@ -120,7 +120,10 @@ class GenerationRequest:
             )
         if self.mask and not self.video:
             raise RequestError("mask", "a mask needs a source video")
-        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames))
+        from pipelines.presets import get_preset  # presets imports this module
+
+        preset = get_preset(self.preset).name
+        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames), preset=preset)
 
     def with_seed(self) -> GenerationRequest:
         """Resolve seed -1 to a concrete random seed."""

@@ -48,6 +48,10 @@ class Settings:
     gpus: str | None = None  # --gpus 0,1,2,3: one worker per GPU (or per group), one queue
     sequence_parallel: int = 1  # --sequence-parallel N: each worker is a group of N ranks
     sp_mode: str = "ulysses"  # --sp-mode ulysses|ring
+    offload: str = "auto"  # --offload none|model|group|sequential|auto
+    attention: str = "auto"  # --attention auto|native|flash|sage|...
+    compile_blocks: bool = True  # --no-compile turns regional compilation off
+    fp8: bool = False  # --fp8
 
 
 ErrorRenderer = Any  # (Request, ServiceError) -> Response
@@ -62,7 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
         webhook_attempts=settings.webhook_attempts))
     supervisor = make_supervisor(store, WorkerConfig(
         database_url=store.url, data_dir=str(settings.data_dir), models=settings.models, device=settings.device,
-        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side),
+        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side,
+        offload=settings.offload, attention=settings.attention, compile_blocks=settings.compile_blocks,
+        fp8=settings.fp8),
         settings.gpus, settings.sequence_parallel, settings.sp_mode)
 
     @contextlib.asynccontextmanager
@@ -130,6 +136,8 @@ def _add_core_routes(app: FastAPI) -> None:
                 "processing": counts[PROCESSING], "max": settings.queue_max},
                 "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts,
                            "pid": supervisor.process.pid if supervisor.process else None}}
+        if getattr(supervisor, "loaded", None):  # the levers applied: attention backend, compilation, offload
+            body["worker"]["loaded"] = supervisor.loaded
         if hasattr(supervisor, "workers"):  # several workers (--gpus / --sequence-parallel)
             body["workers"] = supervisor.workers
         if state == SETUP_FAILED:

@@ -41,18 +41,21 @@ def worker_configs(config: WorkerConfig, device_sets: list[tuple[str, ...]]) -> 
             for devices in device_sets]
 
 
-def load_served_model(path: str, name: str, device: str, devices: tuple[str, ...], sp_mode: str,
-                      work_dir: Path) -> Any:
-    """A LoadedModel on `device`, or a started and ready RenderGroup when `devices` is a group."""
-    if len(devices) > 1:
+def load_served_model(path: str, name: str, config: WorkerConfig, work_dir: Path) -> Any:
+    """A LoadedModel on config.device (memory mode and GPU levers applied), or a started and ready
+    RenderGroup when config.devices is a group."""
+    if len(config.devices) > 1:
         from pipelines.distributed import GroupSpec, RenderGroup
 
-        group = RenderGroup(GroupSpec(path, tuple(devices), sp_mode, name), work_dir=work_dir)
+        group = RenderGroup(GroupSpec(path, tuple(config.devices), config.sp_mode, name), work_dir=work_dir)
         group.wait_ready()
         return group
+    from pipelines.acceleration import apply_gpu_levers
     from weights.loader import load_pipeline
 
-    return load_pipeline(path, device=device, name=name)
+    model = load_pipeline(path, device=config.device, name=name, offload=config.offload)
+    apply_gpu_levers(model, attention=config.attention, compile_blocks=config.compile_blocks, fp8=config.fp8)
+    return model
 
 
 def release(model: Any) -> None:
@@ -114,7 +117,8 @@ class SupervisorSet:
     @property
     def workers(self) -> list[dict[str, Any]]:
         return [{"devices": list(m.config.devices or (m.config.device,)), "state": m.state,
-                 "pid": m.process.pid if m.process else None, "restarts": m.restarts} for m in self.members]
+                 "pid": m.process.pid if m.process else None, "restarts": m.restarts, "loaded": m.loaded}
+                for m in self.members]
 
 
 def make_supervisor(store: Store, config: WorkerConfig, gpus: str | None, sequence_parallel: int,

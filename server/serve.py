@@ -39,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--device cpu, N processes share the CPU (gloo)")
     p.add_argument("--sp-mode", default="ulysses", choices=["ulysses", "ring"],
                    help="sequence-parallel attention: ulysses (all-to-all over heads) or ring (key/value ring)")
+    p.add_argument("--offload", default="auto", choices=["none", "model", "group", "sequential", "auto"],
+                   help="memory mode: CPU offload so the 14B fits 24/48 GB cards; auto picks from free GPU memory")
+    p.add_argument("--attention", default="auto", choices=["auto", "sage", "_flash_3", "flash", "native"],
+                   help="attention backend on CUDA (auto: the fastest installed; reported in /health)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="do not torch.compile the repeated transformer blocks on CUDA")
+    p.add_argument("--fp8", action="store_true", help="FP8 transformer weights (Ada/Hopper, needs torchao)")
+    p.add_argument("--safety-checker", default=None, metavar="DIR|tiny",
+                   help="local NSFW image classifier for enable_safety_checker (sets VACE_SAFETY_CHECKER)")
+    p.add_argument("--safety-unavailable", default=None, choices=["refuse", "unchecked"],
+                   help="with no classifier installed, refuse requests that ask for the check (default) or "
+                        "serve them marked unchecked (sets VACE_SAFETY_UNAVAILABLE)")
     p.add_argument("--queue-max", type=int, default=100, help="queued predictions before answering 429")
     p.add_argument("--allow-host", action="append", default=[], metavar="HOST",
                    help="host on a loopback/private address that input URLs and webhooks may reach")
@@ -92,6 +104,13 @@ def serve(args: argparse.Namespace) -> int:
     from weights.loader import WeightsError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from pipelines import safety
+
+    # The API process and the spawned workers read these (pipelines.safety).
+    if args.safety_checker:
+        os.environ[safety.ENV_CHECKER] = args.safety_checker
+    if args.safety_unavailable:
+        os.environ[safety.ENV_POLICY] = args.safety_unavailable
     keys = list(args.api_key) + [k.strip() for k in os.environ.get("VACE_API_KEYS", "").split(",") if k.strip()]
     if not keys and not is_loopback(args.host) and not args.allow_insecure_no_auth:
         print(f"error: refusing to serve {args.host} without an API key; pass --api-key KEY "
@@ -114,7 +133,8 @@ def serve(args: argparse.Namespace) -> int:
         device=args.device, queue_max=args.queue_max, allow_hosts=list(args.allow_host),
         own_netlocs=own_netlocs(args.host, args.port, public_url), run_worker=not args.no_worker,
         max_render_side=args.max_render_side, webhook_attempts=args.webhook_attempts, gpus=args.gpus,
-        sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode)
+        sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode, offload=args.offload,
+        attention=args.attention, compile_blocks=not args.no_compile, fp8=args.fp8)
     try:
         from server.multi_gpu import worker_device_sets
 

@@ -32,6 +32,7 @@ class WorkerSupervisor:
         self.state = STARTING
         self.error: str | None = None
         self.restarts = 0
+        self.loaded: dict[str, Any] | None = None  # what the worker reported when ready (model, levers)
         self._events: Any = None
         self._stop: Any = None
         self._last_start = 0.0
@@ -57,7 +58,7 @@ class WorkerSupervisor:
             except (queue.Empty, OSError, ValueError):
                 break
             if kind == "ready":
-                self.state, self.error = READY, None
+                self.state, self.error, self.loaded = READY, None, detail
             elif kind == "setup_failed":
                 self.state, self.error = SETUP_FAILED, detail
         if self.process is None or self.process.is_alive():

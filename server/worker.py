@@ -34,6 +34,10 @@ class WorkerConfig:
     lease_s: float = LEASE_S
     devices: tuple[str, ...] = ()  # a sequence-parallel group (2+ devices, see server/multi_gpu.py); () = `device`
     sp_mode: str = "ulysses"
+    offload: str = "auto"  # pipelines.memory mode
+    attention: str = "auto"  # pipelines.acceleration attention backend
+    compile_blocks: bool = True
+    fp8: bool = False
 
 
 def progress_line(step: int, total: int) -> str:
@@ -46,12 +50,9 @@ def progress_line(step: int, total: int) -> str:
 class ModelPool:
     """Loads served models on demand; keeps one resident at a time (one GPU)."""
 
-    def __init__(self, models: dict[str, str], device: str, devices: tuple[str, ...] = (),
-                 sp_mode: str = "ulysses", work_dir: Path | None = None):
-        self.paths = models
-        self.device = device
-        self.devices = devices
-        self.sp_mode = sp_mode
+    def __init__(self, config: WorkerConfig, work_dir: Path | None = None):
+        self.paths = config.models
+        self.config = config
         self.work_dir = work_dir or Path("vace-group")
         self.loaded: dict[str, Any] = {}
 
@@ -66,8 +67,7 @@ class ModelPool:
                 release(model)
             self.loaded.clear()
             _free_accelerator_memory()
-            self.loaded[name] = load_served_model(self.paths[name], name, self.device, self.devices,
-                                                  self.sp_mode, self.work_dir)
+            self.loaded[name] = load_served_model(self.paths[name], name, self.config, self.work_dir)
         return self.loaded[name]
 
 
@@ -258,18 +258,18 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     _exit_with_parent()
     store = Store(config.database_url)
-    pool = ModelPool(config.models, config.device, config.devices, config.sp_mode,
-                     Path(config.data_dir) / "work" / f"group-{config.worker_id}")
+    pool = ModelPool(config, Path(config.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
-        pool.get(default)
+        model = pool.get(default)
     except Exception as exc:  # noqa: BLE001 - reported to the server as SETUP_FAILED
         log.error("could not load model %s: %s", default, exc)
         if events is not None:
             events.put(("setup_failed", f"{type(exc).__name__}: {exc}"))
         return
     if events is not None:
-        events.put(("ready", default))
+        events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
+                              "offload": getattr(model, "offload", None)}))
     runner = JobRunner(store, pool, config)
     while stop is None or not stop.is_set():
         job = store.claim(config.worker_id, config.lease_s, models=list(config.models))

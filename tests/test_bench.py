@@ -59,7 +59,8 @@ def test_bench_with_a_preset_counts_skips(tiny_home, tmp_path):
     assert report["transformer_evaluations"] + report["transformer_evaluations_skipped"] == 8
 
 
-@pytest.mark.parametrize("args", [["--model", "14b"], ["--sequence-parallel", "2"], ["--offload", "half"]])
+@pytest.mark.parametrize("args", [["--model", "14b"], ["--sequence-parallel", "2", "--offload", "model"],
+                                  ["--offload", "half"]])
 def test_bench_refuses_what_it_cannot_run(tiny_home, tmp_path, capsys, args):
     code = main(["bench", "--device", "cpu", "--size", "64*64", "--frames", "5", "--steps", "1",
                  "--out", str(tmp_path / "r.json"), *args])
@@ -76,3 +77,13 @@ def test_real_shape_components_build_on_meta(tiny_home):
     assert count["transformer"] == pytest.approx(17.34, abs=0.01)
     assert count["text_encoder"] == pytest.approx(5.68, abs=0.01)
     assert len(parts["transformer"].blocks) == 40 and len(parts["transformer"].vace_blocks) == 8
+
+
+def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
+    """`--sequence-parallel 2` on CPU: the same job through a 2-process gloo group, reported per group size."""
+    code, report = _bench(tmp_path, "--sequence-parallel", "2", "--sp-mode", "ring")
+    assert code == 0
+    assert REPORT_KEYS <= set(report)
+    assert report["sequence_parallel"] == 2 and report["sp_mode"] == "ring" and report["devices"] == ["cpu", "cpu"]
+    assert report["transformer_evaluations"] == 8 and report["transformer_evaluations_skipped"] == 0
+    assert report["seconds_per_step"] > 0 and report["stages"]["load_model"] > 0

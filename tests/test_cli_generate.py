@@ -20,10 +20,11 @@ def test_generate_writes_requested_video_and_reports_seed(tmp_path, tiny_model_d
     src = write_video(tmp_path / "src.mp4", moving_square_frames(13, 64, 48))
     proc = vace("generate", "--model", "tiny", "--prompt", "a fox", "--size", "64*48", "--frames", "12",
                 "--fps", "8", "--steps", "2", "--seed", "-1", "--video", str(src), "--ref", str(ref),
-                "--out", str(out))
+                "--offload", "none", "--preset", "none", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["num_frames"] == 13 and 0 <= report["seed"] < 2**32
+    assert report["preset"] == "none" and report["transformer_evaluations"] == 4
     assert probe_video(out) == {"num_frames": 13, "width": 64, "height": 48, "fps": 8.0}
     assert "denoising" in proc.stderr  # the progress bar
 
@@ -35,3 +36,5 @@ def test_generate_bad_input_is_one_clear_error(tmp_path, tiny_model_dir):
     assert proc.stderr.strip().splitlines()[-1] == "error: width: must be a multiple of 16, got 60"
     proc = vace("generate", "--model", str(tmp_path / "nowhere"), "--prompt", "a", "--out", str(tmp_path / "y.mp4"))
     assert proc.returncode == 2 and "weights directory not found" in proc.stderr
+    proc = vace("generate", "--model", "tiny", "--prompt", "a", "--preset", "warp", "--out", str(tmp_path / "z.mp4"))
+    assert proc.returncode == 2 and "preset: unknown preset 'warp'" in proc.stderr

@@ -96,8 +96,10 @@ def test_dead_rank_fails_the_job_clearly_and_the_group_restarts(group, reference
 
 def test_gpu_list_and_groups():
     assert parse_gpus("0,1,2,3") == [0, 1, 2, 3]
-    with pytest.raises(ValueError):
-        parse_gpus("0,0")
+    assert parse_gpus("0-3") == [0, 1, 2, 3] and parse_gpus("0-2,6") == [0, 1, 2, 6]
+    for bad in ("0,0", "0-2,1", "3-1", "a", "-1", ""):
+        with pytest.raises(ValueError):
+            parse_gpus(bad)
     gpus = [f"cuda:{i}" for i in range(8)]
     assert plan_groups(gpus, 4) == [tuple(gpus[:4]), tuple(gpus[4:])]
     assert plan_groups(gpus[:2], 1) == [("cuda:0",), ("cuda:1",)]

@@ -50,6 +50,9 @@ def test_health_went_from_starting_to_ready(server: Server):
     with server.client() as http:
         body = http.get("/health").json()
     assert body["status"] == "READY" and body["models"] == ["tiny"]
+    loaded = body["worker"]["loaded"]
+    assert loaded["model"] == "tiny" and loaded["offload"] == "none"  # auto on a CPU -> none
+    assert loaded["levers"]["attention_backend"] == "native" and loaded["levers"]["compiled_blocks"] == 0
 
 
 def test_openapi_documents_routes_and_inputs(server: Server):

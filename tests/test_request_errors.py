@@ -28,12 +28,18 @@ def req(**kw) -> GenerationRequest:
         (dict(steps=0), "steps", "between 1 and 100"),
         (dict(conditioning_scale=3.0), "conditioning_scale", "between 0 and 2"),
         (dict(mask="m.png"), "mask", "needs a source video"),
+        (dict(preset="ludicrous"), "preset", "unknown preset"),
     ],
 )
 def test_validation_names_the_field(kwargs, field, fragment):
     with pytest.raises(RequestError) as info:
         req(**kwargs).validated()
     assert info.value.field == field and fragment in info.value.message
+
+
+def test_preset_aliases_resolve_to_a_level():
+    assert req(preset="Juiced 🔥 (more speed)").validated().preset == "low"
+    assert req(preset="regular").validated().preset == "regular"
 
 
 def test_frames_snap_to_4n_plus_1():

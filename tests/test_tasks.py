@@ -368,3 +368,15 @@ def test_preflight_from_request_alone(tmp_path: Path, env):
     video_mask = GenerationRequest(prompt="x", video="clip.mp4", mask="mask.mp4", task="swap-anything")
     assert tasks.preflight(video_mask, AnnotatorEnv(root=tmp_path)) == []
     assert tasks.preflight(GenerationRequest(prompt="x", video="v.mp4", task="pose"), env) == ["pose"]
+
+
+def test_unknown_task_option_is_refused_by_name():
+    from pipelines.tasks.options import parse_options
+
+    with pytest.raises(RequestError) as info:
+        parse_options("outpainting", {"expand_left": True, "expand_lefft": True})
+    assert info.value.field == "task_options.expand_lefft" and "unknown task option" in info.value.message
+    assert parse_options("firstframe", {"transparency_mode": "white"}).transparency_mode == "white"
+    with pytest.raises(RequestError) as info:
+        parse_options("firstframe", {"transparency_mode": "pink"})
+    assert info.value.field == "task_options.transparency_mode"

@@ -23,14 +23,12 @@ def reference_to_video(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
 def _slot(img, inputs: TaskInputs):
     """An image placed as one frame: (frame, mask). Images with alpha follow task_options.transparency_mode
     (content_aware: transparent pixels are generated; white / black: filled), see pipelines.transparency."""
-    from pipelines.transparency import MODES, frame_and_mask, has_alpha
+    from pipelines.transparency import frame_and_mask, has_alpha
 
     if not has_alpha(img):
         return image_at_output(img, inputs), 0.0
-    mode = inputs.options.get("transparency_mode", "content_aware")
-    if mode not in MODES:
-        raise RequestError("task_options.transparency_mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-    return frame_and_mask(img, mode, inputs.width, inputs.height)
+    # Already validated by tasks.options.parse_options.
+    return frame_and_mask(img, inputs.options.get("transparency_mode", "content_aware"), inputs.width, inputs.height)
 
 
 def frame_slots(inputs: TaskInputs, first: bool, last: bool) -> Conditioning:

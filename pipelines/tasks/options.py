@@ -1,12 +1,11 @@
 """Task settings (GenerationRequest.task_options): every name, default and range, validated in one place.
 
-Unknown keys are left alone (other layers carry their own settings in task_options); the keys below are
-checked and a bad value raises RequestError naming `task_options.<key>`.
+Every key is checked: an unknown key or a bad value raises RequestError naming `task_options.<key>`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipelines.request import RequestError
@@ -44,6 +43,7 @@ class TaskOptions:
     clip_frames: int | None = None
     mask_tracking: str | None = None  # None: "sam2" for swap-anything with a mask image, else "none"
     boxes: list[list[float]] = field(default_factory=list)
+    transparency_mode: str = "content_aware"  # first/last frame images with alpha (pipelines.transparency)
 
     def sides(self) -> dict[str, bool]:
         return {s: getattr(self, f"expand_{s}") for s in SIDES}
@@ -95,6 +95,10 @@ def _boxes(value: Any) -> list[list[float]]:
 def parse_options(task: str | None, raw: dict[str, Any] | None) -> TaskOptions:
     """Validate the known keys of raw task_options for `task` (None = inferred from the media)."""
     raw = dict(raw or {})
+    unknown = sorted(set(raw) - KNOWN_KEYS)
+    if unknown:
+        raise RequestError(f"task_options.{unknown[0]}",
+                           f"unknown task option; known: {', '.join(sorted(KNOWN_KEYS))}")
     values: dict[str, Any] = {}
     for key in ("preprocess", "match_input_num_frames", "match_input_frames_per_second", "trim_borders",
                 *(f"expand_{s}" for s in SIDES)):
@@ -115,12 +119,19 @@ def parse_options(task: str | None, raw: dict[str, Any] | None) -> TaskOptions:
         values["mask_tracking"] = _choice("mask_tracking", raw["mask_tracking"], MASK_TRACKING)
     if raw.get("boxes") is not None:
         values["boxes"] = _boxes(raw["boxes"])
+    if raw.get("transparency_mode") is not None:
+        from pipelines.transparency import MODES
+
+        values["transparency_mode"] = _choice("transparency_mode", raw["transparency_mode"], MODES)
     if raw.get("annotator") is not None:
         choices = ANNOTATOR_CHOICES.get(task or "")
         if not choices:
             raise RequestError("task_options.annotator", f"task {task!r} runs no annotator")
         values["annotator"] = _choice("annotator", raw["annotator"], choices)
     return TaskOptions(**values)
+
+
+KNOWN_KEYS = frozenset(f.name for f in fields(TaskOptions))
 
 
 def annotator_for(task: str, options: TaskOptions) -> str:
