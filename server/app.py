@@ -130,6 +130,8 @@ def _add_core_routes(app: FastAPI) -> None:
     @app.get("/health-check", tags=["server"], include_in_schema=False)
     def health() -> JSONResponse:
         supervisor: WorkerSupervisor = app.state.supervisor
+        if settings.run_worker:
+            supervisor.read_reports()
         state = supervisor.state if settings.run_worker else READY
         counts = app.state.store.count_active()
         body = {"status": state, "models": list(settings.models), "queue": {"queued": counts[QUEUED],

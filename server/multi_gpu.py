@@ -91,6 +91,10 @@ class SupervisorSet:
         for member in self.members:
             member.poll()
 
+    def read_reports(self) -> None:
+        for member in self.members:
+            member.read_reports()
+
     def stop(self) -> None:
         for member in self.members:
             member.stop()

@@ -27,7 +27,7 @@ from typing import Any
 
 from pipelines.fetch import FetchPolicy, check_url
 from pipelines.request import GenerationRequest, RequestError
-from server.store import QUEUED, TERMINAL, Prediction, Store, StoredFile, new_id
+from server.store import PROCESSING, QUEUED, TERMINAL, Prediction, Store, StoredFile, new_id
 
 log = logging.getLogger("vace.predictions")
 
@@ -132,6 +132,15 @@ def webhook_events_between(prev: Prediction | None, cur: Prediction) -> list[str
     if cur.status in TERMINAL and prev_status not in TERMINAL:
         events.append("completed")
     return events
+
+
+def as_started(pred: Prediction) -> Prediction:
+    """The prediction as it stood when it started: what a `start` event describes even when the change feed
+    first sees the job after it has already moved on (a job shorter than one watch tick)."""
+    if pred.status == PROCESSING:
+        return pred
+    return dataclasses.replace(pred, status=PROCESSING, output=None, error=None, completed_at=None, progress=0.0,
+                               metrics=None, logs="")
 
 
 class PredictionService:
@@ -393,7 +402,7 @@ class PredictionService:
             self._pending[pred.id] = (self._pending[pred.id][0], pred)
         for event in to_send:
             self._last_sent[(pred.id, event)] = now
-            self._enqueue_webhook(pred, event)
+            self._enqueue_webhook(as_started(pred) if event == "start" else pred, event)
         if pred.terminal:
             for key in [k for k in self._last_sent if k[0] == pred.id]:
                 del self._last_sent[key]

@@ -52,6 +52,11 @@ class WorkerSupervisor:
 
     def poll(self) -> None:
         """Read the worker's reports; replace it if it died. Call this often."""
+        self.read_reports()
+        self._replace_if_dead()
+
+    def read_reports(self) -> None:
+        """Take in what the worker reported (ready / setup failed) without waiting; /health calls this too."""
         while self._events is not None:
             try:
                 kind, detail = self._events.get_nowait()
@@ -61,6 +66,8 @@ class WorkerSupervisor:
                 self.state, self.error, self.loaded = READY, None, detail
             elif kind == "setup_failed":
                 self.state, self.error = SETUP_FAILED, detail
+
+    def _replace_if_dead(self) -> None:
         if self.process is None or self.process.is_alive():
             return
         code = self.process.exitcode

@@ -132,6 +132,23 @@ def test_webhook_events_from_state_changes():
     assert webhook_events_between(None, _pred(status=CANCELED)) == ["completed"]  # canceled while queued
 
 
+def test_start_webhook_describes_the_start_even_when_first_seen_finished(tmp_path: Path, store: Store):
+    """A job shorter than one change-feed tick is first seen succeeded: its `start` event must still say
+    processing with no output, and `output`/`completed` carry the result."""
+    service = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="http://127.0.0.1:1"))
+    sent: list[tuple[str, Prediction]] = []
+    service._enqueue_webhook = lambda pred, event: sent.append((event, pred))  # type: ignore[method-assign]
+    done = _pred(status=SUCCEEDED, started_at=1.0, completed_at=2.0, output={"path": "outputs/p.mp4"},
+                 metrics={"predict_time": 1.0}, webhook="http://example.com/h",
+                 webhook_events=["start", "output", "completed"])
+    service._schedule_webhooks(done, ["start", "output", "completed"])
+    assert [e for e, _ in sent] == ["start", "output", "completed"]
+    start = sent[0][1]
+    assert start.status == PROCESSING and start.output is None and start.completed_at is None
+    assert start.metrics is None and start.id == done.id
+    assert sent[1][1] is done and sent[2][1] is done
+
+
 def test_replicate_header_parsers():
     assert parse_prefer_wait("wait") == 60 and parse_prefer_wait("wait=5") == 5
     assert parse_prefer_wait("wait=600") == 60 and parse_prefer_wait(None) is None
