@@ -35,6 +35,7 @@ from typing import Any
 
 from pipelines.acceleration import preset_applied
 from pipelines.fetch import FetchPolicy
+from pipelines.processes import exit_with_parent
 from pipelines.render import CancelFn, Prepared, ProgressFn, RenderCancelled, Renderer, RenderResult
 from pipelines.request import GenerationRequest, RequestError
 
@@ -196,18 +197,6 @@ class ShardRenderer(Renderer):
         return super().decode(latents, num_reference_images)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Die when the supervising process dies (even by SIGKILL), so no orphan rank keeps a GPU."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(3)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
 def _error_message(exc: BaseException) -> tuple:
     if isinstance(exc, RequestError):
         return ("request_error", exc.field, str(exc).split(": ", 1)[-1])
@@ -217,7 +206,7 @@ def _error_message(exc: BaseException) -> tuple:
 def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, parent_pid: int,
                work_dir: str) -> None:
     """Entry point of one rank process."""
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     try:
         import torch
         import torch.distributed as dist

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 import traceback
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.processes import exit_with_parent
 from server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 
 log = logging.getLogger("vace.worker")
@@ -240,23 +240,10 @@ class _Heartbeat(threading.Thread):
         self.stopped.set()
 
 
-def _exit_with_parent() -> None:
-    """Die when the serving process dies (even by SIGKILL), so no orphan keeps the GPU."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(3)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
 def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> None:
     """Process entry point: load the default model, then claim and run jobs until `stop` is set."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-    _exit_with_parent()
+    exit_with_parent()
     store = Store(config.database_url)
     pool = ModelPool(config, Path(config.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,3 +126,54 @@ class Server:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class WebhookReceiver:
+    """POSTs received on loopback, as (headers, raw body); `url` is where to send them."""
+
+    url: str
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    def wait(self, count: int, timeout: float = 30.0) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.received
+
+
+@contextlib.contextmanager
+def webhook_receiver(fail_first: int = 0) -> Iterator[WebhookReceiver]:
+    """A loopback webhook receiver; the first `fail_first` deliveries are answered 500 (to exercise retries)."""
+    failures = [fail_first]
+    holder: list[WebhookReceiver] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if failures[0] > 0:
+                failures[0] -= 1
+                self.send_response(500)
+            else:
+                holder[0].received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder.append(WebhookReceiver(url=f"http://127.0.0.1:{httpd.server_port}/hook"))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield holder[0]
+    finally:
+        httpd.shutdown()
+
+
+def wait_until_denoising(prediction: object, timeout: float = 120.0) -> None:
+    """Reload a replicate Prediction until its logs show a denoising step (bounded)."""
+    deadline = time.monotonic() + timeout
+    while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
+        prediction.reload()  # type: ignore[attr-defined]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines.media import load_video
-from tests.server_process import Server
+from tests.server_process import Server, wait_until_denoising
 
 API_KEY = "sp-key"
 LEVELS = 3
@@ -108,10 +107,7 @@ def test_cancel_mid_run_leaves_every_rank_alive_and_ready(sp_server, tmp_path):
     client = _client(sp_server)
     prediction = client.predictions.create(model="vace/tiny", input={
         "prompt": "a long one", "width": 80, "height": 48, "num_frames": 13, "steps": 100, "seed": 2})
-    deadline = time.monotonic() + 120
-    while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:
-        time.sleep(0.1)
-        prediction.reload()
+    wait_until_denoising(prediction)
     assert prediction.status == "processing"
     prediction.cancel()
     prediction.wait()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import importlib
 import json
 import ssl
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 from pipelines.media import probe_video
-from tests.server_process import TLS, Server
+from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, write_video
 
 API_KEY = "fal-test-key"
@@ -170,20 +168,7 @@ def test_wan22_endpoint_runs_on_the_two_expert_model(fal, server, control_video)
 
 
 def test_validation_errors_auth_and_webhook(server, control_video):
-    received: list[dict] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
+    with webhook_receiver() as hook:
         with httpx.Client(base_url=server.base_url, verify=ca(server), timeout=30,
                           headers={"Authorization": f"Key {API_KEY}"}) as api:
             bad = api.post(f"/queue/{APP}/depth", json=small(video_url=control_video, num_frames=500,
@@ -194,24 +179,20 @@ def test_validation_errors_auth_and_webhook(server, control_video):
             assert api.post(f"/queue/{APP}/depth", json=small(video_url=control_video),
                              headers={"Authorization": "Key wrong"}).status_code == 401
             assert api.post(f"/queue/{APP}/depth", json=small(video_url="file:///etc/passwd")).status_code == 422
-            sub = api.post(f"/queue/{APP}/depth", params={"fal_webhook": f"http://127.0.0.1:{hook.server_port}/h"},
+            sub = api.post(f"/queue/{APP}/depth", params={"fal_webhook": hook.url},
                             json=small(video_url=control_video, enable_safety_checker=True))
             assert sub.status_code == 200 and sub.json()["status"] == "IN_QUEUE"
             request_id = sub.json()["request_id"]
             stream = api.get(f"/queue/{APP}/requests/{request_id}/status/stream", params={"logs": 1})
             statuses = [json.loads(line[5:]) for line in stream.text.splitlines() if line.startswith("data:")]
             assert statuses[-1]["status"] == "COMPLETED" and statuses[-1]["metrics"]["inference_time"] > 0
-        deadline = time.monotonic() + 30
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.1)
+        received = [json.loads(body) for _, body in hook.wait(1)]
         assert received and received[0]["request_id"] == request_id
         assert received[0]["status"] in ("OK", "ERROR")  # a random tiny classifier may flag noise
         if received[0]["status"] == "OK":
             assert received[0]["payload"]["video"]["num_frames"] == 17
         else:
             assert "safety checker" in received[0]["error"]
-    finally:
-        hook.shutdown()
 
 
 def test_wan22_without_a_two_expert_model_names_it(tiny_model_dir):

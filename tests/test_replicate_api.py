@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pipelines.media import probe_video
-from tests.server_process import TLS, Server
+from tests.server_process import TLS, Server, wait_until_denoising, webhook_receiver
 from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 
 API_KEY = "test-key-123"
@@ -129,10 +127,7 @@ def test_create_wait_with_a_file_uploaded_by_the_client(client, tmp_path: Path):
 
 def test_cancel_running_prediction_stops_between_steps(client):
     prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
-    deadline = time.monotonic() + 60
-    while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:
-        time.sleep(0.1)
-        prediction.reload()
+    wait_until_denoising(prediction, timeout=60)
     assert prediction.status == "processing"
     prediction.cancel()
     prediction.wait()
@@ -151,49 +146,24 @@ def test_stream_events(client):
     assert str([e for e in events if e.event.value == "output"][0].data).endswith(f"/outputs/{prediction.id}.mp4")
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[dict, bytes]] = []
-    fail_first = True
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if _Receiver.fail_first:
-            _Receiver.fail_first = False
-            self.send_response(500)
-        else:
-            _Receiver.received.append((dict(self.headers), body))
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_webhooks_start_output_completed_signed(server: Server, client):
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    try:
-        with server.client() as http_client:
-            secret = http_client.get("/v1/webhooks/default/secret").json()["key"]
-        assert secret.startswith("whsec_")
+    with server.client() as http_client:
+        secret = http_client.get("/v1/webhooks/default/secret").json()["key"]
+    assert secret.startswith("whsec_")
+    with webhook_receiver(fail_first=1) as hook:  # the first delivery fails: it must be retried
         prediction = client.predictions.create(
-            model="vace/tiny", input=small(), webhook=f"http://127.0.0.1:{receiver.server_port}/hook",
-            webhook_events_filter=["start", "output", "completed"])
+            model="vace/tiny", input=small(), webhook=hook.url, webhook_events_filter=["start", "output", "completed"])
         prediction.wait()
-        deadline = time.monotonic() + 30
-        while len(_Receiver.received) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
-    finally:
-        receiver.shutdown()
-    bodies = [Webhook(secret).verify(body, headers) for headers, body in _Receiver.received]
+        received = hook.wait(3)
+        time.sleep(0.5)  # nothing more may arrive
+    bodies = [Webhook(secret).verify(body, headers) for headers, body in received]
     assert [b["status"] for b in bodies] == ["processing", "succeeded", "succeeded"]  # start, output, completed
     assert bodies[0]["output"] is None and bodies[1]["output"] == bodies[2]["output"] is not None
     assert all(b["id"] == prediction.id for b in bodies)
     with pytest.raises(WebhookVerificationError):  # a wrong secret does not verify
-        Webhook("whsec_" + "A" * 43 + "=").verify(_Receiver.received[0][1], _Receiver.received[0][0])
+        Webhook("whsec_" + "A" * 43 + "=").verify(received[0][1], received[0][0])
 
 
 def _assert_problem(resp, status: int) -> dict:

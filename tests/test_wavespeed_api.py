@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import io
 import json
 import ssl
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from pipelines.media import probe_video
-from tests.server_process import TLS, Server
+from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, solid_image, write_video
 
 API_KEY = "ws-test-key"
@@ -96,37 +94,18 @@ def test_submit_and_poll_result(api, server, media, tmp_path):
 
 
 def test_sync_mode_and_signed_webhook(api, server, media):
-    received: list[tuple[dict, bytes]] = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append((dict(self.headers), self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
-        resp = api.post(MODEL, params={"webhook": f"http://127.0.0.1:{hook.server_port}/ws"},
+    with webhook_receiver() as hook:
+        resp = api.post(MODEL, params={"webhook": hook.url},
                         json=example(images=[media["image"]], enable_sync_mode=True, seed=5, size="480*832"))
         data = resp.json()["data"]
         assert resp.status_code == 200 and data["status"] == "completed" and len(data["outputs"]) == 1
-        deadline = time.monotonic() + 30
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.1)
-        headers, raw = received[0]
-        headers = {k.lower(): v for k, v in headers.items()}
+        headers, raw = hook.wait(1)[0]
         secret = api.get("/api/v3/webhook/secret").json()["data"]["secret"]
         key = secret.removeprefix("whsec_").encode()
         expected = hmac.new(key, f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + raw,
                             hashlib.sha256).hexdigest()
         assert headers["webhook-signature"] == f"v3,{expected}"
         assert json.loads(raw)["id"] == data["id"] and json.loads(raw)["status"] == "completed"
-    finally:
-        hook.shutdown()
 
 
 def test_errors_use_the_envelope(api, server):
