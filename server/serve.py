@@ -11,6 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+TINY_RENDER_SIDE = 256  # the random tiny models make noise: render it small, fast, at any requested size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accept and store predictions only; no GPU worker runs in this process")
     p.add_argument("--max-render-side", type=int, default=None, metavar="PIXELS",
                    help="render at most this many pixels on the longer side and resize the video to the "
-                        "requested size (CPU smoke tests and demos with the tiny model)")
+                        f"requested size (CPU demos; default {TINY_RENDER_SIDE} when only tiny models are "
+                        "served, else no cap; 0 = no cap)")
     p.add_argument("--webhook-attempts", type=int, default=6)
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=serve)
@@ -79,6 +81,21 @@ def parse_models(specs: list[str]) -> dict[str, str]:
         name = name or (path if path in TINY_MODELS else Path(directory).name.lower())
         models[name] = str(directory)
     return models
+
+
+def default_render_side(model_specs: list[str], requested: int | None) -> int | None:
+    """--max-render-side as given (0 = no cap); unset: TINY_RENDER_SIDE when every served model is a tiny one."""
+    from weights.tiny import TINY_MODELS
+
+    if requested is not None:
+        return requested or None
+    paths = [spec.partition("=")[2] or spec for spec in (model_specs or ["tiny"])]
+    if all(path in TINY_MODELS for path in paths):
+        logging.getLogger("vace.server").info(
+            "serving only tiny test models: renders are capped at %d px on the longer side and resized to "
+            "the requested size (--max-render-side)", TINY_RENDER_SIDE)
+        return TINY_RENDER_SIDE
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -124,6 +141,7 @@ def serve(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    max_render_side = default_render_side(args.model, args.max_render_side)
     scheme = "https" if args.ssl_certfile else "http"
     shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     shown = f"[{shown}]" if ":" in shown else shown
@@ -132,7 +150,7 @@ def serve(args: argparse.Namespace) -> int:
         models=models, data_dir=Path(args.data_dir).resolve(), public_url=public_url, api_keys=keys,
         device=args.device, queue_max=args.queue_max, allow_hosts=list(args.allow_host),
         own_netlocs=own_netlocs(args.host, args.port, public_url), run_worker=not args.no_worker,
-        max_render_side=args.max_render_side, webhook_attempts=args.webhook_attempts, gpus=args.gpus,
+        max_render_side=max_render_side, webhook_attempts=args.webhook_attempts, gpus=args.gpus,
         sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode, offload=args.offload,
         attention=args.attention, compile_blocks=not args.no_compile, fp8=args.fp8)
     try:

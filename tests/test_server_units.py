@@ -188,3 +188,12 @@ def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path):
                              "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2 and "without an API key" in result.stderr
+
+
+def test_tiny_only_servers_cap_renders_by_default():
+    from server.serve import TINY_RENDER_SIDE, default_render_side
+
+    assert default_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
+    assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
+    assert default_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) is None
+    assert default_render_side(["tiny"], 0) is None and default_render_side(["tiny"], 64) == 64

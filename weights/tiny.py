@@ -45,7 +45,7 @@ def build_components(two_experts: bool) -> dict:
     transformer_kwargs = dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
         text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=3, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, vace_layers=[0, 2], vace_in_channels=96,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024, vace_layers=[0, 2], vace_in_channels=96,
     )
     components = {"vae": vae, "transformer": WanVACETransformer3DModel(**transformer_kwargs)}
     if two_experts:
@@ -100,7 +100,7 @@ def _normalise_json(root: Path) -> None:
 def tiny_home() -> Path:
     import os
 
-    return Path(os.environ.get("VACE_TINY_DIR", Path.home() / ".cache" / "vace-server" / "tiny-v1"))
+    return Path(os.environ.get("VACE_TINY_DIR", Path.home() / ".cache" / "vace-server" / "tiny-v2"))
 
 
 def resolve_model(spec: str) -> Path:
