@@ -21,6 +21,7 @@ from server.api import DIALECTS
 from server.multi_gpu import make_supervisor
 from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
 from server.problems import problem, service_problem
+from server.retention import RetentionPolicy
 from server.store import PROCESSING, QUEUED, Store, database_url
 from server.supervisor import READY, SETUP_FAILED, WorkerSupervisor
 from server.worker import WorkerConfig
@@ -52,6 +53,8 @@ class Settings:
     attention: str = "auto"  # --attention auto|native|flash|sage|...
     compile_blocks: bool = True  # --no-compile turns regional compilation off
     fp8: bool = False  # --fp8
+    output_retention_hours: float = 24.0  # --output-retention-hours (0 = forever)
+    file_retention_hours: float = 24.0  # --file-retention-hours (0 = forever)
 
 
 ErrorRenderer = Any  # (Request, ServiceError) -> Response
@@ -63,7 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     service = PredictionService(store, ServiceConfig(
         data_dir=settings.data_dir, public_url=settings.public_url, queue_max=settings.queue_max,
         allow_hosts=set(settings.allow_hosts), own_netlocs=settings.own_netlocs,
-        webhook_attempts=settings.webhook_attempts))
+        webhook_attempts=settings.webhook_attempts,
+        retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)))
     supervisor = make_supervisor(store, WorkerConfig(
         database_url=store.url, data_dir=str(settings.data_dir), models=settings.models, device=settings.device,
         allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side,

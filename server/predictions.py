@@ -27,6 +27,7 @@ from typing import Any
 
 from pipelines.fetch import FetchPolicy, check_url
 from pipelines.request import GenerationRequest, RequestError
+from server.retention import RetentionPolicy, SweepReport, sweep
 from server.store import PROCESSING, QUEUED, TERMINAL, Prediction, Store, StoredFile, new_id
 
 log = logging.getLogger("vace.predictions")
@@ -85,6 +86,8 @@ class ServiceConfig:
     webhook_attempts: int = 6
     webhook_backoff_s: float = 0.5
     webhook_timeout_s: float = 10.0
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # default: keep everything
+    clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
 
 
 @dataclass
@@ -163,6 +166,7 @@ class PredictionService:
         self._deliveries: dict[str, asyncio.Queue[tuple[str, Prediction]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
+        self._retention_task: asyncio.Task | None = None
         self._http: Any = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
@@ -175,12 +179,14 @@ class PredictionService:
         for pred in recent + [p for p in self.store.page(limit=1000) if not p.terminal]:
             self._seen[pred.id] = pred
         self._watch_task = asyncio.create_task(self._watch(), name="prediction-watch")
+        self._retention_task = asyncio.create_task(self._retention(), name="retention-sweep")
 
     async def stop(self) -> None:
-        if self._watch_task:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._retention_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._tasks):
             task.cancel()
         if self._http:
@@ -201,19 +207,25 @@ class PredictionService:
         return self.config.public_url.rstrip("/") + "/" + path.lstrip("/")
 
     def output_url(self, pred: Prediction) -> str | None:
-        return self.url(pred.output["path"]) if pred.output and pred.output.get("path") else None
+        """None when there is no output or retention removed it."""
+        if pred.data_removed or not pred.output or not pred.output.get("path"):
+            return None
+        return self.url(pred.output["path"])
 
     def output_path(self, name: str) -> Path | None:
         path = self.config.data_dir / "outputs" / name
         return path if "/" not in name and path.is_file() else None
 
-    def _local_ref(self, ref: str) -> str | None:
+    def _local_ref(self, ref: str, field_name: str) -> str | None:
         """A URL of this server's own upload or output -> the file's local path (None if not ours)."""
         parsed = urllib.parse.urlparse(ref)
         if parsed.netloc not in self.config.own_netlocs:
             return None
         if m := _FILE_PATH.match(parsed.path):
             record = self.store.get_file(m["id"])
+            if record and record.expired(self.config.clock()):
+                raise InvalidInput.of(field_name, f"uploaded file {record.id} expired at {_utc(record.expires_at)} "
+                                                  "(--file-retention-hours); upload it again")
             return str(self.config.data_dir / record.path) if record else None
         if m := _OUTPUT_PATH.match(parsed.path):
             path = self.output_path(m["name"])
@@ -227,7 +239,7 @@ class PredictionService:
         if ref.startswith("data:"):
             return ref
         if ref.startswith(("http://", "https://")):
-            local = self._local_ref(ref)
+            local = self._local_ref(ref, field_name)
             if local:
                 return local
             if urllib.parse.urlparse(ref).netloc in self.config.own_netlocs:
@@ -465,32 +477,58 @@ class PredictionService:
 
     def save_file(self, name: str, content_type: str | None, data: bytes,
                   metadata: dict[str, Any] | None = None) -> StoredFile:
-        file_id = new_id()
+        file_id, now = new_id(), self.config.clock()
         safe = re.sub(r"[^\w.-]", "_", os.path.basename(name or "file"))[:200] or "file"
         rel = f"files/{file_id}-{safe}"
         (self.config.data_dir / rel).write_bytes(data)
         ctype = content_type or mimetypes.guess_type(safe)[0] or "application/octet-stream"
         record = StoredFile(id=file_id, name=safe, content_type=ctype, size=len(data),
                             sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),
-                            metadata=metadata or {}, created_at=time.time(), expires_at=None, path=rel)
+                            metadata=metadata or {}, created_at=now, expires_at=self.config.retention.file_expiry(now),
+                            path=rel)
         return self.store.insert_file(record)
 
     def get_file(self, file_id: str) -> StoredFile:
+        """A stored upload; NotFound once it has expired, even before the sweep deletes it."""
         record = self.store.get_file(file_id)
         if record is None:
             raise NotFound(f"file {file_id!r} not found")
+        if record.expired(self.config.clock()):
+            raise NotFound(f"file {file_id!r} not found: it expired at {_utc(record.expires_at)}")
         return record
 
     def file_path(self, record: StoredFile) -> Path:
         return self.config.data_dir / record.path
 
     def list_files(self) -> list[StoredFile]:
-        return self.store.list_files()
+        return self.store.list_files(now=self.config.clock())
+
+    # ---- retention ---------------------------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> SweepReport:
+        """One bounded retention pass (see server/retention.py)."""
+        return sweep(self.store, self.config.data_dir, self.config.retention,
+                     self.config.clock() if now is None else now)
+
+    async def _retention(self) -> None:
+        while True:
+            full = False
+            try:
+                full = (await asyncio.to_thread(self.sweep)).full
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - retention must survive a transient database or disk error
+                log.exception("retention sweep failed")
+            await asyncio.sleep(0.0 if full else self.config.retention.interval_s)
 
     def delete_file(self, file_id: str) -> None:
         record = self.get_file(file_id)
         self.store.delete_file(file_id)
         self.file_path(record).unlink(missing_ok=True)
+
+
+def _utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts or 0))
 
 
 def _cursor(kind: str, seq: int) -> str:

@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"requested size (CPU demos; default {TINY_RENDER_SIDE} when only tiny models are "
                         "served, else no cap; 0 = no cap)")
     p.add_argument("--webhook-attempts", type=int, default=6)
+    p.add_argument("--output-retention-hours", type=float, default=24.0, metavar="H",
+                   help="delete a finished prediction's output files H hours after it finished; it then reports "
+                        "data_removed (default 24; 0 = keep forever; fractions allowed)")
+    p.add_argument("--file-retention-hours", type=float, default=24.0, metavar="H",
+                   help="uploaded files expire H hours after upload (expires_at) and are deleted "
+                        "(default 24; 0 = keep forever; fractions allowed)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=serve)
 
@@ -118,6 +124,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import Settings, create_app
+    from server.retention import RetentionPolicy
     from weights.loader import WeightsError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -137,6 +144,11 @@ def serve(args: argparse.Namespace) -> int:
         print("error: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
         return 2
     try:
+        RetentionPolicy.from_hours(args.output_retention_hours, args.file_retention_hours)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         models = parse_models(args.model)
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -152,7 +164,8 @@ def serve(args: argparse.Namespace) -> int:
         own_netlocs=own_netlocs(args.host, args.port, public_url), run_worker=not args.no_worker,
         max_render_side=max_render_side, webhook_attempts=args.webhook_attempts, gpus=args.gpus,
         sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode, offload=args.offload,
-        attention=args.attention, compile_blocks=not args.no_compile, fp8=args.fp8)
+        attention=args.attention, compile_blocks=not args.no_compile, fp8=args.fp8,
+        output_retention_hours=args.output_retention_hours, file_retention_hours=args.file_retention_hours)
     try:
         from server.multi_gpu import worker_device_sets
 

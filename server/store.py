@@ -30,11 +30,14 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
@@ -70,6 +73,8 @@ predictions = Table(
     Column("lease_owner", String(100), nullable=True, index=True),
     Column("lease_expires", Float, nullable=True),
     Column("extra", JSON, nullable=True),  # dialect-specific bookkeeping (e.g. sync mode, endpoint path)
+    # When retention removed the outputs (added to older databases by `_add_missing_columns`).
+    Column("data_removed_at", Float, nullable=True),
 )
 
 files = Table(
@@ -123,11 +128,16 @@ class Prediction:
     lease_owner: str | None = None
     lease_expires: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    data_removed_at: float | None = None
     seq: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def data_removed(self) -> bool:
+        return self.data_removed_at is not None
 
     @classmethod
     def from_row(cls, row: Any) -> Prediction:
@@ -150,6 +160,9 @@ class StoredFile:
     path: str
     seq: int = 0
 
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
     @classmethod
     def from_row(cls, row: Any) -> StoredFile:
         return cls(**dict(row._mapping))
@@ -161,6 +174,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _add_missing_columns(engine: Engine, table: Table) -> None:
+    """Columns added after a database was created: nullable, so ALTER TABLE ADD COLUMN upgrades it in place."""
+    for column in table.columns:
+        if column.name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+            continue
+        assert column.nullable, f"{table.name}.{column.name} must be nullable to be added to old databases"
+        ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(ddl))
+        except DBAPIError:  # another process (a worker starting beside the server) added it first
+            if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
 
 
 def database_url(data_dir: str | Path) -> str:
@@ -179,6 +207,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine, predictions)
 
     @property
     def single_host(self) -> bool:
@@ -339,6 +368,37 @@ class Store:
                          logs=predictions.c.logs + f"{note}\n")
         return ids
 
+    # ---- retention ---------------------------------------------------------------------------------------------
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        """The requests of queued and processing predictions (what their inputs point at)."""
+        query = select(predictions.c.request).where(predictions.c.status.in_((QUEUED, PROCESSING)))
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def outputs_due(self, finished_before: float, limit: int) -> list[Prediction]:
+        """Terminal predictions finished before the cutoff whose outputs are not yet removed, oldest first."""
+        finished = func.coalesce(predictions.c.completed_at, predictions.c.created_at)
+        query = (select(predictions).where(and_(predictions.c.status.in_(TERMINAL),
+                                                predictions.c.data_removed_at.is_(None),
+                                                finished < finished_before))
+                 .order_by(finished.asc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [Prediction.from_row(r) for r in conn.execute(query).all()]
+
+    def mark_data_removed(self, prediction_id: str, now: float) -> bool:
+        """Record that retention removed the outputs. Not a change event: updated_at and rev stay (no webhooks)."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(predictions).where(and_(
+                predictions.c.id == prediction_id, predictions.c.status.in_(TERMINAL)))
+                .values(data_removed_at=now)).rowcount)
+
+    def files_expired(self, now: float, limit: int) -> list[StoredFile]:
+        query = (select(files).where(and_(files.c.expires_at.is_not(None), files.c.expires_at <= now))
+                 .order_by(files.c.expires_at.asc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [StoredFile.from_row(r) for r in conn.execute(query).all()]
+
     # ---- files -------------------------------------------------------------------------------------------------
 
     def insert_file(self, record: StoredFile) -> StoredFile:
@@ -352,9 +412,13 @@ class Store:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
         return StoredFile.from_row(row) if row else None
 
-    def list_files(self, limit: int = 100) -> list[StoredFile]:
+    def list_files(self, limit: int = 100, now: float | None = None) -> list[StoredFile]:
+        """Newest first; with `now`, only the files not expired by then."""
+        query = select(files)
+        if now is not None:
+            query = query.where(or_(files.c.expires_at.is_(None), files.c.expires_at > now))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(files).order_by(files.c.seq.desc()).limit(limit)).all()
+            rows = conn.execute(query.order_by(files.c.seq.desc()).limit(limit)).all()
         return [StoredFile.from_row(r) for r in rows]
 
     def delete_file(self, file_id: str) -> bool:

@@ -118,6 +118,9 @@ class FalAPI:
             if message.startswith("invalid input:"):
                 return 422, message, "validation_error"
             return 500, message, "internal_server_error"
+        if pred.data_removed:
+            return 410, "the output of this request was removed after the server's retention period " \
+                "(--output-retention-hours)", "request_data_removed"
         safety = (pred.output or {}).get("safety")
         if safety and safety.get("checked") and safety.get("nsfw"):
             return 422, "the output video was flagged by the safety checker (NSFW content)", \

@@ -64,7 +64,7 @@ def prediction_json(pred: Prediction, service: PredictionService, base: str, wai
     get = f"{base}/v1/predictions/{pred.id}"
     return {
         "id": pred.id, "model": pred.endpoint, "version": pred.version, "input": pred.input,
-        "logs": pred.logs, "output": service.output_url(pred), "data_removed": False, "error": pred.error,
+        "logs": pred.logs, "output": service.output_url(pred), "data_removed": pred.data_removed, "error": pred.error,
         "status": status, "created_at": iso(pred.created_at), "started_at": iso(pred.started_at),
         "completed_at": iso(pred.completed_at), "metrics": metrics,
         "urls": {"get": get, "cancel": f"{get}/cancel", "stream": f"{get}/stream", "web": get},

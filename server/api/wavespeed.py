@@ -131,6 +131,9 @@ class WaveSpeedAPI:
             pred = svc.store.get(prediction_id)
             if pred is None or pred.dialect != DIALECT:
                 return error_response(404, f"prediction {prediction_id} not found")
+            if pred.data_removed and pred.status == "succeeded":
+                return error_response(410, f"prediction {prediction_id}: its outputs were removed after the "
+                                           "server's retention period (--output-retention-hours)")
             return JSONResponse(ws.envelope(prediction_data(pred, svc)))
 
         @r.post("/media/upload/binary", summary="Upload a file to use as an input")

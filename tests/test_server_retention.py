@@ -1,0 +1,221 @@
+"""Retention: uploads expire, finished predictions lose their outputs (data_removed); a controllable clock."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.request import GenerationRequest
+from server.api.replicate import file_json, prediction_json
+from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig
+from server.retention import RetentionPolicy
+from server.store import FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id, predictions
+
+HOUR = 3600.0
+T0 = 1_700_000_000.0
+PUBLIC = "https://vace.test"
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture()
+def service(tmp_path: Path, clock: Clock) -> PredictionService:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    config = ServiceConfig(data_dir=tmp_path / "data", public_url=PUBLIC, own_netlocs={"vace.test"},
+                           retention=RetentionPolicy.from_hours(2, 1), clock=clock)
+    return PredictionService(store, config)
+
+
+def add(service: PredictionService, status: str, completed_at: float | None = None, request: dict | None = None,
+        outputs: tuple[str, ...] = ()) -> Prediction:
+    """A prediction row in `status` with output files named `<id><suffix>` written under outputs/."""
+    pid = new_id()
+    output = None
+    for suffix in outputs:
+        (service.config.data_dir / "outputs" / f"{pid}{suffix}").write_bytes(b"x")
+    if outputs:
+        output = {"path": f"outputs/{pid}{outputs[0]}"}
+        if "-frames.zip" in outputs:
+            output["frames_zip"] = {"path": f"outputs/{pid}-frames.zip"}
+    pred = Prediction(id=pid, endpoint="vace/tiny", version="", dialect="replicate", model="tiny", input={},
+                      request=request or GenerationRequest(prompt="p").to_dict(), status=status, output=output,
+                      created_at=(completed_at or T0) - 10, completed_at=completed_at)
+    return service.store.insert(pred)
+
+
+def owned(service: PredictionService, pred: Prediction) -> list[str]:
+    return sorted(p.name for p in (service.config.data_dir / "outputs").glob(f"{pred.id}*"))
+
+
+def test_policy_from_hours():
+    policy = RetentionPolicy.from_hours(24, 0.5)
+    assert policy.output_s == 24 * HOUR and policy.file_s == 1800
+    assert policy.file_expiry(T0) == T0 + 1800
+    forever = RetentionPolicy.from_hours(0, 0)
+    assert forever.output_s is None and forever.file_expiry(T0) is None
+    assert RetentionPolicy.from_hours(0.0005, 0).interval_s == 0.5  # 1.8 s retention: sweep twice a second
+    assert RetentionPolicy.from_hours(24, 24).interval_s == 60
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="retention-hours"):
+            RetentionPolicy.from_hours(bad, 1)
+
+
+def test_upload_expires_then_is_gone(service: PredictionService, clock: Clock):
+    record = service.save_file("in.png", "image/png", b"png-bytes")
+    assert record.created_at == T0 and record.expires_at == T0 + HOUR
+    assert file_json(record, PUBLIC)["expires_at"] == "2023-11-14T23:13:20.000000Z"
+    url = f"{PUBLIC}/v1/files/{record.id}/download"
+    assert service.resolve_media(url, "video") == str(service.file_path(record))
+
+    clock.now = T0 + HOUR  # expired: 404 and refused as an input before the sweep has run
+    with pytest.raises(NotFound, match="expired"):
+        service.get_file(record.id)
+    assert service.list_files() == []
+    with pytest.raises(InvalidInput) as err:
+        service.resolve_media(url, "first_frame")
+    assert err.value.errors[0][0] == "first_frame" and "expired" in err.value.errors[0][1]
+    assert service.file_path(record).exists()
+
+    assert service.sweep().files == [record.id]
+    assert service.store.get_file(record.id) is None and not service.file_path(record).exists()
+
+
+def test_forever_uploads_have_no_expiry(tmp_path: Path, clock: Clock):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "d", public_url=PUBLIC, clock=clock,
+                                                 retention=RetentionPolicy.from_hours(0, 0)))
+    record = svc.save_file("a.txt", None, b"a")
+    assert record.expires_at is None and file_json(record, PUBLIC)["expires_at"] is None
+    clock.now += 1000 * HOUR
+    assert svc.get_file(record.id) == record
+    old = add(svc, SUCCEEDED, completed_at=T0, outputs=(".mp4",))
+    report = svc.sweep()
+    assert report.files == [] and report.predictions == [] and owned(svc, old) == [f"{old.id}.mp4"]
+
+
+def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Clock):
+    data = service.config.data_dir
+    clock.now = T0 + 3 * HOUR  # output retention 2 h: everything finished at T0 is due
+    old = add(service, SUCCEEDED, completed_at=T0, outputs=(".mp4", "-frames.zip", "-extra.bin"))
+    recent = add(service, SUCCEEDED, completed_at=T0 + 2 * HOUR, outputs=(".mp4",))
+    failed = add(service, FAILED, completed_at=T0)
+    chained = add(service, SUCCEEDED, completed_at=T0, outputs=(".mp4",))  # its output feeds a queued job
+    clock.now = T0  # uploads made at T0 expire at T0 + 1 h
+    used = service.save_file("used.png", "image/png", b"u")  # an input of a processing job
+    unused = service.save_file("unused.png", "image/png", b"n")
+    clock.now = T0 + 2.5 * HOUR
+    fresh = service.save_file("fresh.png", "image/png", b"f")  # expires at T0 + 3.5 h
+    clock.now = T0 + 3 * HOUR
+    queued = add(service, QUEUED, request=GenerationRequest(
+        prompt="p", video=str(data / "outputs" / f"{chained.id}.mp4")).to_dict())
+    processing = add(service, QUEUED, request=GenerationRequest(
+        prompt="p", reference_images=[str(service.file_path(used))]).to_dict())
+    assert service.store.claim("w1", 30).id == queued.id and service.store.claim("w2", 30).id == processing.id
+    processing_outputs = data / "outputs" / f"{processing.id}.mp4"  # a render in progress
+    processing_outputs.write_bytes(b"partial")
+    before = service.store.get(old.id)
+
+    report = service.sweep()
+    assert sorted(report.predictions) == sorted([old.id, failed.id])
+    assert report.files == [unused.id] and sorted(report.kept) == sorted([chained.id, used.id])
+    assert owned(service, old) == [] and service.store.get(old.id).data_removed_at == clock.now
+    assert service.store.get(failed.id).data_removed
+    for untouched in (recent, chained):
+        assert owned(service, untouched) == [f"{untouched.id}.mp4"]
+        assert not service.store.get(untouched.id).data_removed
+    assert processing_outputs.exists()
+    assert service.store.get(queued.id).status == PROCESSING and not service.store.get(processing.id).data_removed
+    assert service.file_path(used).exists() and service.store.get_file(used.id)
+    assert service.store.get_file(fresh.id) and not service.file_path(unused).exists()
+    after = service.store.get(old.id)
+    assert (after.rev, after.updated_at) == (before.rev, before.updated_at)  # no change event, no webhooks
+
+    body = prediction_json(after, service, PUBLIC)
+    assert body["data_removed"] is True and body["output"] is None and body["status"] == "succeeded"
+    live = prediction_json(service.store.get(recent.id), service, PUBLIC)
+    assert live["data_removed"] is False and live["output"] == f"{PUBLIC}/outputs/{recent.id}.mp4"
+    assert service.output_path(f"{old.id}.mp4") is None
+
+    # The jobs finish: what they read is no longer protected and goes on the next pass.
+    assert service.store.finish(queued.id, "w1", SUCCEEDED) and service.store.finish(processing.id, "w2", FAILED)
+    report = service.sweep()
+    assert report.predictions == [chained.id] and report.files == [used.id] and report.kept == []
+    assert owned(service, chained) == [] and not service.file_path(used).exists()
+    assert service.sweep().predictions == [] and processing_outputs.exists()  # just finished: not due yet
+    clock.now = time.time() + 3 * HOUR  # finish() stamps the real time
+    assert sorted(service.sweep().predictions) == sorted([recent.id, queued.id, processing.id])
+    assert not processing_outputs.exists()
+
+
+def test_sweep_work_is_bounded(tmp_path: Path, clock: Clock):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "d", public_url=PUBLIC, clock=clock,
+                                                 retention=RetentionPolicy(output_s=HOUR, file_s=HOUR, batch=2)))
+    preds = [add(svc, SUCCEEDED, completed_at=T0 + i, outputs=(".mp4",)) for i in range(5)]
+    clock.now = T0 + 2 * HOUR
+    first = svc.sweep()
+    assert first.predictions == [preds[0].id, preds[1].id] and first.full  # oldest first
+    assert svc.sweep().predictions == [preds[2].id, preds[3].id]
+    last = svc.sweep()
+    assert last.predictions == [preds[4].id] and not last.full
+
+
+def test_an_old_database_gains_the_column(tmp_path: Path):
+    db = tmp_path / "old.sqlite"
+    store = Store(f"sqlite:///{db}")
+    pid = store.insert(Prediction(id=new_id(), endpoint="e", version="", dialect="replicate", model="m",
+                                  input={}, request={}, status=SUCCEEDED)).id
+    store.close()
+    with sqlite3.connect(db) as conn:  # the schema as it was before retention
+        conn.execute("ALTER TABLE predictions DROP COLUMN data_removed_at")
+    with sqlite3.connect(db) as conn:
+        assert "data_removed_at" not in [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
+    upgraded = Store(f"sqlite:///{db}")
+    assert upgraded.get(pid).data_removed_at is None
+    assert upgraded.mark_data_removed(pid, T0) and upgraded.get(pid).data_removed
+    Store(f"sqlite:///{db}")  # idempotent on an up-to-date database
+
+
+def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
+    from fastapi.testclient import TestClient
+
+    from server.api.fal_schema import WAN21_APP
+    from server.api.wavespeed_schema import MODEL_ID
+    from server.app import Settings, create_app
+
+    app = create_app(Settings(models={"tiny": str(tiny_model_dir)}, data_dir=tmp_path, public_url="https://h:1",
+                              run_worker=False, output_retention_hours=1))
+    service: PredictionService = app.state.service
+    preds = {}
+    for dialect, endpoint in (("fal", WAN21_APP), ("wavespeed", MODEL_ID)):
+        pred = add(service, SUCCEEDED, completed_at=T0, outputs=(".mp4",))
+        with service.store.engine.begin() as conn:
+            conn.execute(predictions.update().where(predictions.c.id == pred.id)
+                         .values(dialect=dialect, endpoint=endpoint))
+        preds[dialect] = pred.id
+    assert sorted(service.sweep(now=T0 + 2 * HOUR).predictions) == sorted(preds.values())
+    client = TestClient(app)
+    fal = client.get(f"/queue/{WAN21_APP}/requests/{preds['fal']}")
+    assert fal.status_code == 410 and fal.json()["error_type"] == "request_data_removed"
+    assert "retention" in fal.json()["detail"]
+    status = client.get(f"/queue/{WAN21_APP}/requests/{preds['fal']}/status").json()
+    assert status["status"] == "COMPLETED" and status["error_type"] == "request_data_removed"
+    ws = client.get(f"/api/v3/predictions/{preds['wavespeed']}/result")
+    assert ws.status_code == 410 and ws.json()["code"] == 410 and ws.json()["data"] is None
+    assert "removed" in ws.json()["message"]
+    gone = client.get(f"/outputs/{preds['fal']}.mp4")
+    assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
