@@ -219,3 +219,54 @@ def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: 
     assert "removed" in ws.json()["message"]
     gone = client.get(f"/outputs/{preds['fal']}.mp4")
     assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
+
+
+def wait_for(check, timeout: float = 60.0):
+    """Poll `check()` until it returns something truthy (bounded; 0.2 s between tries)."""
+    deadline = time.monotonic() + timeout
+    while (result := check()) is None or result is False:
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+    return result
+
+
+def test_live_server_removes_outputs_and_expires_uploads(tiny_model_dir: Path, tmp_path: Path):
+    """Render and upload on a keep-forever server, then restart the same data dir with 1.8 s retention."""
+    from tests.server_process import Server
+
+    data = tmp_path / "data"
+    keep = Server(data, args=["--model", "tiny", "--max-render-side", "64", "--output-retention-hours", "0",
+                              "--file-retention-hours", "0"]).start()
+    try:
+        with keep.client() as http:
+            kept = http.post("/v1/files", files={"content": ("a.txt", b"hello", "text/plain")}).json()
+            assert kept["expires_at"] is None
+            pid = http.post("/v1/models/vace/tiny/predictions", headers={"Prefer": "wait=1"}, json={"input": {
+                "prompt": "a red square", "width": 64, "height": 64, "num_frames": 5, "steps": 1}}).json()["id"]
+            done = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["completed_at"] and p)
+            assert done["status"] == "succeeded" and done["data_removed"] is False
+            assert http.get(f"/outputs/{pid}.mp4").status_code == 200
+    finally:
+        keep.stop()
+
+    sweeping = Server(data, args=["--model", "tiny", "--no-worker", "--output-retention-hours", "0.0005",
+                                  "--file-retention-hours", "0.0005"]).start()
+    try:
+        with sweeping.client() as http:
+            fresh = http.post("/v1/files", files={"content": ("b.txt", b"bye", "text/plain")}).json()
+            assert fresh["expires_at"] > fresh["created_at"]  # ISO 8601 UTC strings compare in time order
+            removed = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["data_removed"] and p)
+            assert removed["output"] is None and removed["status"] == "succeeded"
+            gone = http.get(f"/outputs/{pid}.mp4")
+            assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
+            assert gone.json()["status"] == 404
+            assert not list((data / "outputs").glob(f"{pid}*"))
+
+            wait_for(lambda: http.get(f"/v1/files/{fresh['id']}").status_code == 404)
+            as_input = http.post("/v1/models/vace/tiny/predictions", json={"input": {
+                "prompt": "p", "video": f"{sweeping.base_url}/v1/files/{fresh['id']}/download"}})
+            assert as_input.status_code == 422, as_input.text
+            assert as_input.json()["invalid_fields"][0]["field"] == "video"
+            assert http.get(f"/v1/files/{kept['id']}").status_code == 200  # uploaded with no expiry: kept
+    finally:
+        sweeping.stop()
