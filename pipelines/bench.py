@@ -66,9 +66,10 @@ class BenchConfig:
     seed: int = 0
 
 
-def random_components(shape: str, device: str, dtype: Any = None) -> dict[str, Any]:
+def random_components(shape: str, device: str, dtype: Any = None, text_encoder: bool = True) -> dict[str, Any]:
     """The real component classes at the `shape` config with random weights, built in place on `device`:
-    transformer and text encoder in `dtype` (default bf16 on CUDA, fp32 elsewhere), VAE in fp32."""
+    transformer and text encoder (None unless `text_encoder`) in `dtype` (default bf16 on CUDA, fp32
+    elsewhere), VAE in fp32."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
@@ -84,28 +85,29 @@ def random_components(shape: str, device: str, dtype: Any = None) -> dict[str, A
         torch.set_default_dtype(big)
         with torch.device(device):
             transformer = WanVACETransformer3DModel(**REAL_CONFIGS[shape]).eval()
-            text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval()
+            encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval() if text_encoder else None
         torch.set_default_dtype(torch.float32)
         with torch.device(device):
             vae = AutoencoderKLWan().eval()  # the default config is the Wan2.1 VAE
     finally:
         torch.set_default_dtype(previous)
     return {
-        "transformer": transformer, "text_encoder": text_encoder, "vae": vae,
+        "transformer": transformer, "text_encoder": encoder, "vae": vae,
         "tokenizer": AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer")),
         "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                              num_train_timesteps=1000, flow_shift=3.0),
     }
 
 
-def build_model(spec: str, device: str, offload: str) -> Any:
-    """A LoadedModel: random weights at a real shape (14b, 1.3b) or loaded (tiny, tiny-a14b, a directory)."""
+def build_model(spec: str, device: str, offload: str, text_encoder: bool = True) -> Any:
+    """A LoadedModel: random weights at a real shape (14b, 1.3b) or loaded (tiny, tiny-a14b, a directory);
+    without a text encoder unless `text_encoder`."""
     from weights.loader import LoadedModel, load_pipeline, resolve_device
     from weights.tiny import resolve_model
 
     device = resolve_device(device)
     if spec not in REAL_CONFIGS:
-        return load_pipeline(resolve_model(spec), device=device, offload=offload)
+        return load_pipeline(resolve_model(spec), device=device, offload=offload, text_encoder=text_encoder)
     if not device.startswith("cuda"):
         raise BenchError(f"--model {spec} builds {spec.upper()} weights at full size and needs a CUDA device; "
                          "on CPU benchmark --model tiny")
@@ -115,7 +117,8 @@ def build_model(spec: str, device: str, offload: str) -> Any:
     from pipelines.memory import apply_memory_mode, module_bytes, resolve_offload
 
     # Offloaded modes (and `auto`, which decides from the sizes) start from the CPU; `none` allocates on the GPU.
-    components = random_components(spec, device if offload == "none" else "cpu", dtype=torch.bfloat16)
+    components = random_components(spec, device if offload == "none" else "cpu", dtype=torch.bfloat16,
+                                   text_encoder=text_encoder)
     mode = resolve_offload(offload, device, module_bytes(components))
     pipe = WanVACEPipeline(boundary_ratio=None, **components)
     pipe.set_progress_bar_config(disable=True)
@@ -147,9 +150,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return _measure(cfg, Renderer(model), info, load_seconds)
 
 
-def rank_model(spec: str, device: str) -> Any:
-    """GroupSpec.loader for sharded benches: each rank builds the model run_bench would."""
-    return build_model(spec, device, "none")
+def rank_model(spec: str, device: str, text_encoder: bool = True) -> Any:
+    """GroupSpec.loader for sharded benches: each rank builds the model run_bench would (ranks > 0 without
+    a text encoder)."""
+    return build_model(spec, device, "none", text_encoder)
 
 
 def transformer_config(spec: str) -> dict[str, Any]:

@@ -7,11 +7,13 @@ wake-up to the others (idle ranks wait on their pipe, never inside a collective,
 fires between jobs); rank 0 broadcasts the job, every rank runs the same Renderer.render on its shard.
 
 Who does what (the text encoder and VAE are not duplicated needlessly):
-- rank 0 alone encodes the prompt and broadcasts the embeddings; the other ranks drop their text encoder
-  after loading (UMT5-XXL is ~11 GB in bf16: that is memory each GPU gets back for activations);
+- rank 0 alone encodes the prompt and broadcasts the embeddings; the other ranks never load the text
+  encoder (UMT5-XXL is ~11 GB in bf16: memory each GPU keeps for activations, and load time saved);
 - rank 0 alone VAE-encodes the conditioning video, mask and reference images and broadcasts the latents;
 - rank 0 alone decodes and writes the mp4. The other ranks keep the (small, ~0.5 GB) VAE only for its
   config and dtype, which the pipeline reads.
+The request's step-cache preset runs on every rank (Renderer.denoise_context): pipelines.step_cache keeps
+its residuals per shard and agrees each skip decision across the group, so all ranks skip the same steps.
 Cancellation is agreed each step by an all-reduce of rank 0's flag, so every rank stops after the same
 step; rank 0 reports progress. A rank that dies (or fails while the others wait in a collective) fails
 the job with GroupFailed and the group is restarted.
@@ -33,7 +35,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pipelines.acceleration import preset_applied
 from pipelines.fetch import FetchPolicy
 from pipelines.processes import exit_with_parent
 from pipelines.render import CancelFn, Prepared, ProgressFn, RenderCancelled, Renderer, RenderResult
@@ -60,8 +61,8 @@ class GroupSpec:
     devices: tuple[str, ...]
     sp_mode: str = "ulysses"
     name: str | None = None
-    # "module:function" called as function(model_dir, device) -> LoadedModel in each rank (e.g. a benchmark's
-    # random-weight builder); None = weights.loader.load_pipeline
+    # "module:function" called as function(model_dir, device, text_encoder=rank == 0) -> LoadedModel in each
+    # rank (e.g. a benchmark's random-weight builder); None = weights.loader.load_pipeline
     loader: str | None = None
 
     @property
@@ -179,18 +180,6 @@ class ShardRenderer(Renderer):
 
         pipe.prepare_video_latents = prepare_video_latents
 
-    @contextlib.contextmanager
-    def denoise_context(self, request: GenerationRequest, metrics: dict[str, Any]) -> Iterator[None]:
-        """No step cache under sequence parallelism: its hooks see the unsharded tokens at vace_blocks[0]
-        while the blocks run on shards, and a data-dependent skip decision (First Block Cache) taken per
-        shard would let the ranks diverge and deadlock. Recorded in the metrics instead of applied."""
-        with preset_applied(self.model, "none", request.steps, request.guidance > 1.0, metrics):
-            yield
-        if request.preset != "none":
-            metrics["preset_requested"] = request.preset
-            metrics["step_cache_note"] = (f"preset {request.preset}: step caching is not applied under "
-                                          "sequence parallelism; every step runs the full transformer")
-
     def decode(self, latents: Any, num_reference_images: int) -> Any:
         if self.rank != 0:
             raise _ShardDone
@@ -223,19 +212,16 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
                                 world_size=spec.size)
         if spec.loader:
             module, function = spec.loader.split(":")
-            model = getattr(importlib.import_module(module), function)(spec.model_dir, str(device))
+            model = getattr(importlib.import_module(module), function)(spec.model_dir, str(device),
+                                                                       text_encoder=rank == 0)
         else:
-            model = load_pipeline(spec.model_dir, device=str(device), name=spec.name)
-        if rank != 0:
-            model.pipeline.text_encoder = None
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            model = load_pipeline(spec.model_dir, device=str(device), name=spec.name, text_encoder=rank == 0)
         enable_sequence_parallel(model.transformers, spec.sp_mode)
         renderer = ShardRenderer(model, rank, device, work_dir=Path(work_dir) / f"rank{rank}")
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then the rank exits
         conn.send(("fatal", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         raise
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), sorted(k for k, v in model.pipeline.components.items() if v is not None)))
 
     def should_cancel() -> bool:
         return agreed_flag(rank == 0 and cancel.is_set(), device)
@@ -286,6 +272,7 @@ class RenderGroup:
         self.cancel = self.ctx.Event()
         self.ready = False
         self.restarts = 0
+        self.components: list[list[str]] = []  # per rank, the pipeline components it loaded
         self._lock = threading.Lock()
         if start:
             self.start()
@@ -314,6 +301,7 @@ class RenderGroup:
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = set(range(self.spec.size))
+        components: list[list[str]] = [[] for _ in waiting]
         while waiting:
             for rank in list(waiting):
                 conn = self.conns[rank]
@@ -324,6 +312,7 @@ class RenderGroup:
                     self.stop()
                     raise GroupFailed(f"rank {rank} ({self.spec.devices[rank]}) could not start: {message[1]}\n"
                                       f"{message[2]}")
+                components[rank] = list(message[2])
                 waiting.discard(rank)
             if waiting:
                 self._raise_if_dead("while starting")
@@ -331,6 +320,7 @@ class RenderGroup:
                 raise TimeoutError(f"the group did not load within {timeout:.0f} s")
             if waiting:
                 wait([self.conns[r] for r in waiting] + [p.sentinel for p in self.processes], POLL_S)
+        self.components = components
         self.ready = True
 
     def restart(self) -> None:

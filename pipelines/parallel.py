@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.context_parallel import apply_context_parallel
+from diffusers.hooks.context_parallel import PartitionAnythingSharder, apply_context_parallel
 from diffusers.models._modeling_parallel import (
     ContextParallelConfig,
     ContextParallelInput,
@@ -167,3 +167,34 @@ def enable_sequence_parallel(transformers: Iterable[torch.nn.Module], mode: str 
         registry.register_hook(SequenceGatherHook(cp._flattened_mesh.get_group()), "sequence_gather")
         model._parallel_config = config
     return config
+
+
+class SequenceShards:
+    """What a step cache needs from a sharded transformer: this rank's slice of the full token sequence (the
+    one the CP plan hands the first blocks) and agreement across the group, so every rank decides alike."""
+
+    def __init__(self, config: ContextParallelConfig):
+        self.mesh = config._flattened_mesh
+        self.group = self.mesh.get_group()
+
+    def local(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of (B, tokens, C), split exactly as VACE_CP_PLAN splits `blocks.0`'s input."""
+        return PartitionAnythingSharder.shard_anything(tokens, _SPLIT_TOKENS.split_dim, self.mesh)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over the group (every rank gets the same tensor)."""
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM, group=self.group)
+        return values
+
+    def all(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when every rank passes True (one all-reduce)."""
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
+        return bool(value.item())
+
+
+def sequence_shards(transformer: torch.nn.Module) -> SequenceShards | None:
+    """The SequenceShards of a transformer sharded by enable_sequence_parallel; None when it is not sharded."""
+    config = getattr(transformer, "_parallel_config", None)
+    return None if config is None else SequenceShards(config.context_parallel_config)

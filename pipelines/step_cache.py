@@ -19,6 +19,13 @@ Decision rules (the published ones):
 - "fbcache": relative L1 change of the first main block's residual against the last computed step
   (First Block Cache, ParaAttention). Needs no calibration; costs one block per skipped step.
 - "calibrate": never skip; record the per-step magnitude ratios MagCache needs.
+
+Under sequence parallelism (pipelines.parallel) these hooks sit outside the context-parallel split hooks,
+so `vace_blocks[0]` and `blocks[0]` receive the full token sequence while every block computes on this
+rank's shard. The hooks therefore keep everything per shard: `x0` and the cached residual are this rank's
+slice, a skipped `blocks[0]` hands on the slice the split would have made, and the First Block Cache
+change is the group-wide one (its sums all-reduced, so it equals the unsharded value). Every decision is
+then agreed by an all-reduce (skip only if every rank skips), so no rank can leave the others waiting.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from typing import Any
 
 import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager
+
+from pipelines.parallel import SequenceShards, sequence_shards
 
 HOOK_NAME = "vace_step_cache"
 METHODS = ("magcache", "fbcache", "calibrate")
@@ -150,10 +159,14 @@ class _Hook(ModelHook):
 class _HeadVaceHook(_Hook):
     """On vace_blocks[0]: advance the step, decide compute/skip, and run the block (or not)."""
 
-    def __init__(self, shared: _Shared, owner: int, head_block: torch.nn.Module):
+    def __init__(self, shared: _Shared, owner: int, head_block: torch.nn.Module, shards: SequenceShards | None):
         super().__init__(shared)
         self.owner = owner
         self.head_block = head_block
+        self.shards = shards
+
+    def _local(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens if self.shards is None else self.shards.local(tokens)
 
     def new_forward(self, module: torch.nn.Module, hidden_states, encoder_hidden_states, control_hidden_states,
                     temb, rotary_emb):
@@ -166,17 +179,18 @@ class _HeadVaceHook(_Hook):
             state.residual = state.probe_residual = None
             state.reset_accumulators()
         method = shared.policy.method
+        local = self._local(hidden_states)
         if method == "fbcache":
             state.probing = True
             try:
                 head_output = self.head_block(hidden_states, encoder_hidden_states, temb, rotary_emb)
             finally:
                 state.probing = False
-            skip = self._fbcache_skip(state, head_output - hidden_states)
+            skip = self._fbcache_skip(state, head_output - local)
             if not skip:
                 state.head_output = head_output
         elif method == "magcache":
-            skip = self._magcache_skip(state)
+            skip = self._magcache_skip(state, hidden_states.device)
         else:
             skip = False
         state.skip = skip
@@ -184,7 +198,7 @@ class _HeadVaceHook(_Hook):
         shared.count(skip)
         if skip:
             return shared.zero_like(hidden_states), control_hidden_states
-        state.x0 = hidden_states
+        state.x0 = local
         return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, control_hidden_states, temb,
                                             rotary_emb)
 
@@ -194,28 +208,37 @@ class _HeadVaceHook(_Hook):
             return False
         return policy.max_skip_steps is None or state.consecutive_skips < policy.max_skip_steps
 
+    def _agreed(self, skip: bool, device: torch.device) -> bool:
+        """Skip only if every rank of a sequence-parallel group skips (the local decision without one)."""
+        return skip if self.shards is None else self.shards.all(skip, device)
+
+    def _relative_change(self, probe: torch.Tensor, previous: torch.Tensor) -> float:
+        """mean |probe - previous| / mean |previous| over the whole (possibly sharded) token sequence."""
+        if self.shards is None:
+            return ((probe - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)).item()
+        sums = torch.stack([(probe - previous).abs().sum(dtype=torch.float64), previous.abs().sum(dtype=torch.float64)])
+        difference, magnitude = self.shards.sum(sums).tolist()
+        return difference / max(magnitude, 1e-300)
+
     def _fbcache_skip(self, state: _StepState, probe: torch.Tensor) -> bool:
         previous = state.probe_residual
-        if previous is None or not self._can_skip(state):
+        skip = (previous is not None and self._can_skip(state)
+                and self._relative_change(probe, previous) < self.shared.policy.threshold)
+        skip = self._agreed(skip, probe.device)
+        if not skip:
             state.probe_residual = probe
-            return False
-        change = ((probe - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)).item()
-        if change < self.shared.policy.threshold:
-            return True
-        state.probe_residual = probe
-        return False
+        return skip
 
-    def _magcache_skip(self, state: _StepState) -> bool:
+    def _magcache_skip(self, state: _StepState, device: torch.device) -> bool:
         policy = self.shared.policy
         ratios = self.shared.ratios.get(self.shared.context) or self.shared.ratios.get("cond") or []
-        if state.step < policy.warmup_steps or state.residual is None:
-            state.reset_accumulators()
-            return False
-        state.acc_ratio *= ratios[state.step] if state.step < len(ratios) else 1.0
-        state.acc_steps += 1
-        state.acc_err += abs(1.0 - state.acc_ratio)
-        if state.acc_err <= policy.threshold and (policy.max_skip_steps is None
-                                                  or state.acc_steps <= policy.max_skip_steps):
+        skip = state.step >= policy.warmup_steps and state.residual is not None
+        acc_ratio = state.acc_ratio * (ratios[state.step] if state.step < len(ratios) else 1.0)
+        acc_steps, acc_err = state.acc_steps + 1, state.acc_err + abs(1.0 - acc_ratio)
+        skip = skip and acc_err <= policy.threshold and (policy.max_skip_steps is None
+                                                         or acc_steps <= policy.max_skip_steps)
+        if self._agreed(skip, device):
+            state.acc_ratio, state.acc_steps, state.acc_err = acc_ratio, acc_steps, acc_err
             return True
         state.reset_accumulators()
         return False
@@ -233,14 +256,19 @@ class _VaceHook(_Hook):
 
 
 class _BlockHook(_Hook):
-    """On blocks[*]: pass the input through on a skipped step; blocks[0] reuses the probe's output."""
+    """On blocks[*]: pass the input through on a skipped step; blocks[0] reuses the probe's output.
+    Under sequence parallelism blocks[0] gets the full sequence and passes on this rank's shard."""
+
+    def __init__(self, shared: _Shared, shards: SequenceShards | None = None):
+        super().__init__(shared)
+        self.shards = shards
 
     def new_forward(self, module: torch.nn.Module, hidden_states, *args, **kwargs):
         state = self.shared.state()
         if state.probing:
             return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
         if state.skip:
-            return hidden_states
+            return hidden_states if self.shards is None else self.shards.local(hidden_states)
         if state.head_output is not None:
             output, state.head_output = state.head_output, None
             return output
@@ -288,11 +316,15 @@ class StepCache:
         if 0 not in transformer.config.vace_layers or list(transformer.config.vace_layers) != sorted(
                 transformer.config.vace_layers):
             raise ValueError("the step cache expects sorted vace_layers starting at 0")
-        self._register(transformer.vace_blocks[0], _HeadVaceHook(self.shared, owner, transformer.blocks[0]))
+        shards = sequence_shards(transformer)
+        if shards is not None and self.policy.method == "calibrate":
+            raise ValueError("calibrate in one process: magnitude ratios of a sequence shard are not the model's")
+        self._register(transformer.vace_blocks[0],
+                       _HeadVaceHook(self.shared, owner, transformer.blocks[0], shards))
         for block in list(transformer.vace_blocks)[1:]:
             self._register(block, _VaceHook(self.shared))
-        for block in transformer.blocks:
-            self._register(block, _BlockHook(self.shared))
+        for index, block in enumerate(transformer.blocks):
+            self._register(block, _BlockHook(self.shared, shards if index == 0 else None))
         self._register(transformer.norm_out, _NormOutHook(self.shared))
         HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
 

@@ -34,6 +34,23 @@ def tiny_a14b_dir(tiny_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibrated_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model with MagCache ratios from calibrate() stored beside it (10 steps, 64x64, 17
+    frames), so presets use MagCache on it."""
+    import shutil
+
+    from pipelines.calibrate import calibrate, calibration_path, save_calibration
+    from weights.loader import load_pipeline
+
+    root = tmp_path_factory.mktemp("calibrated") / "tiny"
+    shutil.copytree(tiny_model_dir, root)
+    record = calibrate(load_pipeline(root, device="cpu"), steps=10, width=64, height=64, num_frames=17, seed=0,
+                       work_dir=tmp_path_factory.mktemp("calwork"))
+    save_calibration(record, calibration_path(root))
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
     from weights.loader import load_pipeline
 

@@ -1,4 +1,5 @@
-"""A 2-rank gloo render group: same frames as one process, cancel keeps the ranks, a dead rank restarts the group."""
+"""A 2-rank gloo render group: same frames as one process (step-cache presets included, with the same skipped
+steps), cancel keeps the ranks, a dead rank restarts the group, only rank 0 loads the text encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.distributed import GroupFailed, GroupRenderer, GroupSpec, RenderGroup, parse_gpus, plan_groups
-from pipelines.render import RenderCancelled
+from pipelines.render import RenderCancelled, Renderer
 from pipelines.request import GenerationRequest
 from tests.synthetic import solid_image
 
@@ -63,16 +64,71 @@ def test_group_render_matches_one_process(mode, group, tiny_model_dir, renderer,
     assert sharded.seed == single.seed
 
 
-def test_cancel_mid_run_keeps_every_rank_ready(group, reference_png, tmp_path):
+@pytest.fixture()
+def ring_group(tiny_model_dir: Path, tmp_path: Path):
+    with RenderGroup(GroupSpec(str(tiny_model_dir), ("cpu", "cpu"), "ring"), work_dir=tmp_path / "ring") as g:
+        g.wait_ready(timeout=300)
+        yield g
+
+
+@pytest.fixture(scope="module")
+def calibrated_group(calibrated_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    with RenderGroup(GroupSpec(str(calibrated_tiny_dir), ("cpu", "cpu"), "ulysses"),
+                     work_dir=tmp_path_factory.mktemp("calibrated-group")) as g:
+        g.wait_ready(timeout=300)
+        yield g
+
+
+@pytest.mark.parametrize(("cache", "mode"), [("magcache", "ulysses"), ("fbcache", "ulysses"), ("fbcache", "ring")])
+def test_group_step_cache_skips_the_same_steps_as_one_process(cache, mode, request, reference_png, tmp_path):
+    """Preset "regular": MagCache on the calibrated model, First Block Cache (group-wide change) without."""
+    if mode == "ring":
+        group = request.getfixturevalue("ring_group")
+        renderer = request.getfixturevalue("renderer")
+    elif cache == "magcache":
+        from weights.loader import load_pipeline
+
+        group = request.getfixturevalue("calibrated_group")
+        renderer = Renderer(load_pipeline(request.getfixturevalue("calibrated_tiny_dir"), device="cpu"),
+                            work_dir=tmp_path / "one")
+    else:
+        group, renderer = request.getfixturevalue("group"), request.getfixturevalue("renderer")
+    prepared = renderer.prepare(job(reference_png, steps=10, preset="regular"))
+    single = renderer.render(prepared, output_path=tmp_path / "single.mp4")
+    sharded = GroupRenderer(group, work_dir=tmp_path / "g").render(prepared, output_path=tmp_path / "group.mp4")
+    levels = np.abs(sharded.frames - single.frames).max() * 255
+    counts = {k: single.metrics[k] for k in ("transformer_evaluations", "transformer_evaluations_skipped",
+                                             "skipped_steps")}
+    print(f"preset regular ({cache}), 2-rank {mode} group vs one process: {counts}; "
+          f"max |diff| {levels:.2e} 8-bit levels")
+    assert single.metrics["step_cache"] == sharded.metrics["step_cache"] == cache
+    assert single.metrics["transformer_evaluations_skipped"] > 0
+    assert {k: sharded.metrics[k] for k in counts} == counts
+    assert "preset_requested" not in sharded.metrics
+    assert "not applied" not in sharded.metrics.get("step_cache_note", "")
+    assert levels <= LEVELS
+
+
+def test_only_rank_0_loads_the_text_encoder(group, tiny_model_dir):
+    from weights.loader import load_pipeline
+
+    assert "text_encoder" in group.components[0]
+    assert "text_encoder" not in group.components[1] and "transformer" in group.components[1]
+    model = load_pipeline(tiny_model_dir, device="cpu", text_encoder=False)
+    assert model.pipeline.text_encoder is None and model.pipeline.tokenizer is not None
+
+
+@pytest.mark.parametrize("preset", ["none", "regular"])
+def test_cancel_mid_run_keeps_every_rank_ready(preset, group, reference_png, tmp_path):
     renderer = GroupRenderer(group, work_dir=tmp_path)
     pids = group.pids
     steps: list[int] = []
     with pytest.raises(RenderCancelled):
-        renderer.render(job(reference_png, steps=8), on_progress=lambda i, n: steps.append(i),
+        renderer.render(job(reference_png, steps=8, preset=preset), on_progress=lambda i, n: steps.append(i),
                         should_cancel=lambda: bool(steps) and steps[-1] >= 2)
     assert 2 <= steps[-1] < 8
     assert group.alive and group.pids == pids
-    after = renderer.render(job(reference_png, steps=2, seed=5))
+    after = renderer.render(job(reference_png, steps=2, seed=5, preset=preset))
     assert after.frames.shape == (13, 48, 80, 3) and group.pids == pids
 
 

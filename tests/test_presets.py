@@ -8,7 +8,6 @@ of each pass. That is the deliberate operating point these tests pin.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +31,14 @@ def _request(preset: str = "none", seed: int = 7, prompt: str = "a red fox in sn
 
 
 @pytest.fixture(scope="module")
-def calibrated_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A copy of the tiny model with MagCache ratios computed by calibrate() and stored beside it."""
-    from pipelines.calibrate import calibrate, calibration_path, load_calibration, save_calibration
+def calibrated_model(calibrated_tiny_dir: Path):
+    """The tiny model with MagCache ratios beside it (conftest's calibrate() run), loaded."""
+    from pipelines.calibrate import load_calibration
     from weights.loader import load_pipeline
 
-    root = tmp_path_factory.mktemp("calibrated") / "tiny"
-    shutil.copytree(tiny_model_dir, root)
-    model = load_pipeline(root, device="cpu")
-    record = calibrate(model, steps=STEPS, width=64, height=64, num_frames=17, seed=0,
-                       work_dir=tmp_path_factory.mktemp("calwork"))
-    save_calibration(record, calibration_path(root))
-    assert load_calibration(root)["ratios"].keys() == {"cond", "uncond"}
-    assert len(record["ratios"]["cond"]) == STEPS
-    return model
+    ratios = load_calibration(calibrated_tiny_dir)["ratios"]
+    assert ratios.keys() == {"cond", "uncond"} and len(ratios["cond"]) == STEPS
+    return load_pipeline(calibrated_tiny_dir, device="cpu")
 
 
 def test_table_and_hosted_names():

@@ -103,9 +103,10 @@ def resolve_device(device: str | None = None) -> str:
 
 
 def load_pipeline(root: str | Path, device: str | None = None, name: str | None = None,
-                  offload: str = "none") -> LoadedModel:
+                  offload: str = "none", text_encoder: bool = True) -> LoadedModel:
     """Load every component from root, local files only: bf16 transformer/text encoder + fp32 VAE on CUDA,
-    float32 everywhere on CPU. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto)."""
+    float32 everywhere on CPU. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto).
+    `text_encoder=False` leaves the text encoder unloaded (None): the pipeline then needs prompt embeddings."""
     import torch
     from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
     from diffusers.schedulers import UniPCMultistepScheduler
@@ -122,7 +123,8 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
     try:
         parts = {
             "tokenizer": AutoTokenizer.from_pretrained(str(root / "tokenizer"), **local),
-            "text_encoder": UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=big, **local),
+            "text_encoder": UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=big, **local)
+            if text_encoder else None,
             "vae": AutoencoderKLWan.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32, **local),
             "scheduler": UniPCMultistepScheduler.from_pretrained(str(root), subfolder="scheduler", **local),
             "transformer": WanVACETransformer3DModel.from_pretrained(
