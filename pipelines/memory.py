@@ -131,11 +131,12 @@ def apply_memory_mode(pipe: Any, mode: str, device: str) -> str:
         for transformer in transformers:
             apply_group_offloading(transformer, onload_device=onload, offload_device=offload,
                                    offload_type="block_level", num_blocks_per_group=1, use_stream=stream)
-        apply_group_offloading(pipe.text_encoder, onload_device=onload, offload_device=offload,
-                               offload_type="leaf_level", use_stream=stream)
+        if pipe.text_encoder is not None:  # None on sequence-parallel ranks > 0
+            apply_group_offloading(pipe.text_encoder, onload_device=onload, offload_device=offload,
+                                   offload_type="leaf_level", use_stream=stream)
         pipe.vae.to(onload)
     else:  # sequential
-        for module in (*transformers, pipe.text_encoder, pipe.vae):
+        for module in (m for m in (*transformers, pipe.text_encoder, pipe.vae) if m is not None):
             apply_group_offloading(module, onload_device=onload, offload_device=offload, offload_type="leaf_level")
     pipe.vae.enable_tiling()
     pipe.vae.enable_slicing()

@@ -59,3 +59,12 @@ def test_component_bytes_reads_safetensors_headers(tiny_model, tiny_model_dir):
     assert sizes["transformer"] == 2 * sum(p.numel() for p in pipe.transformer.parameters())
     assert sizes["vae"] == 4 * sum(p.numel() for p in pipe.vae.parameters())
     assert set(sizes) == {"transformer", "text_encoder", "vae"}
+
+
+@pytest.mark.parametrize("mode", ["model", "group", "sequential"])
+def test_offload_modes_work_without_a_text_encoder(tiny_model_dir, mode):
+    """Sequence-parallel ranks > 0 load no text encoder; every memory mode must cope."""
+    from weights.loader import load_pipeline
+
+    model = load_pipeline(tiny_model_dir, device="cpu", offload=mode, text_encoder=False)
+    assert model.pipeline.text_encoder is None and model.offload == mode
