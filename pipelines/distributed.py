@@ -247,6 +247,10 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
             conn.send(("cancelled", str(exc)))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides about the group
             conn.send(_error_message(exc))
+    # No collective may still be in flight at teardown (gloo aborts the process otherwise); a dead peer makes
+    # this fail or wait, and RenderGroup.stop() then terminates the rank.
+    with contextlib.suppress(RuntimeError):
+        dist.barrier()
     dist.destroy_process_group()
 
 

@@ -67,6 +67,7 @@ def _rank_main(rank: int, world: int, port: int, results) -> None:
                     results.put((rank, mode, name, tuple(out.shape) == tuple(reference[name].shape), diff,
                                  seen[-1]))
     finally:
+        dist.barrier()  # no collective may still be in flight when the group is torn down
         dist.destroy_process_group()
 
 
