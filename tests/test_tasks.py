@@ -368,6 +368,15 @@ def test_preflight_from_request_alone(tmp_path: Path, env):
     video_mask = GenerationRequest(prompt="x", video="clip.mp4", mask="mask.mp4", task="swap-anything")
     assert tasks.preflight(video_mask, AnnotatorEnv(root=tmp_path)) == []
     assert tasks.preflight(GenerationRequest(prompt="x", video="v.mp4", task="pose"), env) == ["pose"]
+    # Without a task name the same inference as at build time: nothing to run for these, and a
+    # first frame with a video is refused up front.
+    for implied in (dict(), dict(video="v.mp4"), dict(video="v.mp4", mask="m.png"), dict(first_frame="f.png")):
+        assert tasks.preflight(GenerationRequest(prompt="x", **implied), AnnotatorEnv(root=tmp_path)) == []
+    with pytest.raises(RequestError) as err:
+        tasks.preflight(GenerationRequest(prompt="x", video="v.mp4", first_frame="f.png"), env)
+    assert err.value.field == "first_frame"
+    assert tasks.implied_task(True, True, False, False, False) == "inpainting"
+    assert tasks.implied_task(False, False, True, True, True) == "firstlastframe"
 
 
 def test_unknown_task_option_is_refused_by_name():

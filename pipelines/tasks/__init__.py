@@ -25,18 +25,23 @@ __all__ = ["TASKS", "TaskContext", "TaskSpec", "build", "infer_task", "preflight
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def infer_task(inputs: TaskInputs) -> str:
+def implied_task(video: bool, mask: bool, first_frame: bool, last_frame: bool, references: bool) -> str:
     """The task implied by which media are present (prunaai-style requests carry no task name)."""
-    if inputs.first_frame is not None or inputs.last_frame is not None:
-        if inputs.video is not None:
+    if first_frame or last_frame:
+        if video:
             raise RequestError("first_frame", "first/last frame cannot be combined with a source video")
-        if inputs.first_frame is not None and inputs.last_frame is not None:
+        if first_frame and last_frame:
             return "firstlastframe"
-        return "firstframe" if inputs.first_frame is not None else "lastframe"
-    if inputs.video is not None:
-        has_mask = inputs.mask_video is not None or inputs.mask_image is not None
-        return "inpainting" if has_mask else "control"
-    return "r2v" if inputs.reference_images else "t2v"
+        return "firstframe" if first_frame else "lastframe"
+    if video:
+        return "inpainting" if mask else "control"
+    return "r2v" if references else "t2v"
+
+
+def infer_task(inputs: TaskInputs) -> str:
+    """implied_task() for decoded inputs."""
+    return implied_task(inputs.video is not None, inputs.mask_video is not None or inputs.mask_image is not None,
+                        inputs.first_frame is not None, inputs.last_frame is not None, bool(inputs.reference_images))
 
 
 def _spec(name: str) -> TaskSpec:
@@ -95,15 +100,8 @@ def preflight(request: GenerationRequest, env: AnnotatorEnv | None = None) -> li
             inputs.mask_image = placeholder[0]
         else:
             inputs.mask_video = placeholder
-    name = request.task
-    if name is None:
-        if request.first_frame or request.last_frame:
-            name = "firstlastframe" if request.first_frame and request.last_frame else (
-                "firstframe" if request.first_frame else "lastframe")
-        elif request.video:
-            name = "inpainting" if request.mask else "control"
-        else:
-            name = "r2v" if request.reference_images else "t2v"
+    name = request.task or implied_task(bool(request.video), bool(request.mask), bool(request.first_frame),
+                                        bool(request.last_frame), bool(request.reference_images))
     spec = _spec(name)
     options = parse_options(name, request.task_options)
     env = env or AnnotatorEnv()
