@@ -56,7 +56,12 @@ def prompt_cache_for(pipe: Any, capacity: int = 32) -> PromptEmbeddingCache:
     """The one cache of a loaded pipeline (shared by every Renderer on it): text -> prompt_embeds."""
     cache = _BY_PIPELINE.get(pipe)
     if cache is None:
+        # A weak reference: the cache is the WeakKeyDictionary's value, and a strong one from its encoder
+        # would keep the pipeline (every weight) alive after the model is released.
+        pipe_ref = weakref.ref(pipe)
+
         def encode(text: str) -> Any:
+            pipe = pipe_ref()
             embeds, _ = pipe.encode_prompt(prompt=text, do_classifier_free_guidance=False,
                                            max_sequence_length=TEXT_TOKENS, device=pipe._execution_device)
             return embeds

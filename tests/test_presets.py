@@ -218,3 +218,22 @@ def test_skipped_step_on_an_unchanged_input_reproduces_the_computed_output(tiny_
     assert cache.stats.computed == {"cond": 1} and cache.stats.skipped == {"cond": 1}
     assert torch.equal(outputs[0], reference)
     torch.testing.assert_close(outputs[1], reference, atol=1e-5, rtol=0)
+
+
+def test_prompt_cache_does_not_keep_a_released_pipeline_alive():
+    import gc
+    import weakref
+
+    from pipelines.prompt_cache import _BY_PIPELINE, prompt_cache_for
+
+    class Pipe:
+        pass
+
+    pipe = Pipe()
+    cache = prompt_cache_for(pipe)
+    assert prompt_cache_for(pipe) is cache
+    released = weakref.ref(pipe)
+    del pipe, cache
+    gc.collect()
+    assert released() is None
+    assert all(not isinstance(key, Pipe) for key in _BY_PIPELINE.keys())
