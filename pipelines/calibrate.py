@@ -33,7 +33,9 @@ def load_calibration(model_path: str | Path | None) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    ratios = data.get("ratios") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    ratios = data.get("ratios")
     if data.get("version") != FORMAT_VERSION or not isinstance(ratios, dict) or not ratios.get("cond"):
         return None
     if not all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in ratios.values()):

@@ -237,3 +237,12 @@ def test_prompt_cache_does_not_keep_a_released_pipeline_alive():
     gc.collect()
     assert released() is None
     assert all(not isinstance(key, Pipe) for key in _BY_PIPELINE.keys())
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", "3", "not json", '{"version": 1, "ratios": {"cond": []}}',
+                                     '{"version": 1, "ratios": {"cond": [1.0, "x"]}}'])
+def test_unusable_calibration_file_is_ignored(tmp_path, content):
+    from pipelines.calibrate import calibration_path, load_calibration
+
+    calibration_path(tmp_path).write_text(content)
+    assert load_calibration(tmp_path) is None
