@@ -216,11 +216,8 @@ class PredictionService:
         path = self.config.data_dir / "outputs" / name
         return path if "/" not in name and path.is_file() else None
 
-    def _local_ref(self, ref: str, field_name: str) -> str | None:
+    def _local_ref(self, parsed: urllib.parse.ParseResult, field_name: str) -> str | None:
         """A URL of this server's own upload or output -> the file's local path (None if not ours)."""
-        parsed = urllib.parse.urlparse(ref)
-        if parsed.netloc not in self.config.own_netlocs:
-            return None
         if m := _FILE_PATH.match(parsed.path):
             record = self.store.get_file(m["id"])
             if record and record.expired(self.config.clock()):
@@ -239,17 +236,22 @@ class PredictionService:
         if ref.startswith("data:"):
             return ref
         if ref.startswith(("http://", "https://")):
-            local = self._local_ref(ref, field_name)
-            if local:
-                return local
-            if urllib.parse.urlparse(ref).netloc in self.config.own_netlocs:
+            parsed = _parse_url(ref, field_name)
+            if parsed.netloc in self.config.own_netlocs:
+                local = self._local_ref(parsed, field_name)
+                if local:
+                    return local
                 raise InvalidInput.of(field_name, f"{ref} is not a file on this server")
-            try:
-                check_url(ref, self.fetch_policy, field_name)
-            except RequestError as exc:
-                raise InvalidInput.of(field_name, exc.message) from exc
+            self._check_public_url(ref, field_name)
             return ref
         raise InvalidInput.of(field_name, "expected an http(s) URL, a data: URI or an uploaded file URL")
+
+    def _check_public_url(self, url: str, field_name: str) -> None:
+        _parse_url(url, field_name)  # check_url lets urllib's ValueError (e.g. "http://[::1") through
+        try:
+            check_url(url, self.fetch_policy, field_name)
+        except RequestError as exc:
+            raise InvalidInput.of(field_name, exc.message) from exc
 
     # ---- predictions -------------------------------------------------------------------------------------------
 
@@ -267,10 +269,7 @@ class PredictionService:
         refs = [self.resolve_media(r, f"reference_images[{i}]") for i, r in enumerate(request.reference_images)]
         request = dataclasses.replace(request, reference_images=refs, model=model, **media)
         if webhook:
-            try:
-                check_url(webhook, self.fetch_policy, "webhook")
-            except RequestError as exc:
-                raise InvalidInput.of("webhook", exc.message) from exc
+            self._check_public_url(webhook, "webhook")
         events = list(DEFAULT_WEBHOOK_EVENTS if webhook_events is None else webhook_events)
         bad = [e for e in events if e not in WEBHOOK_EVENTS]
         if bad:
@@ -314,7 +313,10 @@ class PredictionService:
                 kind, _, value = base64.urlsafe_b64decode(cursor.encode() + b"==").decode().partition(":")
                 if kind not in ("a", "b"):
                     raise ValueError(kind)
-                before, after = (int(value), None) if kind == "b" else (None, int(value))
+                seq = int(value)
+                if abs(seq) >= 2**63:  # not a database integer: the query would raise (HTTP 500)
+                    raise ValueError(value)
+                before, after = (seq, None) if kind == "b" else (None, seq)
             except ValueError as exc:
                 raise InvalidInput.of("cursor", "malformed cursor") from exc
         rows = self.store.page(before_seq=before, after_seq=after, limit=limit + 1, endpoint_prefix=endpoint_prefix)
@@ -525,6 +527,15 @@ class PredictionService:
         record = self.get_file(file_id)
         self.store.delete_file(file_id)
         self.file_path(record).unlink(missing_ok=True)
+
+
+def _parse_url(url: str, field_name: str) -> urllib.parse.ParseResult:
+    try:
+        parsed = urllib.parse.urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise InvalidInput.of(field_name, f"malformed URL {url!r} ({exc})") from exc
+    return parsed
 
 
 def _utc(ts: float | None) -> str:

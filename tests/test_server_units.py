@@ -100,6 +100,27 @@ def test_list_cursors_walk_both_ways(tmp_path: Path, store: Store):
     assert [p.id for p in svc.list(page3.previous_cursor, limit=3).results] == [p.id for p in page2.results]
     with pytest.raises(InvalidInput):
         svc.list("%%%")
+    with pytest.raises(InvalidInput):  # too large for the database: was an OverflowError (HTTP 500)
+        svc.list(_cursor_for("b", 10**23))
+
+
+def _cursor_for(kind: str, seq: int) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"{kind}:{seq}".encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("field_name", ["video", "webhook"])
+@pytest.mark.parametrize("url", ["http://[::1", "https://example.com:99999/a.mp4", "http://example.com:x/a"])
+def test_malformed_urls_are_invalid_input_not_a_crash(tmp_path: Path, store: Store, field_name: str, url: str):
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x",
+                                                 own_netlocs={"127.0.0.1:8000"}))
+    media = {"video": url} if field_name == "video" else {}
+    webhook = url if field_name == "webhook" else None
+    with pytest.raises(InvalidInput) as info:
+        svc.create(endpoint="vace/tiny", model="tiny", request=GenerationRequest(prompt="a", **media),
+                   input={}, dialect="replicate", webhook=webhook)
+    assert info.value.errors[0][0] == field_name and "malformed URL" in info.value.errors[0][1]
 
 
 def test_standard_webhook_signature_verifies():
