@@ -100,11 +100,12 @@ def _calibrate_command(args: argparse.Namespace) -> int:
     try:
         width, height = parse_size(args.size)
         model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
+        # The request (steps, frames, sampler, ...) is validated by the render inside.
+        record = calibrate(model, steps=args.steps, width=width, height=height, num_frames=args.frames,
+                           guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed)
     except (RequestError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    record = calibrate(model, steps=args.steps, width=width, height=height, num_frames=args.frames,
-                       guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed)
     target = Path(args.out) if args.out else calibration_path(model.path)
     try:
         save_calibration(record, target)

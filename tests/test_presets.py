@@ -246,3 +246,19 @@ def test_unusable_calibration_file_is_ignored(tmp_path, content):
 
     calibration_path(tmp_path).write_text(content)
     assert load_calibration(tmp_path) is None
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--sampler", "euler-ish"], ["--frames", "100000"]])
+def test_calibrate_command_refuses_a_bad_request_with_a_clear_error(tiny_model_dir, tmp_path, capsys, args):
+    import argparse
+
+    from pipelines import calibrate
+
+    parser = argparse.ArgumentParser(prog="vace")
+    calibrate.register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "cal.json"
+    parsed = parser.parse_args(["calibrate", "--model", str(tiny_model_dir), "--device", "cpu", "--size", "64*64",
+                                "--out", str(out), *args])
+    assert parsed.handler(parsed) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
