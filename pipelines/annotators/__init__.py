@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,7 +34,6 @@ class AnnotatorEnv:
     root: Path | None = None  # None: weights.annotators.annotators_root()
     device: str | None = None  # None: cuda when available, else cpu
     progress: ProgressFn | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_model(cls, model_dir: str | Path | None, device: str | None = None) -> AnnotatorEnv:

@@ -20,7 +20,7 @@ from pipelines.tasks import canvas, compose, control, frames, inpaint  # noqa: F
 from pipelines.tasks.options import TaskOptions, parse_options
 from pipelines.tasks.registry import TASKS, TaskContext, TaskSpec, task
 
-__all__ = ["TASKS", "TaskContext", "TaskSpec", "build", "infer_task", "preflight", "task", "required_annotators"]
+__all__ = ["TASKS", "TaskContext", "TaskSpec", "build", "implied_task", "infer_task", "preflight", "task"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -61,19 +61,23 @@ def match_input(inputs: TaskInputs, options: TaskOptions) -> TaskInputs:
     return inputs
 
 
-def required_annotators(task_name: str, inputs: TaskInputs, options: TaskOptions) -> list[str]:
-    return _spec(task_name).needs(inputs, options)
+def checked(name: str, inputs: TaskInputs, env: AnnotatorEnv) -> tuple[TaskSpec, TaskOptions, list[str]]:
+    """The task's spec and validated options, and the annotators it will run, each checked to have its
+    weights here (RequestError otherwise). Shared by build() and preflight()."""
+    spec = _spec(name)
+    options = parse_options(name, inputs.options)
+    needed = spec.needs(inputs, options)
+    for annotator in needed:
+        annotators.require(annotator, env)
+    return spec, options, needed
 
 
 def build(task_name: str | None, inputs: TaskInputs, env: AnnotatorEnv | None = None) -> Conditioning:
     """Run the named task builder (or the inferred one) and check the triple's shape."""
     name = task_name or infer_task(inputs)
-    spec = _spec(name)
-    options = parse_options(name, inputs.options)
-    inputs = match_input(inputs, options)
     env = env or AnnotatorEnv()
-    for annotator in spec.needs(inputs, options):
-        annotators.require(annotator, env)
+    spec, options, _ = checked(name, inputs, env)
+    inputs = match_input(inputs, options)
     cond = spec.builder(inputs, TaskContext(options=options, env=env, task=name))
     if options.match_input_frames_per_second and inputs.video is not None:
         cond.fps = float(min(max(inputs.video.fps, 1.0), 60.0))
@@ -102,10 +106,4 @@ def preflight(request: GenerationRequest, env: AnnotatorEnv | None = None) -> li
             inputs.mask_video = placeholder
     name = request.task or implied_task(bool(request.video), bool(request.mask), bool(request.first_frame),
                                         bool(request.last_frame), bool(request.reference_images))
-    spec = _spec(name)
-    options = parse_options(name, request.task_options)
-    env = env or AnnotatorEnv()
-    needed = spec.needs(inputs, options)
-    for annotator in needed:
-        annotators.require(annotator, env)
-    return needed
+    return checked(name, inputs, env or AnnotatorEnv())[2]
