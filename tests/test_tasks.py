@@ -277,6 +277,11 @@ def test_layout_needs_boxes():
     with pytest.raises(RequestError) as err:
         tasks.build("layout", inputs(options={"boxes": [[0, 0, 4, 4]]}))
     assert err.value.field == "task_options.boxes"
+    # JSON bodies may carry NaN / Infinity: refused, not drawn as garbage boxes.
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(RequestError) as err:
+            tasks.build("layout", inputs(options={"boxes": [[0, 0, bad, 4], [1, 1, 5, 5]]}))
+        assert err.value.field == "task_options.boxes"
 
 
 def test_move_anything_image_then_layout():

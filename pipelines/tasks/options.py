@@ -5,6 +5,7 @@ Every key is checked: an unknown key or a bad value raises RequestError naming `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -84,7 +85,7 @@ def _boxes(value: Any) -> list[list[float]]:
     boxes = []
     for box in value:
         if (not isinstance(box, (list, tuple)) or len(box) != 4
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in box)):
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in box)):
             raise RequestError("task_options.boxes", f"{message}, got {box!r}")
         if box[2] <= box[0] or box[3] <= box[1]:
             raise RequestError("task_options.boxes", f"each box needs x2 > x1 and y2 > y1, got {list(box)!r}")
