@@ -15,10 +15,7 @@ from pipelines.request import GenerationRequest, RequestError
 def _mask_array(path: Path, field: str, max_frames: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(mask_video, mask_image): a single image applies to every frame."""
     if is_image(path):
-        img = load_image(path, field)
-        if img.mode == "RGBA":
-            img = img.convert("RGB")
-        return None, image_to_array(img).mean(axis=-1)
+        return None, image_to_array(load_image(path, field)).mean(axis=-1)
     return load_video(path, field, max_frames).frames.mean(axis=-1), None
 
 

@@ -26,6 +26,11 @@ def set_offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def has_two_experts(index: dict[str, Any]) -> bool:
+    """Whether a model_index.json declares a low-noise expert (`transformer_2`, Wan2.2 style)."""
+    return bool(index.get("transformer_2") and index["transformer_2"][0])
+
+
 def check_layout(root: str | Path) -> dict[str, Any]:
     """Validate the diffusers layout of root; return model_index.json or raise one WeightsError listing all gaps."""
     root = Path(root)
@@ -35,7 +40,7 @@ def check_layout(root: str | Path) -> dict[str, Any]:
     if not index_path.is_file():
         raise WeightsError(f"{root} is not a diffusers pipeline directory: model_index.json is missing")
     index = json.loads(index_path.read_text())
-    two_experts = bool(index.get("transformer_2") and index["transformer_2"][0])
+    two_experts = has_two_experts(index)
     problems = []
     for sub, cls in required_components(two_experts).items():
         entry = index.get(sub)
@@ -118,7 +123,7 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
     index = check_layout(root)
     device = resolve_device(device)
     big = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    two_experts = bool(index.get("transformer_2") and index["transformer_2"][0])
+    two_experts = has_two_experts(index)
     local = {"local_files_only": True}
     try:
         parts = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 TINY_MODELS = {"tiny": "Wan2.1-style, one transformer", "tiny-a14b": "Wan2.2-style, two experts"}
@@ -103,24 +104,32 @@ def tiny_home() -> Path:
     return Path(os.environ.get("VACE_TINY_DIR", Path.home() / ".cache" / "vace-server" / "tiny-v2"))
 
 
+def write_once(target: Path, marker: str, writer: Callable[[Path], object]) -> Path:
+    """target, written by writer(path) on first use: into a staging folder beside it, then renamed into
+    place, so concurrent processes never see a half-written directory. `marker` is the file that says done."""
+    import shutil
+    import tempfile
+
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".staging-{target.name}-"))
+    writer(staging / target.name)
+    try:
+        (staging / target.name).rename(target)
+    except OSError:  # another process finished first
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def resolve_model(spec: str) -> Path:
     """'tiny' / 'tiny-a14b' -> the built-in tiny model (written on first use); anything else is a path."""
     if spec not in TINY_MODELS:
         return Path(spec)
     home = tiny_home()
-    target = home / spec
-    if not (target / "model_index.json").is_file():
-        import shutil
-        import tempfile
-
-        home.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=home, prefix=".staging-"))
-        write_tiny(staging / spec, two_experts=(spec == "tiny-a14b"))
-        try:
-            (staging / spec).rename(target)
-        except OSError:  # another process finished first
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
+    target = write_once(home / spec, "model_index.json",
+                        lambda path: write_tiny(path, two_experts=(spec == "tiny-a14b")))
     from weights.annotators import ensure_tiny_annotators
 
     ensure_tiny_annotators(home)  # every task runs with the tiny model: annotators beside it
@@ -131,17 +140,4 @@ def resolve_safety_checker() -> Path:
     """The tiny random safety classifier of the tiny bundle (written on first use)."""
     from pipelines.safety import TINY_NAME, write_tiny_checker
 
-    target = tiny_home() / TINY_NAME
-    if not (target / "config.json").is_file():
-        import shutil
-        import tempfile
-
-        tiny_home().mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=tiny_home(), prefix=".staging-"))
-        write_tiny_checker(staging / TINY_NAME)
-        try:
-            (staging / TINY_NAME).rename(target)
-        except OSError:  # another process finished first
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return write_once(tiny_home() / TINY_NAME, "config.json", write_tiny_checker)
