@@ -394,3 +394,11 @@ def test_unknown_task_option_is_refused_by_name():
     with pytest.raises(RequestError) as info:
         parse_options("firstframe", {"transparency_mode": "pink"})
     assert info.value.field == "task_options.transparency_mode"
+
+
+def test_first_frame_with_alpha_follows_transparency_mode():
+    clear = Image.new("RGBA", (W, H), (255, 0, 0, 0))
+    aware = tasks.build("firstframe", inputs(first_frame=clear))
+    assert np.all(aware.mask[0] == 1) and np.allclose(aware.video[0], 0.5)
+    white = tasks.build("firstframe", inputs(first_frame=clear, options={"transparency_mode": "white"}))
+    assert np.all(white.mask[0] == 0) and np.allclose(white.video[0], 1.0)

@@ -20,44 +20,43 @@ def reference_to_video(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
     return default_conditioning(inputs)
 
 
-def _slot(img, inputs: TaskInputs):
+def _slot(img, inputs: TaskInputs, ctx: TaskContext):
     """An image placed as one frame: (frame, mask). Images with alpha follow task_options.transparency_mode
     (content_aware: transparent pixels are generated; white / black: filled), see pipelines.transparency."""
     from pipelines.transparency import frame_and_mask, has_alpha
 
     if not has_alpha(img):
         return image_at_output(img, inputs), 0.0
-    # Already validated by tasks.options.parse_options.
-    return frame_and_mask(img, inputs.options.get("transparency_mode", "content_aware"), inputs.width, inputs.height)
+    return frame_and_mask(img, ctx.options.transparency_mode, inputs.width, inputs.height)
 
 
-def frame_slots(inputs: TaskInputs, first: bool, last: bool) -> Conditioning:
+def frame_slots(inputs: TaskInputs, ctx: TaskContext, first: bool, last: bool) -> Conditioning:
     n, w, h = inputs.num_frames, inputs.width, inputs.height
     video, mask = gray_frames(n, w, h), mask_frames(n, w, h)
     if first:
         if inputs.first_frame is None:
             raise RequestError("first_frame", "this task needs a first frame image")
-        video[0], mask[0] = _slot(inputs.first_frame, inputs)
+        video[0], mask[0] = _slot(inputs.first_frame, inputs, ctx)
     if last:
         if inputs.last_frame is None:
             raise RequestError("last_frame", "this task needs a last frame image")
-        video[-1], mask[-1] = _slot(inputs.last_frame, inputs)
+        video[-1], mask[-1] = _slot(inputs.last_frame, inputs, ctx)
     return Conditioning(video, mask, references(inputs))
 
 
 @task("firstframe", "[image, gray...], mask [0, 1...]")
 def first_frame(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
-    return frame_slots(inputs, first=True, last=False)
+    return frame_slots(inputs, ctx, first=True, last=False)
 
 
 @task("lastframe", "[gray..., image], mask [1..., 0]")
 def last_frame(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
-    return frame_slots(inputs, first=False, last=True)
+    return frame_slots(inputs, ctx, first=False, last=True)
 
 
 @task("firstlastframe", "[image1, gray..., image2], mask [0, 1..., 0]")
 def first_last_frame(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
-    return frame_slots(inputs, first=True, last=True)
+    return frame_slots(inputs, ctx, first=True, last=True)
 
 
 def extend(inputs: TaskInputs, ctx: TaskContext, position: str) -> Conditioning:
