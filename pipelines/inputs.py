@@ -9,7 +9,7 @@ import numpy as np
 from pipelines.conditioning import TaskInputs
 from pipelines.fetch import FetchPolicy, materialize
 from pipelines.media import image_to_array, is_image, load_image, load_video
-from pipelines.request import GenerationRequest, RequestError
+from pipelines.request import MAX_FRAMES, GenerationRequest, RequestError
 
 
 def _mask_array(path: Path, field: str, max_frames: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -26,8 +26,9 @@ def load_inputs(request: GenerationRequest, work_dir: Path, policy: FetchPolicy 
     def local(ref: str, field: str) -> Path:
         return materialize(ref, field, work_dir, policy)
 
-    # Source clips longer than needed are cut at decode time (match_input_num_frames reads the full length).
-    max_frames = None if request.task_options.get("match_input_num_frames") else request.num_frames
+    # Source clips longer than needed are cut at decode time; match_input_num_frames needs at most MAX_FRAMES
+    # (the longest output), so a long clip is never decoded whole.
+    max_frames = MAX_FRAMES if request.task_options.get("match_input_num_frames") else request.num_frames
     inputs = TaskInputs(width=request.width, height=request.height, num_frames=request.num_frames,
                         options=dict(request.task_options))
     if request.video:

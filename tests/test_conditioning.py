@@ -130,3 +130,15 @@ def test_first_last_frame_slots(renderer, spy, tmp_path, mode):
         assert np.allclose(video[0], red, atol=1e-6) and np.all(mask[0] == 0)
     if mode in ("last", "both"):
         assert np.allclose(video[-1], blue, atol=1e-6) and np.all(mask[-1] == 0)
+
+
+def test_match_input_never_decodes_more_than_the_longest_output(tmp_path):
+    """A clip longer than MAX_FRAMES is cut at decode time even when the frame count comes from the input."""
+    from pipelines.inputs import load_inputs
+    from pipelines.request import MAX_FRAMES
+
+    src = write_video(tmp_path / "long.mp4", moving_square_frames(MAX_FRAMES + 8, 32, 16, size=4, step=1))
+    request = req(video=str(src), task_options={"match_input_num_frames": True}).validated()
+    assert len(load_inputs(request, tmp_path / "work").video.frames) == MAX_FRAMES
+    plain = req(video=str(src)).validated()
+    assert len(load_inputs(plain, tmp_path / "work2").video.frames) == N
