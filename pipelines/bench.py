@@ -134,8 +134,20 @@ def _peak_tflops(device_name: str) -> float | None:
     return None
 
 
+def bench_request(cfg: BenchConfig) -> Any:
+    """The benchmark's text-to-video job, validated (RequestError before any model is built)."""
+    from pipelines.request import GenerationRequest
+
+    return GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height, num_frames=cfg.frames,
+                             steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, preset=cfg.preset).validated()
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Build (or load) the model, render one job and return the report."""
+    from pipelines.memory import check_mode
+
+    bench_request(cfg)
+    check_mode(cfg.offload)
     if cfg.sequence_parallel > 1:
         return _run_sharded(cfg)
     started = time.perf_counter()
@@ -203,15 +215,11 @@ def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds
     import diffusers
     import torch
 
-    from pipelines.request import GenerationRequest
-
     cuda = info["device"].startswith("cuda")
     ranks = len(info.get("devices", [info["device"]]))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    request = GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height, num_frames=cfg.frames,
-                                steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, preset=cfg.preset)
-    prepared = renderer.prepare(request)
+    prepared = renderer.prepare(bench_request(cfg))
     marks: list[float] = []
 
     def on_progress(step: int, total: int) -> None:

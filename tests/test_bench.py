@@ -87,3 +87,20 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
     assert report["sequence_parallel"] == 2 and report["sp_mode"] == "ring" and report["devices"] == ["cpu", "cpu"]
     assert report["transformer_evaluations"] == 8 and report["transformer_evaluations_skipped"] == 0
     assert report["seconds_per_step"] > 0 and report["stages"]["load_model"] > 0
+
+
+@pytest.mark.parametrize("args", [["--preset", "turbo"], ["--steps", "0"], ["--offload", "half"],
+                                  ["--preset", "turbo", "--sequence-parallel", "2"]])
+def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
+    """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
+    from pipelines import bench, distributed
+
+    def must_not_run(*a, **k):
+        raise AssertionError("model built or group started for a job that is refused anyway")
+
+    monkeypatch.setattr(bench, "build_model", must_not_run)
+    monkeypatch.setattr(distributed, "RenderGroup", must_not_run)
+    code = main(["bench", "--device", "cpu", "--size", "64*64", "--frames", "5", "--steps", "1",
+                 "--out", str(tmp_path / "r.json"), *args])
+    assert code == 2 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
