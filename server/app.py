@@ -141,7 +141,7 @@ def _add_core_routes(app: FastAPI) -> None:
         body = {"status": state, "models": list(settings.models), "queue": {"queued": counts[QUEUED],
                 "processing": counts[PROCESSING], "max": settings.queue_max},
                 "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts,
-                           "pid": supervisor.process.pid if supervisor.process else None}}
+                           "pid": supervisor.pid}}
         if getattr(supervisor, "loaded", None):  # the levers applied: attention backend, compilation, offload
             body["worker"]["loaded"] = supervisor.loaded
         if hasattr(supervisor, "workers"):  # several workers (--gpus / --sequence-parallel)

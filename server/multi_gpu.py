@@ -115,13 +115,13 @@ class SupervisorSet:
         return sum(m.restarts for m in self.members)
 
     @property
-    def process(self) -> Any:
-        return self.members[0].process
+    def pid(self) -> int | None:
+        return self.members[0].pid
 
     @property
     def workers(self) -> list[dict[str, Any]]:
         return [{"devices": list(m.config.devices or (m.config.device,)), "state": m.state,
-                 "pid": m.process.pid if m.process else None, "restarts": m.restarts, "loaded": m.loaded}
+                 "pid": m.pid, "restarts": m.restarts, "loaded": m.loaded}
                 for m in self.members]
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import multiprocessing
 import queue
+import threading
 import time
 import uuid
 from typing import Any
@@ -36,6 +37,15 @@ class WorkerSupervisor:
         self._events: Any = None
         self._stop: Any = None
         self._last_start = 0.0
+        # poll() runs in a worker thread that outlives the cancelled supervise task at shutdown: the lock and
+        # the flag keep it from replacing a worker that stop() just ended (and failing its requeued job).
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        process = self.process  # read once: poll() may clear it between a check and the use
+        return process.pid if process else None
 
     def start(self) -> None:
         self.worker_id = f"worker-{uuid.uuid4().hex[:12]}"
@@ -52,8 +62,11 @@ class WorkerSupervisor:
 
     def poll(self) -> None:
         """Read the worker's reports; replace it if it died. Call this often."""
-        self.read_reports()
-        self._replace_if_dead()
+        with self._lock:
+            if self._stopping:
+                return
+            self.read_reports()
+            self._replace_if_dead()
 
     def read_reports(self) -> None:
         """Take in what the worker reported (ready / setup failed) without waiting; /health calls this too."""
@@ -89,8 +102,12 @@ class WorkerSupervisor:
 
     def stop(self) -> None:
         """Stop the worker; a job it was running goes back to the queue."""
-        if self.process is None:
-            return
+        with self._lock:
+            self._stopping = True
+            if self.process is not None:
+                self._stop_process()
+
+    def _stop_process(self) -> None:
         self._stop.set()
         self.process.join(0.5)
         if self.process.is_alive():

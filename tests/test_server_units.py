@@ -218,3 +218,27 @@ def test_tiny_only_servers_cap_renders_by_default():
     assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
     assert default_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) is None
     assert default_render_side(["tiny"], 0) is None and default_render_side(["tiny"], 64) == 64
+
+
+def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: pytest.MonkeyPatch):
+    """The supervise thread can still be polling when shutdown stops the worker: it must not start another."""
+    from server.supervisor import WorkerSupervisor
+    from server.worker import WorkerConfig
+
+    class DeadProcess:
+        pid, exitcode = 4242, -15
+
+        def is_alive(self) -> bool:
+            return False
+
+    sup = WorkerSupervisor(store, WorkerConfig(database_url=store.url, data_dir="unused", models={"tiny": "x"}))
+    started: list[bool] = []
+    monkeypatch.setattr(sup, "start", lambda: started.append(True))
+    sup.process = DeadProcess()
+    assert sup.pid == 4242
+    sup._stopping = True  # what stop() sets (with the poll lock held) before it ends the process
+    sup.poll()
+    assert sup.pid == 4242 and sup.restarts == 0 and not started
+    sup._stopping = False
+    sup.poll()  # not stopping: the dead worker is replaced
+    assert sup.pid is None and sup.restarts == 1 and started == [True]
