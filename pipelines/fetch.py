@@ -37,16 +37,13 @@ class FetchPolicy:
         )
 
 
-def _is_public(host: str) -> bool:
+def _is_public(host: str, field_name: str) -> bool:
+    """Whether every address host resolves to is a public one; RequestError if it does not resolve."""
     try:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
-        return False
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not addr.is_global:
-            return False
-    return True
+        raise RequestError(field_name, f"URL host {host!r} cannot be resolved") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_global for info in infos)
 
 
 def check_url(url: str, policy: FetchPolicy, field_name: str) -> None:
@@ -57,7 +54,7 @@ def check_url(url: str, policy: FetchPolicy, field_name: str) -> None:
     host = parsed.hostname
     if host in policy.allow_hosts or policy.allow_private:
         return
-    if not _is_public(host):
+    if not _is_public(host, field_name):
         raise RequestError(
             field_name, f"URL host {host!r} resolves to a loopback/private address; it is not allowed to fetch it"
         )

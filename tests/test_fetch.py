@@ -48,6 +48,17 @@ def test_allow_listed_loopback_url_is_fetched(server, tmp_path):
     assert path.read_bytes() == PNG
 
 
+def test_unresolvable_host_is_named(tmp_path, monkeypatch):
+    import socket
+
+    def no_dns(*args, **kwargs):  # no real lookup: tests send nothing off loopback
+        raise socket.gaierror("no such host")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(RequestError, match="'media.example' cannot be resolved"):
+        materialize("https://media.example/clip.mp4", "video", tmp_path, FetchPolicy())
+
+
 def test_limits_and_refusals(server, tmp_path):
     with pytest.raises(RequestError, match="loopback/private"):
         materialize(f"{server}/img.png", "video", tmp_path, FetchPolicy())
