@@ -310,6 +310,9 @@ def test_animate_anything_pose_video_with_references(env):
     assert np.array_equal(cond.video, source.frames) and np.all(cond.mask == 1)
     cond = tasks.build("animate-anything", inputs(video=source, reference_images=[ref]), env)
     assert cond.video.shape == (N, H, W, 3) and len(cond.reference_images) == 1
+    with pytest.raises(RequestError) as err:
+        tasks.build("animate-anything", inputs(video=source, options={"preprocess": False}))
+    assert err.value.field == "reference_images"
 
 
 def test_expand_anything_outpainted_first_frame_then_gray():

@@ -53,9 +53,8 @@ def swap_anything(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
 @task("animate-anything", "pose video (DWPose, or the given pose video with preprocess=false) + reference images",
       needs=annotator_needs("animate-anything"))
 def animate_anything(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
-    references(inputs, required=True, task="animate-anything")
-    return control(inputs, control_frames(inputs, ctx, "animate-anything"), required_refs=True,
-                   task="animate-anything")
+    refs = references(inputs, required=True, task="animate-anything")  # refused before the pose model runs
+    return control(inputs, control_frames(inputs, ctx, "animate-anything"), refs)
 
 
 @task("expand-anything", "[outpainted image, then gray], mask [outpaint mask, 1...] + reference images")

@@ -45,10 +45,11 @@ def references(inputs: TaskInputs, required: bool = False, task: str = "") -> li
     return reference_canvas(inputs.reference_images, inputs.width, inputs.height)
 
 
-def control(inputs: TaskInputs, video: np.ndarray, required_refs: bool = False, task: str = "") -> Conditioning:
-    """A control video: mask all ones (everything is generated, guided by the frames)."""
+def control(inputs: TaskInputs, video: np.ndarray, refs: list | None = None) -> Conditioning:
+    """A control video: mask all ones (everything is generated, guided by the frames); refs default to
+    references(inputs)."""
     n, h, w = video.shape[:3]
-    return Conditioning(video.astype(np.float32), mask_frames(n, w, h), references(inputs, required_refs, task))
+    return Conditioning(video.astype(np.float32), mask_frames(n, w, h), references(inputs) if refs is None else refs)
 
 
 def still_image(inputs: TaskInputs, field: str) -> np.ndarray:
