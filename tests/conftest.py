@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _loopback_only(host: object) -> None:
+    """Tests talk to loopback only: refuse resolving real names and reaching non-loopback addresses."""
+    if host is None or host in ("localhost", b"localhost"):
+        return
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    try:
+        address = ipaddress.ip_address(name.split("%")[0])
+    except ValueError:
+        raise socket.gaierror(socket.EAI_NONAME, f"tests resolve no external names ({name})") from None
+    if not (address.is_loopback or address.is_unspecified):
+        raise OSError(f"tests reach loopback only, not {name}")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        _loopback_only(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _loopback_only(address[0])
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture(scope="session")
