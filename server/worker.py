@@ -121,14 +121,14 @@ class JobRunner:
         from server.multi_gpu import renderer_for
 
         owner = self.config.worker_id
-        logs: list[str] = [job.logs] if job.logs else []
+        logs: list[str] = [job.logs.rstrip("\n")] if job.logs else []  # e.g. "requeued: ..." (no blank line after)
         last_write = [0.0]
 
         def write_logs(force: bool = False, **values: Any) -> None:
             now = time.monotonic()
             if force or now - last_write[0] > 0.05:
                 last_write[0] = now
-                self.store.report(job.id, owner, logs="".join(line + "\n" for line in logs if line), **values)
+                self.store.report(job.id, owner, logs=_log_text(logs), **values)
 
         started = time.time()
         heartbeat = _Heartbeat(self.store, job.id, owner, self.config.lease_s)
@@ -172,11 +172,11 @@ class JobRunner:
                        "timings": {k: round(v, 3) for k, v in result.timings.items()}, **result.metrics}
             logs.append(f"done in {predict_time:.2f}s")
             self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
-                              logs="".join(line + "\n" for line in logs if line))
+                              logs=_log_text(logs))
             return SUCCEEDED
         except RenderCancelled as exc:
             logs.append(str(exc))
-            self.store.finish(job.id, owner, CANCELED, logs="".join(line + "\n" for line in logs if line),
+            self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs),
                               metrics={"predict_time": round(time.time() - started, 3)})
             return CANCELED
         except RequestError as exc:
@@ -207,9 +207,13 @@ class JobRunner:
     def _fail(self, job: Prediction, owner: str, logs: list[str], started: float, message: str) -> str:
         logs.append(message)
         self.store.finish(job.id, owner, FAILED, error=message,
-                          logs="".join(line + "\n" for line in logs if line),
+                          logs=_log_text(logs),
                           metrics={"predict_time": round(time.time() - started, 3)})
         return FAILED
+
+
+def _log_text(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines if line)
 
 
 def _resize_output(result: Any, width: int, height: int) -> Any:

@@ -242,3 +242,16 @@ def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: 
     sup._stopping = False
     sup.poll()  # not stopping: the dead worker is replaced
     assert sup.pid is None and sup.restarts == 1 and started == [True]
+
+
+def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store: Store):
+    from server.worker import JobRunner, ModelPool, WorkerConfig
+
+    [pid] = queued(store)
+    store.claim("w1", 30)
+    store.requeue_held("w1", "requeued: the server stopped")
+    config = WorkerConfig(database_url=store.url, data_dir=str(tmp_path), models={}, worker_id="w2")
+    job = store.claim("w2", 30)
+    assert JobRunner(store, ModelPool(config), config).run(job) == FAILED  # no such model: fails at once
+    logs = store.get(pid).logs
+    assert logs.startswith("requeued: the server stopped\nKeyError") and "\n\n" not in logs
