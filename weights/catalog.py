@@ -6,19 +6,25 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """One supported model in diffusers layout."""
+class HubEntry:
+    """A model directory a connected machine fetches from the Hugging Face Hub."""
 
     name: str
     repo_id: str
+
+    def fetch_hint(self) -> str:
+        return f"huggingface-cli download {self.repo_id} --local-dir <DIR>   (on a connected machine)"
+
+
+@dataclass(frozen=True)
+class Checkpoint(HubEntry):
+    """One supported model in diffusers layout."""
+
     components: dict[str, str]
     two_experts: bool = False
     boundary_ratio: float | None = None
     description: str = ""
     config: dict = field(default_factory=dict)
-
-    def fetch_hint(self) -> str:
-        return f"huggingface-cli download {self.repo_id} --local-dir <DIR>   (on a connected machine)"
 
 
 _COMMON = {
@@ -66,16 +72,11 @@ def required_components(two_experts: bool) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Auxiliary:
+class Auxiliary(HubEntry):
     """A helper model (not a VACE checkpoint) the server loads from a local directory."""
 
-    name: str
-    repo_id: str
     description: str
     server_option: str
-
-    def fetch_hint(self) -> str:
-        return f"huggingface-cli download {self.repo_id} --local-dir <DIR>   (on a connected machine)"
 
 
 AUXILIARY: dict[str, Auxiliary] = {
