@@ -323,10 +323,8 @@ class FalAPI:
 
 def preflight(request: Any, rename: Any, error: Any) -> None:
     """Refuse at submit time what the worker would refuse (task options, missing annotator weights)."""
-    try:
-        from pipelines.tasks import preflight as task_preflight
-    except ImportError:  # pragma: no cover - older task module
-        return
+    from pipelines.tasks import preflight as task_preflight
+
     try:
         task_preflight(request)
     except RequestError as exc:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.deliver import DeliverOptions
+from pipelines.presets import preset_for_acceleration
 from pipelines.request import DEFAULT_NEGATIVE_PROMPT, MAX_SEED, GenerationRequest, snap_frames
 
 WAN21_APP = "fal-ai/wan-vace-14b"
@@ -330,7 +331,7 @@ def build_job(app: str, sub: str, data: FalCommon, probe: Probe | None = None,
     if data.transparency_mode != "content_aware" or data.first_frame_url or data.last_frame_url:
         options["transparency_mode"] = data.transparency_mode
     seed = -1 if data.seed is None else data.seed
-    preset = (preset_for or _preset)(data.acceleration)
+    preset = (preset_for or preset_for_acceleration)(data.acceleration)
     request = GenerationRequest(
         prompt=data.prompt, negative_prompt=data.negative_prompt, width=width, height=height,
         num_frames=num_frames, fps=fps, steps=data.num_inference_steps, guidance=data.guidance_scale,
@@ -344,14 +345,6 @@ def build_job(app: str, sub: str, data: FalCommon, probe: Probe | None = None,
                     "reference_images": "ref_image_urls"}
     return FalJob(request, deliver, two_experts=(app == WAN22_APP), sync_mode=data.sync_mode,
                   media_fields=media_fields)
-
-
-def _preset(acceleration: str) -> str:
-    try:
-        from pipelines.presets import ACCELERATIONS
-    except ImportError:  # presets not installed: the level names are the preset names
-        return acceleration
-    return ACCELERATIONS[acceleration]
 
 
 # GenerationRequest field -> fal field, for errors raised after translation.

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.presets import SPEED_MODES
 from pipelines.request import GenerationRequest, parse_size
 from server.predictions import InvalidInput
 
@@ -20,16 +21,7 @@ COG_VERSION = "0.13.0"
 VERSION_CREATED_AT = "2025-05-20T00:00:00.000000Z"
 
 PRUNAAI_SIZES = ("832*480", "480*832", "1280*720", "720*1280")
-# prunaai speed_mode -> GenerationRequest.preset; pipelines.presets.SPEED_MODES replaces it once it exists.
-PRUNAAI_SPEED_MODES = {
-    "Lightly Juiced 🍊 (more consistent)": "low",
-    "Juiced 🔥 (more speed)": "regular",
-    "Extra Juiced 🚀 (even more speed)": "regular",
-}
-try:  # the acceleration presets module owns the table when present
-    from pipelines.presets import SPEED_MODES as PRUNAAI_SPEED_MODES  # type: ignore[no-redef]  # noqa: F811
-except ImportError:
-    pass
+PRUNAAI_SPEED_MODES = SPEED_MODES  # prunaai speed_mode -> GenerationRequest.preset
 
 PRUNAAI_VERSIONS = (
     "51299232dc3d0946d5f5ed74935d85243e172698f747d291460db1e6ef3669fb",
