@@ -92,11 +92,10 @@ class _StepState(BaseState):
         self.probing = False
         self.acc_ratio = 1.0
         self.acc_err = 0.0
-        self.acc_steps = 0
         self.consecutive_skips = 0
 
     def reset_accumulators(self) -> None:
-        self.acc_ratio, self.acc_err, self.acc_steps = 1.0, 0.0, 0
+        self.acc_ratio, self.acc_err = 1.0, 0.0
 
 
 def _ratios_for(ratios: list[float], num_steps: int) -> list[float]:
@@ -232,13 +231,10 @@ class _HeadVaceHook(_Hook):
     def _magcache_skip(self, state: _StepState, device: torch.device) -> bool:
         policy = self.shared.policy
         ratios = self.shared.ratios.get(self.shared.context) or self.shared.ratios.get("cond") or []
-        skip = state.step >= policy.warmup_steps and state.residual is not None
         acc_ratio = state.acc_ratio * (ratios[state.step] if state.step < len(ratios) else 1.0)
-        acc_steps, acc_err = state.acc_steps + 1, state.acc_err + abs(1.0 - acc_ratio)
-        skip = skip and acc_err <= policy.threshold and (policy.max_skip_steps is None
-                                                         or acc_steps <= policy.max_skip_steps)
-        if self._agreed(skip, device):
-            state.acc_ratio, state.acc_steps, state.acc_err = acc_ratio, acc_steps, acc_err
+        acc_err = state.acc_err + abs(1.0 - acc_ratio)
+        if self._agreed(self._can_skip(state) and acc_err <= policy.threshold, device):
+            state.acc_ratio, state.acc_err = acc_ratio, acc_err
             return True
         state.reset_accumulators()
         return False
