@@ -368,14 +368,21 @@ class PredictionService:
 
     # ---- the change feed ---------------------------------------------------------------------------------------
 
+    def _read_feed(self, since: float, now: float) -> list[Prediction]:
+        """The database side of one watch tick: Cancel-After deadlines, then the rows changed since `since`
+        (re-reading one more second: a write stamped just before `now` may commit after this read, and workers
+        stamp updated_at with their own clocks)."""
+        for due in self.store.due_for_cancel(now):
+            self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
+        return self.store.changed_since(since - 1.0)
+
     async def _watch(self) -> None:
         since = time.time() - 1.0
         while True:
             try:
                 now = time.time()
-                for due in self.store.due_for_cancel(now):
-                    self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
-                changed = self.store.changed_since(since - 1.0)
+                # In a thread: a database waiting on a lock (or a network round trip) must not stall every request.
+                changed = await asyncio.to_thread(self._read_feed, since, now)
                 since = now
                 for pred in changed:
                     self._on_change(pred)
