@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pipelines.request import RequestError
 from server.api import fal_schema as fs
+from server.api import preflight
 from server.api.fal_schema import FalInputError
 from server.auth import require_api_key
 from server.predictions import InvalidInput, PredictionService, ServiceError, WebhookMessage
@@ -319,16 +320,6 @@ class FalAPI:
         r.add_api_route(base, result, methods=["GET"], summary="The output (or the error)", name=f"fal_result{tag}")
         r.add_api_route(f"{base}/cancel", cancel, methods=["PUT"], summary="Cancel the request",
                         name=f"fal_cancel{tag}")
-
-
-def preflight(request: Any, rename: Any, error: Any) -> None:
-    """Refuse at submit time what the worker would refuse (task options, missing annotator weights)."""
-    from pipelines.tasks import preflight as task_preflight
-
-    try:
-        task_preflight(request)
-    except RequestError as exc:
-        raise error(rename(exc.field.removeprefix("task_options.")), exc.message) from exc
 
 
 def schema_name(sub: str) -> str:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Request, Re
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from server.api import preflight
 from server.api.replicate_models import ReplicateModel, catalog
 from server.auth import require_api_key
 from server.predictions import (
@@ -143,6 +144,7 @@ class ReplicateAPI:
             raise InvalidInput.of("Cancel-After", "must be at least 5s")
         try:
             gen = model.to_request(body.input)
+            preflight(gen, None, InvalidInput.of)
             pred = self.service.create(endpoint=model.ref, model=model.served, request=gen, input=body.input,
                                        dialect=DIALECT, version=version, webhook=body.webhook,
                                        webhook_events=body.webhook_events_filter, cancel_after_s=cancel_s)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 
+from server.api import preflight
 from server.api import wavespeed_schema as ws
 from server.api.wavespeed_schema import WaveSpeedInputError
 from server.auth import require_api_key
@@ -90,8 +91,6 @@ class WaveSpeedAPI:
                 raise WaveSpeedInputError([("enable_safety_checker", f"{reason}; this server refuses requests "
                                                                      "that ask for a safety check it cannot run")])
         job = ws.build_job(data)
-        from server.api.fal import preflight
-
         preflight(job.request, lambda f: ws.wavespeed_field(f, data), lambda f, m: WaveSpeedInputError([(f, m)]))
         from server.api.fal import pick_model
 
