@@ -192,3 +192,10 @@ def test_canny_finds_square_edges():
 def test_layout_box_interpolation_truncates_like_official():
     boxes = interpolate_boxes([[0, 0, 10, 10], [9, 3, 19, 13]], 4)
     assert boxes.tolist() == [[0, 0, 10, 10], [3, 1, 13, 11], [6, 2, 16, 12], [9, 3, 19, 13]]
+
+
+def test_face_shares_the_loaded_pose_networks(env):
+    """`face` is DWPose drawing the face points only: the ONNX sessions are the ones `pose` loaded."""
+    pose, face = annotators.load("pose", env), annotators.load("face", env)
+    assert face.detector is pose.detector and face.pose is pose.pose
+    assert (pose.name, pose.body, face.name, face.body) == ("pose", True, "face", False)

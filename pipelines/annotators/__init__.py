@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipelines.media import to_uint8  # noqa: F401 - the annotators import it from here
 from pipelines.request import RequestError
 
 ProgressFn = Callable[[int, int], None]
@@ -83,6 +84,8 @@ _LOADED: dict[tuple[str, str, str], object] = {}
 
 def load(name: str, env: AnnotatorEnv):
     """The annotator `name`, loaded once per (weights directory, device) and kept for later requests."""
+    if name == "face":  # the same DWPose networks as `pose`, drawing the face points only
+        return load("pose", env).restricted(body=False)
     require(name, env)
     root, device = env.resolved_root(), env.resolved_device()
     key = (name, str(root), device)
@@ -112,10 +115,10 @@ def _build(name: str, root: Path, device: str):
         from pipelines.annotators.depth import DepthAnythingV2
 
         return DepthAnythingV2(folder, device)
-    if name in ("pose", "face"):
+    if name == "pose":
         from pipelines.annotators.dwpose import DWPose
 
-        return DWPose(folder, device, body=name == "pose", face=True)
+        return DWPose(folder, device)
     if name == "raft":
         from pipelines.annotators.flow import RaftFlow
 
@@ -129,10 +132,6 @@ def _build(name: str, root: Path, device: str):
 
         return Sam2Tracker(folder, device)
     raise KeyError(name)
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def from_uint8(frames: np.ndarray) -> np.ndarray:

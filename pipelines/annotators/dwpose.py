@@ -4,6 +4,7 @@ no hands, on black, with the official RGB/BGR swap (the drawing's colour list la
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -217,6 +218,12 @@ class DWPose:
         self.pose = ort.InferenceSession(str(folder / POSE_FILE), options, providers=providers)
         self.body, self.face = body, face
         self.name = "pose" if body else "face"
+
+    def restricted(self, body: bool) -> DWPose:
+        """The same loaded networks drawing body + face (`pose`) or the face only (`face`)."""
+        view = copy.copy(self)
+        view.body, view.name = body, "pose" if body else "face"
+        return view
 
     def frame(self, rgb: np.ndarray) -> np.ndarray:
         import cv2
