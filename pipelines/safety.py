@@ -92,6 +92,15 @@ def availability() -> tuple[bool, str]:
     return reason is None, reason or ""
 
 
+def refusal() -> str | None:
+    """Why a request that asks for a safety check must be refused now (None = serve it): the classifier
+    is missing and the operator's policy is `refuse`."""
+    ok, reason = availability()
+    if ok or policy() != "refuse":
+        return None
+    return f"{reason}; this server refuses requests that ask for a safety check it cannot run"
+
+
 def sample_indices(num_frames: int, samples: int = DEFAULT_SAMPLES) -> list[int]:
     """Evenly spread frame indices, always including the first and the last frame."""
     if num_frames <= 0:

@@ -116,3 +116,16 @@ def test_first_frame_with_alpha_follows_transparency_mode(mode):
         assert left.all() and np.allclose(cond.video[0, :, :12], 0.5)
     else:
         assert not left.any() and np.allclose(cond.video[0, :, :12], 1.0 if mode == "white" else 0.0)
+
+
+def test_refusal_follows_policy_and_availability(monkeypatch, tmp_path):
+    from pipelines import safety
+
+    monkeypatch.delenv(safety.ENV_CHECKER, raising=False)
+    monkeypatch.setenv(safety.ENV_POLICY, "refuse")
+    assert "refuses requests" in safety.refusal()
+    monkeypatch.setenv(safety.ENV_POLICY, "unchecked")
+    assert safety.refusal() is None
+    monkeypatch.setenv(safety.ENV_POLICY, "refuse")
+    monkeypatch.setenv(safety.ENV_CHECKER, str(safety.write_tiny_checker(tmp_path / "checker")))
+    assert safety.refusal() is None

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from pipelines import safety
 from pipelines.request import RequestError
 from server.api import fal_schema as fs
 from server.api import preflight
@@ -179,8 +180,8 @@ class FalAPI:
             raise FalInputError([{"loc": ["body"], "msg": "the request body must be JSON",
                                   "type": "json_invalid"}]) from None
         data = fs.parse_input(sub, body)
-        if data.enable_safety_checker:
-            self.check_safety_available()
+        if data.enable_safety_checker and (refused := safety.refusal()):
+            raise FalInputError.of("enable_safety_checker", refused)
         job = await asyncio.to_thread(self.build, app_id, sub, data)
         model = pick_model(self.app.state.settings.models, job.two_experts, app_id)
         webhook = request.query_params.get("fal_webhook")
@@ -216,15 +217,6 @@ class FalAPI:
         import dataclasses
 
         return dataclasses.replace(self.service.fetch_policy, allow_local_paths=True)
-
-    @staticmethod
-    def check_safety_available() -> None:
-        from pipelines import safety
-
-        ok, reason = safety.availability()
-        if not ok and safety.policy() == "refuse":
-            raise FalInputError.of("enable_safety_checker", f"{reason}; this server refuses requests that ask "
-                                                            "for a safety check it cannot run")
 
     # ---- routes ------------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 
+from pipelines import safety
 from server.api import preflight
 from server.api import wavespeed_schema as ws
 from server.api.wavespeed_schema import WaveSpeedInputError
@@ -82,14 +83,9 @@ class WaveSpeedAPI:
         self.service: PredictionService = app.state.service
 
     def create(self, body: Any, webhook: str | None) -> Prediction:
-        from pipelines import safety
-
         data = ws.parse_input(body)
-        if data.enable_safety_checker:
-            ok, reason = safety.availability()
-            if not ok and safety.policy() == "refuse":
-                raise WaveSpeedInputError([("enable_safety_checker", f"{reason}; this server refuses requests "
-                                                                     "that ask for a safety check it cannot run")])
+        if data.enable_safety_checker and (refused := safety.refusal()):
+            raise WaveSpeedInputError([("enable_safety_checker", refused)])
         job = ws.build_job(data)
         preflight(job.request, lambda f: ws.wavespeed_field(f, data), lambda f, m: WaveSpeedInputError([(f, m)]))
         from server.api.fal import pick_model
