@@ -178,8 +178,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _add_missing_columns(engine: Engine, table: Table) -> None:
     """Columns added after a database was created: nullable, so ALTER TABLE ADD COLUMN upgrades it in place."""
+    existing = {c["name"] for c in inspect(engine).get_columns(table.name)}
     for column in table.columns:
-        if column.name in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+        if column.name in existing:
             continue
         assert column.nullable, f"{table.name}.{column.name} must be nullable to be added to old databases"
         ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
