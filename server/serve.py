@@ -140,6 +140,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: refusing to serve {args.host} without an API key; pass --api-key KEY "
               "(or --allow-insecure-no-auth to serve without authentication)", file=sys.stderr)
         return 2
+    if args.port == 0 and not args.public_url:
+        print("error: --port 0 picks a port this server cannot name in its output and file URLs; "
+              "give a free port (or --public-url)", file=sys.stderr)
+        return 2
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         print("error: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
         return 2

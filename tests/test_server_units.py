@@ -211,6 +211,16 @@ def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path):
     assert result.returncode == 2 and "without an API key" in result.stderr
 
 
+def test_serve_refuses_port_0_without_a_public_url(tmp_path: Path):
+    """Port 0 made every output and upload URL read http://127.0.0.1:0/...: refused up front."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "--port 0" in result.stderr
+
+
 def test_tiny_only_servers_cap_renders_by_default():
     from server.serve import TINY_RENDER_SIDE, default_render_side
 
