@@ -243,20 +243,10 @@ TINY_MARKER = "tiny-annotators.json"
 
 def ensure_tiny_annotators(home: str | Path) -> Path:
     """home/annotators with every tiny annotator, written on first use (atomically, like the tiny models)."""
-    import shutil
-    import tempfile
+    from weights.tiny import write_once
 
-    home = Path(home)
-    target = home / "annotators"
-    if (target / TINY_MARKER).is_file():
-        return target
-    home.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=home, prefix=".staging-annotators-"))
-    written = write_tiny_annotators(staging / "annotators")
-    _write_json(staging / "annotators" / TINY_MARKER, {"tiny": sorted(written)})
-    try:
-        (staging / "annotators").rename(target)
-    except OSError:  # another process finished first
-        pass
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
+    def write(folder: Path) -> None:
+        written = write_tiny_annotators(folder)
+        _write_json(folder / TINY_MARKER, {"tiny": sorted(written)})
+
+    return write_once(Path(home) / "annotators", TINY_MARKER, write)
