@@ -57,9 +57,6 @@ class Settings:
     file_retention_hours: float = 24.0  # --file-retention-hours (0 = forever)
 
 
-ErrorRenderer = Any  # (Request, ServiceError) -> Response
-
-
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(settings.data_dir))
