@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from server.api.fal_schema import FalInputError
 from server.auth import require_api_key
 from server.predictions import InvalidInput, PredictionService, ServiceError, WebhookMessage
 from server.store import CANCELED, FAILED, PROCESSING, QUEUED, Prediction
+from weights.loader import has_two_experts
 
 DIALECT = "fal"
 QUEUE = "/queue"
@@ -31,16 +33,18 @@ _STATUS = {QUEUED: "IN_QUEUE", PROCESSING: "IN_PROGRESS"}
 SYNC_WAIT_S = 3600.0
 
 
+@functools.lru_cache(maxsize=64)
+def _is_two_expert(path: str) -> bool:
+    """Read once per process: a served model's directory does not change while it is served."""
+    try:
+        return has_two_experts(json.loads((Path(path) / "model_index.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def two_expert_models(models: dict[str, str]) -> dict[str, bool]:
     """Served model name -> whether it is a two-expert (Wan2.2-style) model, from model_index.json."""
-    out = {}
-    for name, path in models.items():
-        try:
-            index = json.loads((Path(path) / "model_index.json").read_text())
-        except (OSError, ValueError):
-            index = {}
-        out[name] = bool(index.get("transformer_2") and index["transformer_2"][0])
-    return out
+    return {name: _is_two_expert(str(path)) for name, path in models.items()}
 
 
 def pick_model(models: dict[str, str], two_experts: bool, app: str) -> str:
