@@ -200,3 +200,18 @@ def test_errors_are_rfc7807(server: Server, client):
     with pytest.raises(replicate.exceptions.ReplicateError) as err:
         client.predictions.create(model="prunaai/vace-14b", input={"prompt": "x", "size": "1*1"})
     assert err.value.status == 422
+
+
+def test_malformed_urls_and_cursors_are_problems_not_500(server: Server):
+    import base64
+
+    too_big = base64.urlsafe_b64encode(b"b:99999999999999999999999").decode().rstrip("=")
+    with server.client() as http:
+        body = _assert_problem(http.post("/v1/models/vace/tiny/predictions", json={"input": small(
+            video="http://[::1")}), 422)
+        assert body["invalid_fields"][0]["field"] == "video" and "malformed URL" in body["detail"]
+        body = _assert_problem(http.post("/v1/models/vace/tiny/predictions", json={
+            "input": small(), "webhook": "https://example.com:99999/hook"}), 422)
+        assert body["invalid_fields"][0]["field"] == "webhook"
+        body = _assert_problem(http.get("/v1/predictions", params={"cursor": too_big}), 422)
+        assert body["invalid_fields"][0]["field"] == "cursor"
