@@ -371,10 +371,14 @@ class PredictionService:
     def _read_feed(self, since: float, now: float) -> list[Prediction]:
         """The database side of one watch tick: Cancel-After deadlines, then the rows changed since `since`
         (re-reading one more second: a write stamped just before `now` may commit after this read, and workers
-        stamp updated_at with their own clocks)."""
+        stamp updated_at with their own clocks). That window overlaps the next ticks', so only (id, rev) is read
+        first and a whole row (its input may hold megabytes of data: URIs) only at a revision not yet seen.
+        Safe in a thread: only _watch, which awaits this, changes _seen."""
         for due in self.store.due_for_cancel(now):
             self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
-        return self.store.changed_since(since - 1.0)
+        seen = self._seen
+        return self.store.get_many([pid for pid, rev in self.store.changed_revs(since - 1.0)
+                                    if pid not in seen or seen[pid].rev < rev])
 
     async def _watch(self) -> None:
         since = time.time() - 1.0

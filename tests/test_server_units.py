@@ -265,3 +265,19 @@ def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store
     assert JobRunner(store, ModelPool(config), config).run(job) == FAILED  # no such model: fails at once
     logs = store.get(pid).logs
     assert logs.startswith("requeued: the server stopped\nKeyError") and "\n\n" not in logs
+
+
+def test_the_watch_tick_reads_a_whole_row_once_per_revision(tmp_path: Path, store: Store):
+    import time
+
+    a, b = queued(store, 2)
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x"))
+    since = time.time() - 5.0
+    first = svc._read_feed(since, time.time())
+    assert [p.id for p in first] == [a, b]
+    for pred in first:
+        svc._on_change(pred)
+    assert svc._read_feed(since, time.time()) == []  # still in the window, revisions already seen
+    store.claim("w1", 30)
+    [changed] = svc._read_feed(since, time.time())
+    assert changed.id == a and changed.status == PROCESSING and changed.input == {"prompt": "0"}
