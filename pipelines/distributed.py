@@ -32,12 +32,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from pipelines.fetch import FetchPolicy
 from pipelines.processes import exit_with_parent
-from pipelines.render import CancelFn, Prepared, ProgressFn, RenderCancelled, Renderer, RenderResult
+from pipelines.render import (
+    CancelFn,
+    Prepared,
+    ProgressFn,
+    RenderCancelled,
+    Renderer,
+    RenderResult,
+    prepare_request,
+)
 from pipelines.request import GenerationRequest, RequestError
 
 STOP_GRACE_S = 5.0
@@ -452,21 +459,19 @@ class RenderGroup:
 class GroupRenderer:
     """Drop-in for Renderer (prepare / render) that runs each job on a RenderGroup.
 
-    prepare() runs here, in the caller's process: Renderer.prepare (validation, input decoding, annotators,
-    conditioning) runs no transformer, so it is called with what it reads: the work dir, the fetch policy
-    and `model` as a reference (weights path and device, for the annotators kept beside the weights; they
-    run on the group's first device). render() ships the Prepared job to the group.
+    prepare() runs here, in the caller's process (validation, input decoding, annotators on the group's first
+    device, conditioning: no transformer work); render() ships the Prepared job to the group.
     """
-
-    prepare = Renderer.prepare
 
     def __init__(self, group: RenderGroup, work_dir: str | Path | None = None,
                  fetch_policy: FetchPolicy | None = None):
         self.group = group
         self.work_dir = Path(work_dir or group.work_dir / "prepare")
         self.fetch_policy = fetch_policy
-        spec = group.spec
-        self.model = SimpleNamespace(name=spec.name, path=Path(spec.model_dir), device=spec.devices[0])
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        spec = self.group.spec
+        return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0])
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:

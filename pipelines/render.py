@@ -53,6 +53,18 @@ class Prepared:
     load_seconds: float
 
 
+def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
+                    weights_path: Path | None, device: str | None) -> Prepared:
+    """Validate, resolve the seed, decode the inputs and build the conditioning (annotators included) -- no
+    transformer work. Annotator weights live beside the model (<weights>/../annotators) unless
+    $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Raises RequestError on bad input."""
+    started = time.perf_counter()
+    request = request.validated().with_seed()
+    inputs = load_inputs(request, work_dir / "inputs", fetch_policy)
+    cond = tasks.build(request.task, inputs, AnnotatorEnv.for_model(weights_path, device))
+    return Prepared(request, cond, time.perf_counter() - started)
+
+
 class Renderer:
     """Renders requests on one loaded model (weights.loader.LoadedModel)."""
 
@@ -65,13 +77,7 @@ class Renderer:
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
-        started = time.perf_counter()
-        request = request.validated().with_seed()
-        inputs = load_inputs(request, self.work_dir / "inputs", self.fetch_policy)
-        # Annotator weights live beside the model (<weights root>/annotators) unless $VACE_ANNOTATORS_DIR says.
-        env = AnnotatorEnv.for_model(getattr(self.model, "path", None), getattr(self.model, "device", None))
-        cond = tasks.build(request.task, inputs, env)
-        return Prepared(request, cond, time.perf_counter() - started)
+        return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
         """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
