@@ -113,12 +113,14 @@ def create_app(settings: Settings) -> FastAPI:
 async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
     import time
 
+    def once() -> None:  # in a thread, like the change feed's reads: database calls must not stall the loop
+        supervisor.poll()
+        if not store.single_host:
+            store.fail_held("the worker running this prediction stopped heartbeating", expired_before=time.time())
+
     while True:
         try:
-            await asyncio.to_thread(supervisor.poll)
-            if not store.single_host:
-                store.fail_held("the worker running this prediction stopped heartbeating",
-                                expired_before=time.time())
+            await asyncio.to_thread(once)
         except Exception:  # noqa: BLE001 - keep supervising
             log.exception("supervision failed")
         await asyncio.sleep(SUPERVISE_INTERVAL_S)
