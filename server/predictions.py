@@ -320,18 +320,17 @@ class PredictionService:
             except ValueError as exc:
                 raise InvalidInput.of("cursor", "malformed cursor") from exc
         rows = self.store.page(before_seq=before, after_seq=after, limit=limit + 1, endpoint_prefix=endpoint_prefix)
+        # The extra row tells whether there is more in the paging direction; the other direction needs a query.
         if after is not None:
             has_newer, rows = len(rows) > limit, rows[-limit:]
-            has_older = bool(rows)
+            has_older = bool(rows) and bool(self.store.page(before_seq=rows[-1].seq, limit=1,
+                                                            endpoint_prefix=endpoint_prefix))
         else:
             has_older, rows = len(rows) > limit, rows[:limit]
-            has_newer = before is not None and bool(rows)
-        next_cursor = _cursor("b", rows[-1].seq) if has_older and rows else None
-        previous_cursor = _cursor("a", rows[0].seq) if has_newer and rows else None
-        if previous_cursor and not self.store.page(after_seq=rows[0].seq, limit=1, endpoint_prefix=endpoint_prefix):
-            previous_cursor = None
-        if next_cursor and not self.store.page(before_seq=rows[-1].seq, limit=1, endpoint_prefix=endpoint_prefix):
-            next_cursor = None
+            has_newer = before is not None and bool(rows) and bool(self.store.page(
+                after_seq=rows[0].seq, limit=1, endpoint_prefix=endpoint_prefix))
+        next_cursor = _cursor("b", rows[-1].seq) if has_older else None
+        previous_cursor = _cursor("a", rows[0].seq) if has_newer else None
         return Page(rows, next_cursor, previous_cursor)
 
     async def wait(self, prediction_id: str, timeout_s: float) -> Prediction:

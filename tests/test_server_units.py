@@ -281,3 +281,14 @@ def test_the_watch_tick_reads_a_whole_row_once_per_revision(tmp_path: Path, stor
     store.claim("w1", 30)
     [changed] = svc._read_feed(since, time.time())
     assert changed.id == a and changed.status == PROCESSING and changed.input == {"prompt": "0"}
+
+
+def test_list_cursors_stop_exactly_at_both_ends(tmp_path: Path, store: Store):
+    ids = queued(store, 6)[::-1]  # newest first
+    svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x"))
+    page1 = svc.list(limit=3)
+    page2 = svc.list(page1.next_cursor, limit=3)
+    assert [p.id for p in page2.results] == ids[3:] and page2.next_cursor is None and page2.previous_cursor
+    back = svc.list(page2.previous_cursor, limit=3)
+    assert [p.id for p in back.results] == ids[:3] and back.previous_cursor is None and back.next_cursor
+    assert [p.id for p in svc.list(back.next_cursor, limit=3).results] == ids[3:]
