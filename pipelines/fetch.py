@@ -48,10 +48,13 @@ def _is_public(host: str, field_name: str) -> bool:
 
 def check_url(url: str, policy: FetchPolicy, field_name: str) -> None:
     """Refuse URLs that are not http(s) or that point at non-public addresses (unless allowed)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed = urllib.parse.urlparse(url)
+        host, _ = parsed.hostname, parsed.port  # .port raises on a malformed or out-of-range port
+    except ValueError as exc:
+        raise RequestError(field_name, f"malformed URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not host:
         raise RequestError(field_name, f"unsupported URL {url!r}: use http(s), data: or an uploaded file")
-    host = parsed.hostname
     if host in policy.allow_hosts or policy.allow_private:
         return
     if not _is_public(host, field_name):
@@ -108,7 +111,10 @@ def materialize(ref: str, field_name: str, work_dir: Path, policy: FetchPolicy |
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return Path(name)
-    scheme = urllib.parse.urlparse(ref).scheme.lower()
+    try:
+        scheme = urllib.parse.urlparse(ref).scheme.lower()
+    except ValueError as exc:
+        raise RequestError(field_name, f"malformed URL {ref!r}: {exc}") from None
     if scheme not in ("", "file") and len(scheme) > 1:  # one letter = a Windows drive, not a scheme
         check_url(ref, policy, field_name)
         fd, name = tempfile.mkstemp(dir=work_dir, prefix=f"{field_name}-")

@@ -48,6 +48,12 @@ def test_allow_listed_loopback_url_is_fetched(server, tmp_path):
     assert path.read_bytes() == PNG
 
 
+@pytest.mark.parametrize("url", ["http://[::1/clip.mp4", "https://media.example:99999/clip.mp4"])
+def test_malformed_urls_are_request_errors(tmp_path, url):
+    with pytest.raises(RequestError, match="malformed URL"):
+        materialize(url, "video", tmp_path, FetchPolicy())
+
+
 def test_unresolvable_host_is_named(tmp_path, monkeypatch):
     import socket
 
