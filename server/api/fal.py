@@ -192,9 +192,10 @@ class FalAPI:
         extra = {"deliver": job.deliver.to_dict(),
                  "fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
         try:
-            return self.service.create(endpoint=f"{app_id}/{sub}".rstrip("/"), model=model, request=job.request,
-                                       input=body, dialect=DIALECT, webhook=webhook,
-                                       webhook_events=["completed"] if webhook else None, extra=extra)
+            return await asyncio.to_thread(  # resolves URL hosts and writes the store: off the event loop
+                self.service.create, endpoint=f"{app_id}/{sub}".rstrip("/"), model=model, request=job.request,
+                input=body, dialect=DIALECT, webhook=webhook, webhook_events=["completed"] if webhook else None,
+                extra=extra)
         except InvalidInput as exc:
             if exc.errors and exc.errors[0][0] == "webhook":
                 raise FalInputError.of("fal_webhook", exc.errors[0][1]) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import datetime, timezone
@@ -145,9 +146,11 @@ class ReplicateAPI:
         try:
             gen = model.to_request(body.input)
             preflight(gen, None, InvalidInput.of)
-            pred = self.service.create(endpoint=model.ref, model=model.served, request=gen, input=body.input,
-                                       dialect=DIALECT, version=version, webhook=body.webhook,
-                                       webhook_events=body.webhook_events_filter, cancel_after_s=cancel_s)
+            # create() resolves URL hosts and writes the store: off the event loop
+            pred = await asyncio.to_thread(
+                self.service.create, endpoint=model.ref, model=model.served, request=gen, input=body.input,
+                dialect=DIALECT, version=version, webhook=body.webhook, webhook_events=body.webhook_events_filter,
+                cancel_after_s=cancel_s)
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [(model.field_name(f), m) for f, m in exc.errors]) from exc
         headers = {}

@@ -5,6 +5,7 @@ Every answer is the `{code, message, data}` envelope; errors carry a non-200 cod
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -113,7 +114,7 @@ class WaveSpeedAPI:
             except ValueError:
                 return error_response(400, "Invalid input: the request body must be JSON")
             try:
-                pred = self.create(body, webhook)
+                pred = await asyncio.to_thread(self.create, body, webhook)  # DNS + store writes: off the loop
             except WaveSpeedInputError as exc:
                 return error_response(400, exc.message)
             if pred.extra.get("wavespeed", {}).get("sync_mode"):
