@@ -174,7 +174,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
         errors = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+            # A body that is not JSON at all carries the character offset in its loc: it is the body's fault.
+            loc = [] if err.get("type") == "json_invalid" else [str(p) for p in err.get("loc", ()) if p != "body"]
             errors.append((".".join(loc) or "body", err.get("msg", "invalid")))
         return render(request, InvalidInput("; ".join(f"{f}: {m}" for f, m in errors), errors))
 

@@ -215,3 +215,6 @@ def test_malformed_urls_and_cursors_are_problems_not_500(server: Server):
         assert body["invalid_fields"][0]["field"] == "webhook"
         body = _assert_problem(http.get("/v1/predictions", params={"cursor": too_big}), 422)
         assert body["invalid_fields"][0]["field"] == "cursor"
+        body = _assert_problem(http.post("/v1/models/vace/tiny/predictions", content=b"{not json",
+                                         headers={"content-type": "application/json"}), 422)
+        assert body["invalid_fields"][0]["field"] == "body"
