@@ -16,15 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from server.api import DIALECTS
-from server.multi_gpu import make_supervisor
-from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
-from server.problems import problem, service_problem
-from server.retention import RetentionPolicy
-from server.store import PROCESSING, QUEUED, Store, database_url
-from server.supervisor import READY, SETUP_FAILED, WorkerSupervisor
-from server.worker import WorkerConfig
+from vace.server.api.common import DIALECTS
+from vace.server.problems import problem, service_problem
+from vace.server.retention import RetentionPolicy
+from vace.server.service.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
+from vace.server.store import PROCESSING, QUEUED, Store, database_url
+from vace.server.worker.pool import make_supervisor
+from vace.server.worker.runner import WorkerConfig
+from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor
 
 log = logging.getLogger("vace.server")
 

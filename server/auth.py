@@ -5,8 +5,7 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
-
-from server.predictions import Unauthorized
+from vace.server.service.predictions import Unauthorized
 
 
 def require_api_key(request: Request) -> None:

@@ -8,11 +8,11 @@ import sys
 
 # Each entry: module with `register(subparsers)`; modules own their subcommands and handlers.
 SUBCOMMAND_MODULES = (
-    "pipelines.cli",
-    "weights.cli",
-    "pipelines.bench",
-    "pipelines.calibrate",
-    "server.serve",
+    "vace.pipelines.cli.generate",
+    "vace.pipelines.cli.weights",
+    "vace.pipelines.bench.benchmark",
+    "vace.pipelines.bench.calibrate",
+    "vace.server.serve",
 )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.store import Prediction, Store, StoredFile
+from vace.server.store import Prediction, Store, StoredFile
 
 log = logging.getLogger("vace.retention")
 

@@ -74,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_models(specs: list[str]) -> dict[str, str]:
     """`[NAME=]tiny|DIR` -> {served name: weights directory}; the weights are checked before serving."""
-    from weights.loader import check_layout
-    from weights.tiny import TINY_MODELS, resolve_model
+    from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
+    from vace.weights.loader import check_layout
 
     models: dict[str, str] = {}
     for spec in specs or ["tiny"]:
@@ -91,7 +91,7 @@ def parse_models(specs: list[str]) -> dict[str, str]:
 
 def default_render_side(model_specs: list[str], requested: int | None) -> int | None:
     """--max-render-side as given (0 = no cap); unset: TINY_RENDER_SIDE when every served model is a tiny one."""
-    from weights.tiny import TINY_MODELS
+    from vace.pipelines.fixtures.tiny_model import TINY_MODELS
 
     if requested is not None:
         return requested or None
@@ -122,13 +122,12 @@ def own_netlocs(host: str, port: int, public_url: str) -> set[str]:
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from server.app import Settings, create_app
-    from server.retention import RetentionPolicy
-    from weights.loader import WeightsError
+    from vace.server.app import Settings, create_app
+    from vace.server.retention import RetentionPolicy
+    from vace.weights.loader import WeightsError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from pipelines import safety
+    from vace.pipelines.outputs import safety
 
     # The API process and the spawned workers read these (pipelines.safety).
     if args.safety_checker:
@@ -171,7 +170,7 @@ def serve(args: argparse.Namespace) -> int:
         attention=args.attention, compile_blocks=not args.no_compile, fp8=args.fp8,
         output_retention_hours=args.output_retention_hours, file_retention_hours=args.file_retention_hours)
     try:
-        from server.multi_gpu import worker_device_sets
+        from vace.server.worker.pool import worker_device_sets
 
         worker_device_sets(args.device, args.gpus, args.sequence_parallel)
     except ValueError as exc:
@@ -186,7 +185,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    from server.cli import main as cli_main
+    from vace.server.cli import main as cli_main
 
     return cli_main(["serve", *sys.argv[1:]])
 

@@ -53,14 +53,14 @@ def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_home: Path) -> Path:
-    from weights.tiny import resolve_model
+    from vace.pipelines.fixtures.tiny_model import resolve_model
 
     return resolve_model("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_a14b_dir(tiny_home: Path) -> Path:
-    from weights.tiny import resolve_model
+    from vace.pipelines.fixtures.tiny_model import resolve_model
 
     return resolve_model("tiny-a14b")
 
@@ -71,8 +71,8 @@ def calibrated_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
     frames), so presets use MagCache on it."""
     import shutil
 
-    from pipelines.calibrate import calibrate, calibration_path, save_calibration
-    from weights.loader import load_pipeline
+    from vace.pipelines.bench.calibrate import calibrate, calibration_path, save_calibration
+    from vace.weights.loader import load_pipeline
 
     root = tmp_path_factory.mktemp("calibrated") / "tiny"
     shutil.copytree(tiny_model_dir, root)
@@ -84,13 +84,13 @@ def calibrated_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from weights.loader import load_pipeline
+    from vace.weights.loader import load_pipeline
 
     return load_pipeline(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture()
 def renderer(tiny_model, tmp_path: Path):
-    from pipelines.render import Renderer
+    from vace.pipelines.engine.render import Renderer
 
     return Renderer(tiny_model, work_dir=tmp_path / "work")

@@ -41,7 +41,7 @@ class TLS:
         directory.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
-        tls = cls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+        tls = cls(directory / "ca.pem", directory / "vace.server.pem", directory / "vace.server.key")
         ca.cert_pem.write_to_path(str(tls.ca_file))
         cert.private_key_pem.write_to_path(str(tls.key_file))
         with open(tls.cert_file, "wb") as fh:
@@ -78,7 +78,7 @@ class Server:
 
     def start(self, wait_ready: bool = True) -> Server:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
         if self.tls:
             cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from pipelines.media import write_mp4
+from vace.pipelines.media.codec import write_mp4
 
 
 def moving_square_frames(n: int, width: int, height: int, size: int = 16, step: int = 2,

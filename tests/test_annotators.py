@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vace.pipelines.conditioning import annotators
+from vace.pipelines.conditioning.annotators import AnnotatorEnv
+from vace.pipelines.conditioning.annotators import dwpose as dw
+from vace.pipelines.conditioning.annotators.flow import FarnebackFlow, flow_to_image, torchvision_problem
+from vace.pipelines.conditioning.annotators.simple import GrayAnnotator, interpolate_boxes
+from vace.pipelines.job.request import RequestError
+from vace.weights import annotators as weights
 
-from pipelines import annotators
-from pipelines.annotators import AnnotatorEnv
-from pipelines.annotators import dwpose as dw
-from pipelines.annotators.flow import FarnebackFlow, flow_to_image, torchvision_problem
-from pipelines.annotators.simple import GrayAnnotator, interpolate_boxes
-from pipelines.request import RequestError
 from tests.synthetic import moving_square_frames
-from weights import annotators as weights
 
 N, H, W = 3, 40, 56
 

@@ -18,7 +18,7 @@ REPORT_KEYS = {
 
 def main(argv: list[str]) -> int:
     """`vace bench` through its own registration (what server.cli does for every subcommand module)."""
-    from pipelines import bench
+    from vace.pipelines.bench import benchmark as bench
 
     parser = argparse.ArgumentParser(prog="vace")
     bench.register(parser.add_subparsers(dest="command", required=True))
@@ -34,7 +34,7 @@ def _bench(tmp_path, *extra: str) -> tuple[int, dict | None]:
 
 
 def test_bench_cpu_tiny_writes_complete_report(tiny_home, tmp_path):
-    from pipelines.flops import transformer_flops
+    from vace.pipelines.acceleration.flops import transformer_flops
 
     code, report = _bench(tmp_path)
     assert code == 0
@@ -45,7 +45,7 @@ def test_bench_cpu_tiny_writes_complete_report(tiny_home, tmp_path):
     assert all(v >= 0 for v in report["stages"].values())
     assert report["seconds_per_step"] > 0 and report["achieved_tflops"] > 0
     assert report["latent_tokens"] == 5 * 4 * 4
-    from weights.tiny import resolve_model
+    from vace.pipelines.fixtures.tiny_model import resolve_model
 
     config = json.loads((resolve_model("tiny") / "transformer" / "config.json").read_text())
     assert report["flops_per_forward"] == transformer_flops(config, 64, 64, 17)
@@ -70,7 +70,7 @@ def test_bench_refuses_what_it_cannot_run(tiny_home, tmp_path, capsys, args):
 
 def test_real_shape_components_build_on_meta(tiny_home):
     """The 14B build path: the real classes at the published config (no memory allocated on meta)."""
-    from pipelines.bench import random_components
+    from vace.pipelines.bench.benchmark import random_components
 
     parts = random_components("14b", "meta")
     count = {k: sum(p.numel() for p in parts[k].parameters()) / 1e9 for k in ("transformer", "text_encoder")}
@@ -93,7 +93,8 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
                                   ["--preset", "turbo", "--sequence-parallel", "2"]])
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
-    from pipelines import bench, distributed
+    from vace.pipelines.bench import benchmark as bench
+    from vace.pipelines.parallel import group as distributed
 
     def must_not_run(*a, **k):
         raise AssertionError("model built or group started for a job that is refused anyway")

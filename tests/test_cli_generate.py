@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 
-from pipelines.media import probe_video
+from vace.pipelines.media.codec import probe_video
+
 from tests.synthetic import moving_square_frames, save_image, solid_image, write_video
 
 
 def vace(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "vace.server.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_generate_writes_requested_video_and_reports_seed(tmp_path, tiny_model_dir):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.media.codec import load_video
 
-from pipelines.media import load_video
-from pipelines.request import GenerationRequest
 from tests.synthetic import data_uri, mask_frames_box, moving_square_frames, save_image, solid_image, write_video
 
 W, H, N = 64, 48, 9
@@ -134,8 +134,8 @@ def test_first_last_frame_slots(renderer, spy, tmp_path, mode):
 
 def test_match_input_never_decodes_more_than_the_longest_output(tmp_path):
     """A clip longer than MAX_FRAMES is cut at decode time even when the frame count comes from the input."""
-    from pipelines.inputs import load_inputs
-    from pipelines.request import MAX_FRAMES
+    from vace.pipelines.conditioning.inputs import load_inputs
+    from vace.pipelines.job.request import MAX_FRAMES
 
     src = write_video(tmp_path / "long.mp4", moving_square_frames(MAX_FRAMES + 8, 32, 16, size=4, step=1))
     request = req(video=str(src), task_options={"match_input_num_frames": True}).validated()

@@ -8,8 +8,7 @@ import pytest
 @pytest.fixture()
 def client(tmp_path, monkeypatch, tiny_model_dir):
     from fastapi.testclient import TestClient
-
-    from server.app import Settings, create_app
+    from vace.server.app import Settings, create_app
 
     monkeypatch.delenv("VACE_SAFETY_CHECKER", raising=False)
     monkeypatch.setenv("VACE_SAFETY_UNAVAILABLE", "unchecked")

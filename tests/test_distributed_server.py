@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vace.pipelines.media.codec import load_video
 
-from pipelines.media import load_video
 from tests.server_process import Server, wait_until_denoising
 
 API_KEY = "sp-key"
@@ -73,7 +73,7 @@ def _render(server: Server, tmp: Path, name: str) -> np.ndarray:
 
 
 def test_gpus_and_groups_become_workers():
-    from server.multi_gpu import worker_device_sets
+    from vace.server.worker.pool import worker_device_sets
 
     assert worker_device_sets("auto", "0,1,2,3", 1) == [("cuda:0",), ("cuda:1",), ("cuda:2",), ("cuda:3",)]
     assert worker_device_sets("auto", "0,1,2,3,4,5,6,7", 4) == [

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vace.pipelines.media.codec import probe_video
 
-from pipelines.media import probe_video
 from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, write_video
 
@@ -78,7 +78,7 @@ def fetch(server: Server, url: str, tmp_path: Path, name: str = "out.mp4") -> Pa
 
 
 def rows(server: Server, prediction_id: str) -> int:
-    from server.store import Store, database_url
+    from vace.server.store import Store, database_url
 
     store = Store(database_url(server.data_dir))
     try:
@@ -100,7 +100,7 @@ def test_subscribe_depth_control_video_returns_a_matching_videofile(fal, server,
     path = fetch(server, video["url"], tmp_path)
     assert path.stat().st_size == video["file_size"]
     assert probe_video(path) == {"num_frames": 17, "width": 416, "height": 240, "fps": 8.0}
-    from pipelines.frames_zip import read_frames_zip
+    from vace.pipelines.media.frames_zip import read_frames_zip
 
     zipped = read_frames_zip(fetch(server, result["frames_zip"]["url"], tmp_path, "frames.zip"))
     assert zipped.shape == (17, 240, 416, 3) and result["frames_zip"]["content_type"] == "application/zip"
@@ -196,7 +196,7 @@ def test_validation_errors_auth_and_webhook(server, control_video):
 
 
 def test_wan22_without_a_two_expert_model_names_it(tiny_model_dir):
-    from server.api.fal import ModelUnavailable, pick_model
+    from vace.server.api.fal.routes import ModelUnavailable, pick_model
 
     assert pick_model({"tiny": str(tiny_model_dir)}, False, APP) == "tiny"
     with pytest.raises(ModelUnavailable, match="Wan2.2-VACE-Fun-A14B"):

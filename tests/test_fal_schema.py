@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from server.api import fal_schema as fs
-from server.api.fal_schema import FalInputError, MediaInfo, build_job, output_size, parse_input
+from vace.server.api.fal import schema as fs
+from vace.server.api.fal.schema import FalInputError, MediaInfo, build_job, output_size, parse_input
 
 VIDEO = "https://example.com/v.mp4"
 ALL_TASKS = {"control", "depth", "pose", "inpainting", "outpainting", "reframe", "t2v", "r2v", "firstframe",
@@ -143,7 +142,7 @@ def test_translation_task_options_and_media():
 
 
 def test_encoder_mapping():
-    from pipelines.deliver import crf
+    from vace.pipelines.outputs.deliver import crf
 
     assert [crf(fs.VIDEO_QUALITY[q]) for q in ("low", "medium", "high", "maximum")] == [28, 20, 10, 2]
     data = parse_input("depth", body("depth", video_quality="low", video_write_mode="small", return_frames_zip=True))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from pipelines.bench import REAL_CONFIGS
-from pipelines.flops import latent_tokens, transformer_flops
+from vace.pipelines.acceleration.flops import latent_tokens, transformer_flops
+from vace.pipelines.bench.benchmark import REAL_CONFIGS
 
 
 def _hand_count_14b(width: int, height: int, frames: int) -> float:

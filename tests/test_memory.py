@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pipelines.memory import GIB, OFFLOAD_MODES, choose_offload, component_bytes, resolve_offload
-from pipelines.request import GenerationRequest
+from vace.pipelines.engine.memory import GIB, OFFLOAD_MODES, choose_offload, component_bytes, resolve_offload
+from vace.pipelines.job.request import GenerationRequest
 
 # bf16 transformer / text encoder and fp32 VAE of Wan2.1-VACE-14B (17.34 B, 5.68 B and 0.127 B parameters).
 SIZES_14B = {"transformer": 34_675_185_792, "text_encoder": 11_361_820_672, "vae": 507_570_124}
@@ -19,15 +18,15 @@ def _request() -> GenerationRequest:
 
 @pytest.fixture(scope="module")
 def reference_frames(tiny_model, tmp_path_factory):
-    from pipelines.render import Renderer
+    from vace.pipelines.engine.render import Renderer
 
     return Renderer(tiny_model, work_dir=tmp_path_factory.mktemp("ref")).render(_request()).frames
 
 
 @pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_mode_renders_the_same_frames(tiny_model_dir, reference_frames, tmp_path, mode):
-    from pipelines.render import Renderer
-    from weights.loader import load_pipeline
+    from vace.pipelines.engine.render import Renderer
+    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_model_dir, device="cpu", offload=mode)
     assert model.offload == mode
@@ -64,7 +63,7 @@ def test_component_bytes_reads_safetensors_headers(tiny_model, tiny_model_dir):
 @pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_modes_work_without_a_text_encoder(tiny_model_dir, mode):
     """Sequence-parallel ranks > 0 load no text encoder; every memory mode must cope."""
-    from weights.loader import load_pipeline
+    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_model_dir, device="cpu", offload=mode, text_encoder=False)
     assert model.pipeline.text_encoder is None and model.offload == mode

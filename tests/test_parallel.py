@@ -49,8 +49,8 @@ def _rank_main(rank: int, world: int, port: int, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        from pipelines.parallel import enable_sequence_parallel
-        from weights.tiny import build_components
+        from vace.pipelines.fixtures.tiny_model import build_components
+        from vace.pipelines.parallel.sequence import enable_sequence_parallel
 
         base = build_components(two_experts=False)["transformer"].eval()
         with torch.inference_mode():

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipelines.presets import (
+from vace.pipelines.acceleration.presets import (
     PRESETS,
     SPEED_MODES,
     get_preset,
     preset_for_acceleration,
     preset_for_speed_mode,
 )
-from pipelines.request import GenerationRequest, RequestError
+from vace.pipelines.job.request import GenerationRequest, RequestError
 
 STEPS = 10
 
@@ -33,8 +32,8 @@ def _request(preset: str = "none", seed: int = 7, prompt: str = "a red fox in sn
 @pytest.fixture(scope="module")
 def calibrated_model(calibrated_tiny_dir: Path):
     """The tiny model with MagCache ratios beside it (conftest's calibrate() run), loaded."""
-    from pipelines.calibrate import load_calibration
-    from weights.loader import load_pipeline
+    from vace.pipelines.bench.calibrate import load_calibration
+    from vace.weights.loader import load_pipeline
 
     ratios = load_calibration(calibrated_tiny_dir)["ratios"]
     assert ratios.keys() == {"cond", "uncond"} and len(ratios["cond"]) == STEPS
@@ -58,9 +57,8 @@ def test_table_and_hosted_names():
 
 def test_none_is_bit_identical_to_no_hooks(renderer, tiny_model):
     import torch
-
-    from pipelines.schedulers import make_scheduler
-    from pipelines.step_cache import HOOK_NAME
+    from vace.pipelines.acceleration.step_cache import HOOK_NAME
+    from vace.pipelines.engine.schedulers import make_scheduler
 
     result = renderer.render(_request("none"))
     assert result.metrics["preset"] == "none" and result.metrics["step_cache"] == "none"
@@ -79,7 +77,7 @@ def test_none_is_bit_identical_to_no_hooks(renderer, tiny_model):
 
 @pytest.mark.parametrize("preset", ["low", "regular"])
 def test_presets_deterministic_and_counted(calibrated_model, tmp_path, preset):
-    from pipelines.render import Renderer
+    from vace.pipelines.engine.render import Renderer
 
     renderer = Renderer(calibrated_model, work_dir=tmp_path)
     first, second = renderer.render(_request(preset)), renderer.render(_request(preset))
@@ -91,7 +89,7 @@ def test_presets_deterministic_and_counted(calibrated_model, tmp_path, preset):
 
 
 def test_stronger_preset_runs_strictly_fewer_evaluations(calibrated_model, tmp_path):
-    from pipelines.render import Renderer
+    from vace.pipelines.engine.render import Renderer
 
     renderer = Renderer(calibrated_model, work_dir=tmp_path)
     done = {p: renderer.render(_request(p)).metrics["transformer_evaluations"] for p in ("none", "low", "regular")}
@@ -100,7 +98,7 @@ def test_stronger_preset_runs_strictly_fewer_evaluations(calibrated_model, tmp_p
 
 
 def test_cache_does_not_leak_between_jobs(calibrated_model, tmp_path):
-    from pipelines.render import Renderer
+    from vace.pipelines.engine.render import Renderer
 
     renderer = Renderer(calibrated_model, work_dir=tmp_path)
     alone_a = renderer.render(_request("regular", seed=1, prompt="a boat")).frames
@@ -121,8 +119,8 @@ def test_uncalibrated_model_falls_back_and_says_so(renderer):
 
 def test_first_block_cache_threshold_orders_skips(tiny_model, tmp_path):
     """Threshold 0 never skips (and equals the unhooked output); a huge one skips all it may."""
-    from pipelines.render import Renderer
-    from pipelines.step_cache import CachePolicy, StepCache
+    from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
+    from vace.pipelines.engine.render import Renderer
 
     renderer = Renderer(tiny_model, work_dir=tmp_path)
     base = renderer.render(_request()).frames
@@ -143,9 +141,9 @@ def test_first_block_cache_threshold_orders_skips(tiny_model, tmp_path):
 
 
 def test_two_experts_share_one_cache(tiny_a14b_dir, tmp_path):
-    from pipelines.render import Renderer
-    from pipelines.step_cache import CachePolicy, StepCache
-    from weights.loader import load_pipeline
+    from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
+    from vace.pipelines.engine.render import Renderer
+    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_a14b_dir, device="cpu")
     renderer = Renderer(model, work_dir=tmp_path)
@@ -179,7 +177,7 @@ def test_prompt_embeddings_are_cached(renderer):
 
 
 def test_prompt_cache_evicts_least_recently_used():
-    from pipelines.prompt_cache import PromptEmbeddingCache
+    from vace.pipelines.engine.prompt_cache import PromptEmbeddingCache
 
     calls = []
     cache = PromptEmbeddingCache(lambda text: calls.append(text) or text.upper(), capacity=2)
@@ -195,8 +193,7 @@ def test_skipped_step_on_an_unchanged_input_reproduces_the_computed_output(tiny_
     """The VACE hints are inside the cached residual once: a skip must not add them again (diffusers'
     block-level MagCache/FBCache hooks do, on WanVACETransformer3DModel)."""
     import torch
-
-    from pipelines.step_cache import CachePolicy, StepCache
+    from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
 
     transformer = tiny_model.pipeline.transformer
     generator = torch.Generator().manual_seed(0)
@@ -224,7 +221,7 @@ def test_prompt_cache_does_not_keep_a_released_pipeline_alive():
     import gc
     import weakref
 
-    from pipelines.prompt_cache import _BY_PIPELINE, prompt_cache_for
+    from vace.pipelines.engine.prompt_cache import _BY_PIPELINE, prompt_cache_for
 
     class Pipe:
         pass
@@ -242,7 +239,7 @@ def test_prompt_cache_does_not_keep_a_released_pipeline_alive():
 @pytest.mark.parametrize("content", ["[1, 2]", "null", "3", "not json", '{"version": 1, "ratios": {"cond": []}}',
                                      '{"version": 1, "ratios": {"cond": [1.0, "x"]}}'])
 def test_unusable_calibration_file_is_ignored(tmp_path, content):
-    from pipelines.calibrate import calibration_path, load_calibration
+    from vace.pipelines.bench.calibrate import calibration_path, load_calibration
 
     calibration_path(tmp_path).write_text(content)
     assert load_calibration(tmp_path) is None
@@ -252,7 +249,7 @@ def test_unusable_calibration_file_is_ignored(tmp_path, content):
 def test_calibrate_command_refuses_a_bad_request_with_a_clear_error(tiny_model_dir, tmp_path, capsys, args):
     import argparse
 
-    from pipelines import calibrate
+    from vace.pipelines.bench import calibrate
 
     parser = argparse.ArgumentParser(prog="vace")
     calibrate.register(parser.add_subparsers(dest="command", required=True))

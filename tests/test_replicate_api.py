@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from vace.pipelines.media.codec import probe_video
 
-from pipelines.media import probe_video
 from tests.server_process import TLS, Server, wait_until_denoising, webhook_receiver
 from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from pipelines.request import GenerationRequest, RequestError, parse_size, snap_frames
+from vace.pipelines.job.request import GenerationRequest, RequestError, parse_size, snap_frames
 
 
 def req(**kw) -> GenerationRequest:

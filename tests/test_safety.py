@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pipelines import safety
+from vace.pipelines.outputs import safety
 
 
 def test_sample_indices():
@@ -58,9 +57,9 @@ def test_configured_tiny_checker(tiny_home, monkeypatch):
 
 
 def test_deliver_encoder_zip_and_safety(tmp_path, monkeypatch):
-    from pipelines.deliver import DeliverOptions, deliver
-    from pipelines.frames_zip import read_frames_zip
-    from pipelines.media import probe_video, write_mp4
+    from vace.pipelines.media.codec import probe_video, write_mp4
+    from vace.pipelines.media.frames_zip import read_frames_zip
+    from vace.pipelines.outputs.deliver import DeliverOptions, deliver
 
     monkeypatch.setenv(safety.ENV_CHECKER, str(safety.write_tiny_checker(tmp_path / "sc")))
     frames = (np.random.default_rng(1).random((5, 32, 48, 3)) * 255).astype(np.uint8)
@@ -79,8 +78,7 @@ def test_deliver_encoder_zip_and_safety(tmp_path, monkeypatch):
 
 def test_transparency_modes():
     from PIL import Image
-
-    from pipelines.transparency import flatten, frame_and_mask
+    from vace.pipelines.media.transparency import flatten, frame_and_mask
 
     img = Image.new("RGBA", (8, 4), (255, 0, 0, 255))
     img.paste((0, 0, 0, 0), (0, 0, 4, 4))  # left half transparent
@@ -102,9 +100,8 @@ def test_transparency_modes():
 @pytest.mark.parametrize("mode", ["content_aware", "white", "black"])
 def test_first_frame_with_alpha_follows_transparency_mode(mode):
     from PIL import Image
-
-    from pipelines import tasks
-    from pipelines.conditioning import TaskInputs
+    from vace.pipelines.conditioning import tasks
+    from vace.pipelines.conditioning.primitives import TaskInputs
 
     img = Image.new("RGBA", (32, 32), (255, 0, 0, 255))
     img.paste((0, 0, 0, 0), (0, 0, 16, 32))  # left half transparent
@@ -119,7 +116,7 @@ def test_first_frame_with_alpha_follows_transparency_mode(mode):
 
 
 def test_refusal_follows_policy_and_availability(monkeypatch, tmp_path):
-    from pipelines import safety
+    from vace.pipelines.outputs import safety
 
     monkeypatch.delenv(safety.ENV_CHECKER, raising=False)
     monkeypatch.setenv(safety.ENV_POLICY, "refuse")

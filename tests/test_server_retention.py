@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pipelines.request import GenerationRequest
-from server.api.replicate import file_json, prediction_json
-from server.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig
-from server.retention import RetentionPolicy
-from server.store import FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id, predictions
+from vace.pipelines.job.request import GenerationRequest
+from vace.server.api.replicate.routes import file_json, prediction_json
+from vace.server.retention import RetentionPolicy
+from vace.server.service.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig
+from vace.server.store import FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id, predictions
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0
@@ -192,10 +191,9 @@ def test_an_old_database_gains_the_column(tmp_path: Path):
 
 def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
     from fastapi.testclient import TestClient
-
-    from server.api.fal_schema import WAN21_APP
-    from server.api.wavespeed_schema import MODEL_ID
-    from server.app import Settings, create_app
+    from vace.server.api.fal.schema import WAN21_APP
+    from vace.server.api.wavespeed.schema import MODEL_ID
+    from vace.server.app import Settings, create_app
 
     app = create_app(Settings(models={"tiny": str(tiny_model_dir)}, data_dir=tmp_path, public_url="https://h:1",
                               run_worker=False, output_retention_hours=1))

@@ -7,19 +7,18 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from pipelines.request import GenerationRequest
-from server.api.replicate import parse_duration, parse_prefer_wait
-from server.api.replicate_models import catalog
-from server.predictions import (
+from vace.pipelines.job.request import GenerationRequest
+from vace.server.api.replicate.routes import parse_duration, parse_prefer_wait
+from vace.server.api.replicate.schema import catalog
+from vace.server.service.predictions import (
     InvalidInput,
     PredictionService,
     ServiceConfig,
     sign_standard_webhook,
     webhook_events_between,
 )
-from server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
-from server.worker import capped_request, progress_line
+from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
+from vace.server.worker.runner import capped_request, progress_line
 
 
 @pytest.fixture()
@@ -205,7 +204,7 @@ def test_serve_refuses_a_public_address_without_an_api_key(tmp_path: Path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "1",
+    result = subprocess.run([sys.executable, "-m", "vace.server.cli", "serve", "--host", "0.0.0.0", "--port", "1",
                              "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2 and "without an API key" in result.stderr
@@ -216,13 +215,14 @@ def test_serve_refuses_port_0_without_a_public_url(tmp_path: Path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-m", "vace.server.cli", "serve", "--port", "0",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2 and "--port 0" in result.stderr
 
 
 def test_tiny_only_servers_cap_renders_by_default():
-    from server.serve import TINY_RENDER_SIDE, default_render_side
+    from vace.server.serve import TINY_RENDER_SIDE, default_render_side
 
     assert default_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
     assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
@@ -232,8 +232,8 @@ def test_tiny_only_servers_cap_renders_by_default():
 
 def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: pytest.MonkeyPatch):
     """The supervise thread can still be polling when shutdown stops the worker: it must not start another."""
-    from server.supervisor import WorkerSupervisor
-    from server.worker import WorkerConfig
+    from vace.server.worker.runner import WorkerConfig
+    from vace.server.worker.supervisor import WorkerSupervisor
 
     class DeadProcess:
         pid, exitcode = 4242, -15
@@ -255,7 +255,7 @@ def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: 
 
 
 def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store: Store):
-    from server.worker import JobRunner, ModelPool, WorkerConfig
+    from vace.server.worker.runner import JobRunner, ModelPool, WorkerConfig
 
     [pid] = queued(store)
     store.claim("w1", 30)

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vace.pipelines.conditioning import tasks
+from vace.pipelines.conditioning.annotators import AnnotatorEnv
+from vace.pipelines.conditioning.annotators.simple import LUMA
+from vace.pipelines.conditioning.primitives import TaskInputs
+from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.pipelines.media.codec import Video
 
-from pipelines import tasks
-from pipelines.annotators import AnnotatorEnv
-from pipelines.annotators.simple import LUMA
-from pipelines.conditioning import TaskInputs
-from pipelines.media import Video
-from pipelines.request import GenerationRequest, RequestError
 from tests.synthetic import moving_square_frames
 
 W, H, N = 32, 32, 5
@@ -22,7 +22,7 @@ W, H, N = 32, 32, 5
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> AnnotatorEnv:
-    from weights.annotators import write_tiny_annotators
+    from vace.weights.annotators import write_tiny_annotators
 
     root = tmp_path_factory.mktemp("annotators")
     write_tiny_annotators(root)
@@ -388,7 +388,7 @@ def test_preflight_from_request_alone(tmp_path: Path, env):
 
 
 def test_unknown_task_option_is_refused_by_name():
-    from pipelines.tasks.options import parse_options
+    from vace.pipelines.conditioning.tasks.options import parse_options
 
     with pytest.raises(RequestError) as info:
         parse_options("outpainting", {"expand_left": True, "expand_lefft": True})

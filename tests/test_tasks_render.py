@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.media.codec import probe_video
 
-from pipelines.media import probe_video
-from pipelines.request import GenerationRequest
 from tests.synthetic import mask_frames_box, moving_square_frames, write_video
 
 W, H, N = 32, 32, 5
@@ -94,7 +94,7 @@ def test_match_input_frames_and_fps_end_to_end(renderer, media, tmp_path):
 
 def test_cli_generate_with_task_flags(tiny_model_dir, media, tmp_path):
     out = tmp_path / "cli.mp4"
-    cmd = [sys.executable, "-m", "server.cli", "generate", "--model", "tiny", "--device", "cpu", "--out", str(out),
+    cmd = [sys.executable, "-m", "vace.server.cli", "generate", "--model", "tiny", "--device", "cpu", "--out", str(out),
            "--prompt", "a fox", "--size", "64*32", "--frames", "5", "--steps", "1", "--seed", "1",
            "--video", media["video"], "--task", "outpainting", "--expand", "left", "--expand", "right",
            "--expand-ratio", "0.5"]

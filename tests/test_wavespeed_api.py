@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vace.pipelines.media.codec import probe_video
 
-from pipelines.media import probe_video
 from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, solid_image, write_video
 
@@ -85,7 +85,7 @@ def test_submit_and_poll_result(api, server, media, tmp_path):
     video = tmp_path / "out.mp4"
     video.write_bytes(api.get(data["outputs"][0]).content)
     assert probe_video(video) == {"num_frames": 81, "width": 832, "height": 480, "fps": 16.0}
-    from server.store import Store, database_url
+    from vace.server.store import Store, database_url
 
     store = Store(database_url(server.data_dir))
     assert [p.dialect for p in store.page(limit=1000) if p.id == data["id"]] == ["wavespeed"]
@@ -122,8 +122,7 @@ def test_errors_use_the_envelope(api, server):
 
 def test_refuse_policy_without_a_classifier(tmp_path, monkeypatch, tiny_model_dir):
     from fastapi.testclient import TestClient
-
-    from server.app import Settings, create_app
+    from vace.server.app import Settings, create_app
 
     monkeypatch.delenv("VACE_SAFETY_CHECKER", raising=False)
     monkeypatch.setenv("VACE_SAFETY_UNAVAILABLE", "refuse")

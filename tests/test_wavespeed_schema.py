@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from server.api import wavespeed_schema as ws
-from server.api.wavespeed_schema import WaveSpeedInputError, build_job, parse_input
+from vace.server.api.wavespeed import schema as ws
+from vace.server.api.wavespeed.schema import WaveSpeedInputError, build_job, parse_input
 
 ALL_TASKS = {"control", "depth", "pose", "face", "inpainting", "t2v", "r2v", "firstframe", "lastframe",
              "firstlastframe"}

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from weights.catalog import CHECKPOINTS, EQUIVALENT_CLASSES
-from weights.integrity import verify_manifest, write_manifest
-from weights.loader import WeightsError, check_layout, load_pipeline
+from vace.weights.catalog import CHECKPOINTS, EQUIVALENT_CLASSES
+from vace.weights.integrity import verify_manifest, write_manifest
+from vace.weights.loader import WeightsError, check_layout, load_pipeline
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -21,7 +20,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_tiny_is_deterministic_and_in_diffusers_layout(tmp_path):
-    from weights.tiny import write_tiny
+    from vace.pipelines.fixtures.tiny_model import write_tiny
 
     a = write_tiny(tmp_path / "a", two_experts=True)
     b = write_tiny(tmp_path / "b", two_experts=True)
@@ -88,7 +87,7 @@ def test_manifest_verify_names_every_mismatch(tiny_model_dir, tmp_path):
 
 def test_cli_weights_commands(tmp_path, tiny_home):
     def vace(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "vace.server.cli", *args], capture_output=True, text=True,
                               timeout=300)
 
     out = tmp_path / "bundle"

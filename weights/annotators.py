@@ -168,8 +168,7 @@ def write_tiny_sam2(folder: Path) -> Path:
 
 def write_tiny_lineart(folder: Path) -> Path:
     import torch
-
-    from pipelines.annotators.scribble import ContourInference
+    from vace.pipelines.conditioning.annotators.scribble import ContourInference
 
     torch.manual_seed(TINY_SEED)
     config = {"base_channels": 4, "n_residual_blocks": 1}
@@ -186,11 +185,10 @@ def write_tiny_raft(folder: Path) -> Path | None:
     except Exception:  # torchvision absent or its compiled ops do not match torch
         return None
     import torch
-
-    from pipelines.annotators.flow import build_raft
+    from vace.pipelines.conditioning.annotators.flow import build_raft
 
     torch.manual_seed(TINY_SEED)
-    from pipelines.annotators.flow import TINY_RAFT
+    from vace.pipelines.conditioning.annotators.flow import TINY_RAFT
 
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "config.json", TINY_RAFT)
@@ -199,7 +197,7 @@ def write_tiny_raft(folder: Path) -> Path | None:
 
 
 def write_tiny_dwpose(folder: Path) -> Path:
-    from pipelines.annotators.dwpose import export_tiny_models
+    from vace.pipelines.conditioning.annotators.dwpose import export_tiny_models
 
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / "config.json", TINY_DWPOSE)
@@ -243,7 +241,7 @@ TINY_MARKER = "tiny-annotators.json"
 
 def ensure_tiny_annotators(home: str | Path) -> Path:
     """home/annotators with every tiny annotator, written on first use (atomically, like the tiny models)."""
-    from weights.tiny import write_once
+    from vace.pipelines.fixtures.tiny_model import write_once
 
     def write(folder: Path) -> None:
         written = write_tiny_annotators(folder)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weights.catalog import EQUIVALENT_CLASSES, required_components
+from vace.weights.catalog import EQUIVALENT_CLASSES, required_components
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -142,7 +142,7 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
         raise WeightsError(f"could not load weights from {root}: {exc}") from exc
     pipe = WanVACEPipeline(boundary_ratio=index.get("boundary_ratio"), **parts)
     pipe.set_progress_bar_config(disable=True)
-    from pipelines.memory import apply_memory_mode, check_mode, component_bytes, resolve_offload
+    from vace.pipelines.engine.memory import apply_memory_mode, check_mode, component_bytes, resolve_offload
 
     offload = apply_memory_mode(pipe, resolve_offload(check_mode(offload), device, component_bytes(root)), device)
     return LoadedModel(name=name or root.name, path=root, pipeline=pipe, device=device, two_experts=two_experts,

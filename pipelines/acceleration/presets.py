@@ -1,0 +1,86 @@
+"""The acceleration presets: one table of levels, and the hosted-API names that map onto them.
+
+Each level names a step cache (see pipelines.step_cache) in two forms: MagCache, used when the model
+has calibrated magnitude ratios beside its weights (`vace calibrate`), and First Block Cache, the
+fallback that needs no calibration. GPU levers (regional compilation, attention backend, FP8) are
+model-wide and chosen when the model is loaded (pipelines.acceleration), not per job.
+
+Sources for the figures (see README, Performance):
+- MagCache (arXiv:2506.09045): its Wan2.1 scripts default to threshold 0.12, K=2, retention 0.2;
+  the paper's fast setting (threshold 0.24, K=6, also LightX2V's default) gives about 2.8x on
+  Wan2.1-14B T2V 720p at PSNR 24.4 against the uncached video (TeaCache: 2.0x at PSNR 17.4).
+- First Block Cache: diffusers' default threshold is 0.05; measured on Wan2.1-T2V-14B 0.06 gives
+  1.85x and 0.09 is no longer usable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vace.pipelines.job.request import RequestError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One acceleration level. `mag_*` apply with calibrated ratios, `fbc_*` without."""
+
+    name: str
+    description: str
+    step_cache: bool
+    mag_threshold: float = 0.0
+    mag_max_skip_steps: int = 0
+    fbc_threshold: float = 0.0
+    fbc_max_skip_steps: int = 0
+    retention_ratio: float = 0.2
+
+    def warmup_steps(self, num_steps: int) -> int:
+        """Steps computed unconditionally at the start (MagCache's retention ratio); at least one."""
+        return max(1, int(self.retention_ratio * num_steps + 0.5))
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("none", "no step cache: every step runs the full transformer", step_cache=False),
+        Preset("low", "MagCache 0.12 / K=2 (calibrated) or First Block Cache 0.05 / K=2",
+               step_cache=True, mag_threshold=0.12, mag_max_skip_steps=2,
+               fbc_threshold=0.05, fbc_max_skip_steps=2),
+        Preset("regular", "MagCache 0.24 / K=6 (calibrated) or First Block Cache 0.07 / K=4",
+               step_cache=True, mag_threshold=0.24, mag_max_skip_steps=6,
+               fbc_threshold=0.07, fbc_max_skip_steps=4),
+    )
+}
+
+# prunaai `speed_mode`: the lightest level keeps every step (GPU levers only), so it stays consistent.
+SPEED_MODES: dict[str, str] = {
+    "Lightly Juiced 🍊 (more consistent)": "none",
+    "Juiced 🔥 (more speed)": "low",
+    "Extra Juiced 🚀 (even more speed)": "regular",
+}
+
+# fal `acceleration`: the same names as our levels.
+ACCELERATIONS: dict[str, str] = {"none": "none", "low": "low", "regular": "regular"}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset named `name` (a level, a speed_mode string or a fal acceleration); RequestError if unknown."""
+    for table in (PRESETS, SPEED_MODES, ACCELERATIONS):
+        if name in table:
+            return PRESETS[table[name]] if table is not PRESETS else PRESETS[name]
+    raise RequestError("preset", f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+
+
+def preset_for_speed_mode(speed_mode: str) -> str:
+    """prunaai speed_mode -> preset name; RequestError naming `speed_mode` if unknown."""
+    try:
+        return SPEED_MODES[speed_mode]
+    except KeyError:
+        raise RequestError("speed_mode", f"must be one of {', '.join(map(repr, SPEED_MODES))}") from None
+
+
+def preset_for_acceleration(acceleration: str) -> str:
+    """fal acceleration (none|low|regular) -> preset name; RequestError naming `acceleration` if unknown."""
+    try:
+        return ACCELERATIONS[acceleration]
+    except KeyError:
+        raise RequestError("acceleration", f"must be one of {', '.join(ACCELERATIONS)}") from None

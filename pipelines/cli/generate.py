@@ -1,0 +1,133 @@
+"""`vace generate`: render one job without a server, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that builds a GenerationRequest."""
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--video", help="source / control video (path, URL or data: URI)")
+    parser.add_argument("--mask", help="mask video or one mask image (white = generate)")
+    parser.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    parser.add_argument("--first-frame")
+    parser.add_argument("--last-frame")
+    parser.add_argument("--size", default="832*480", help="WIDTH*HEIGHT, multiples of 16")
+    parser.add_argument("--frames", type=int, default=81, help="frame count (snapped to 4n+1)")
+    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--shift", type=float, default=16.0)
+    parser.add_argument("--sampler", default="unipc", help="unipc | dpm++ | euler")
+    parser.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed)")
+    parser.add_argument("--conditioning-scale", type=float, default=1.0)
+    parser.add_argument("--preset", default="none",
+                        help="acceleration preset: none | low | regular (or a prunaai speed_mode / fal acceleration)")
+    parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs); "
+                        "see pipelines/tasks: t2v r2v firstframe lastframe firstlastframe extension firstclip "
+                        "lastclip inpainting outpainting reframe control depth pose face flow gray scribble layout "
+                        "move-anything swap-anything animate-anything expand-anything")
+    add_task_flags(parser)
+
+
+def add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """Task settings; each lands in GenerationRequest.task_options only when given."""
+    group = parser.add_argument_group("task options")
+    group.add_argument("--preprocess", action=argparse.BooleanOptionalAction, default=None,
+                       help="run the task's annotator on --video (default) or take it as a ready control video")
+    group.add_argument("--annotator", help="flow: raft | farneback; scribble: lineart | canny")
+    group.add_argument("--expand", action="append", choices=("left", "right", "top", "bottom"), default=[],
+                       help="outpainting / expand-anything side (repeatable)")
+    group.add_argument("--expand-ratio", type=float, help="added border per side, x source width/height")
+    group.add_argument("--trim-borders", action=argparse.BooleanOptionalAction, default=None,
+                       help="reframe: cut black bars first (default on)")
+    group.add_argument("--zoom-factor", type=float, help="reframe: 0 = whole input visible .. 1 = fills the frame")
+    group.add_argument("--clip-position", choices=("first", "last"), help="extension: clip before or after")
+    group.add_argument("--clip-frames", type=int, help="extension: how many frames of the clip to keep")
+    group.add_argument("--mask-tracking", choices=("none", "sam2"), help="track a mask image through the video")
+    group.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2",
+                       help="layout / move-anything key box in output pixels (repeatable: start ... end)")
+    group.add_argument("--match-input-frames", action="store_true", help="frame count from the input video")
+    group.add_argument("--match-input-fps", action="store_true", help="fps from the input video")
+
+
+def task_options_from_args(args: argparse.Namespace) -> dict:
+    from vace.pipelines.job.request import RequestError
+
+    options: dict = {}
+    for key in ("preprocess", "annotator", "expand_ratio", "trim_borders", "zoom_factor", "clip_position",
+                "clip_frames", "mask_tracking"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    for side in getattr(args, "expand", None) or []:
+        options[f"expand_{side}"] = True
+    if getattr(args, "box", None):
+        try:
+            options["boxes"] = [[float(v) for v in box.split(",")] for box in args.box]
+        except ValueError:
+            raise RequestError("task_options.boxes", f"--box takes X1,Y1,X2,Y2 numbers, got {args.box!r}") from None
+    if getattr(args, "match_input_frames", False):
+        options["match_input_num_frames"] = True
+    if getattr(args, "match_input_fps", False):
+        options["match_input_frames_per_second"] = True
+    return options
+
+
+def request_from_args(args: argparse.Namespace):
+    from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, parse_size
+
+    width, height = parse_size(args.size)
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if args.negative_prompt is None else args.negative_prompt,
+        width=width, height=height, num_frames=args.frames, fps=args.fps, steps=args.steps,
+        guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
+        conditioning_scale=args.conditioning_scale, video=args.video, mask=args.mask,
+        reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
+        task=args.task, task_options=task_options_from_args(args), preset=args.preset,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="render one video without a server")
+    gen.add_argument("--model", default="tiny", help="tiny | tiny-a14b | path to a diffusers VACE directory")
+    gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gen.add_argument("--offload", default="auto", help="memory mode: none | model | group | sequential | auto")
+    gen.add_argument("--out", required=True, help="output .mp4 path")
+    add_generation_flags(gen)
+    gen.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from vace.pipelines.engine.render import Renderer
+    from vace.pipelines.fixtures.tiny_model import resolve_model
+    from vace.pipelines.job.request import RequestError
+    from vace.weights.loader import WeightsError, load_pipeline
+
+    try:
+        request = request_from_args(args)
+        model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
+        renderer = Renderer(model)
+        prepared = renderer.prepare(request)
+    except (RequestError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=prepared.request.steps, desc="denoising", unit="step", file=sys.stderr)
+
+    def progress(step: int, total: int) -> None:
+        bar.update(step - bar.n)
+
+    result = renderer.render(prepared, on_progress=progress, output_path=args.out)
+    bar.close()
+    print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
+                      "width": result.width, "height": result.height, "fps": result.fps,
+                      "preset": result.metrics.get("preset"),
+                      "transformer_evaluations": result.metrics.get("transformer_evaluations"),
+                      "transformer_evaluations_skipped": result.metrics.get("transformer_evaluations_skipped"),
+                      "timings": {k: round(v, 3) for k, v in result.timings.items()}}, indent=2))
+    return 0

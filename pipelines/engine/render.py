@@ -1,0 +1,165 @@
+"""GenerationRequest -> mp4: inputs, VACE conditioning, denoising with WanVACEPipeline, decode, write."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from vace.pipelines.acceleration.levers import preset_applied
+from vace.pipelines.conditioning import tasks
+from vace.pipelines.conditioning.annotators import AnnotatorEnv
+from vace.pipelines.conditioning.inputs import load_inputs
+from vace.pipelines.conditioning.primitives import Conditioning
+from vace.pipelines.engine.prompt_cache import prompt_cache_for
+from vace.pipelines.engine.schedulers import make_scheduler
+from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.media.codec import write_mp4
+from vace.pipelines.media.fetch import FetchPolicy
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class RenderCancelled(Exception):
+    """The render was cancelled between two denoising steps."""
+
+
+@dataclass
+class RenderResult:
+    path: Path
+    seed: int
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+    timings: dict[str, float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    frames: np.ndarray | None = None  # (F, H, W, 3) float in [0, 1], as written
+
+
+@dataclass
+class Prepared:
+    """A validated request with its seed resolved and its conditioning built (no model work yet)."""
+
+    request: GenerationRequest
+    conditioning: Conditioning
+    load_seconds: float
+
+
+def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
+                    weights_path: Path | None, device: str | None) -> Prepared:
+    """Validate, resolve the seed, decode the inputs and build the conditioning (annotators included) -- no
+    transformer work. Annotator weights live beside the model (<weights>/../annotators) unless
+    $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Raises RequestError on bad input."""
+    started = time.perf_counter()
+    request = request.validated().with_seed()
+    inputs = load_inputs(request, work_dir / "inputs", fetch_policy)
+    cond = tasks.build(request.task, inputs, AnnotatorEnv.for_model(weights_path, device))
+    return Prepared(request, cond, time.perf_counter() - started)
+
+
+class Renderer:
+    """Renders requests on one loaded model (weights.loader.LoadedModel)."""
+
+    def __init__(self, model: Any, work_dir: str | Path | None = None, fetch_policy: FetchPolicy | None = None):
+        self.model = model
+        self.pipe = model.pipeline
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vace-render-"))
+        self.fetch_policy = fetch_policy
+        self.prompt_cache = prompt_cache_for(self.pipe)
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
+        return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
+        """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
+        negative = self.prompt_cache.get(negative_prompt or "") if guidance > 1.0 else None
+        return self.prompt_cache.get(prompt), negative
+
+    @contextlib.contextmanager
+    def denoise_context(self, request: GenerationRequest, metrics: dict[str, Any]) -> Iterator[None]:
+        """The request's acceleration preset (step cache) around the denoising loop; fills `metrics`."""
+        with preset_applied(self.model, request.preset, request.steps, request.guidance > 1.0, metrics):
+            yield
+
+    def pipeline_kwargs(self, prepared: Prepared) -> dict[str, Any]:
+        """The conditioning and sampling arguments handed to WanVACEPipeline.__call__."""
+        import torch
+
+        req, cond = prepared.request, prepared.conditioning
+        kwargs: dict[str, Any] = dict(
+            video=[cond.video], mask=[np.repeat(cond.mask[..., None], 3, axis=-1)],
+            reference_images=list(cond.reference_images) or None,
+            conditioning_scale=req.conditioning_scale, height=req.height, width=req.width,
+            num_frames=cond.num_frames, num_inference_steps=req.steps, guidance_scale=req.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(req.seed), output_type="latent",
+        )
+        if self.pipe.config.boundary_ratio is not None:
+            kwargs["guidance_scale_2"] = req.guidance_2 if req.guidance_2 is not None else req.guidance
+        return kwargs
+
+    def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
+               should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:
+        """Render one request to an mp4; raises RequestError (bad input) or RenderCancelled."""
+        import torch
+
+        prepared = request if isinstance(request, Prepared) else self.prepare(request)
+        req, cond = prepared.request, prepared.conditioning
+        timings = {"load_inputs": prepared.load_seconds}
+        metrics: dict[str, Any] = {}
+
+        def step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+            if on_progress:
+                on_progress(i + 1, req.steps)
+            if should_cancel and should_cancel():
+                raise RenderCancelled(f"cancelled after step {i + 1}/{req.steps}")
+            return {}
+
+        if should_cancel and should_cancel():
+            raise RenderCancelled("cancelled before denoising")
+        started = time.perf_counter()
+        with torch.inference_mode():
+            prompt_embeds, negative_embeds = self.encode_prompt(req.prompt, req.negative_prompt, req.guidance)
+        timings["encode_prompt"] = time.perf_counter() - started
+
+        self.pipe.scheduler = make_scheduler(req.sampler, req.shift,
+                                             self.pipe.scheduler.config.get("num_train_timesteps", 1000))
+        started = time.perf_counter()
+        with self.denoise_context(req, metrics), torch.inference_mode():
+            latents = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                                callback_on_step_end=step_end, **self.pipeline_kwargs(prepared)).frames
+        timings["denoise"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        frames = self.decode(latents, len(cond.reference_images))
+        timings["decode"] = time.perf_counter() - started
+
+        fps = cond.fps or req.fps
+        path = Path(output_path) if output_path else self.work_dir / f"render-{req.seed}-{time.time_ns()}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        write_mp4(frames, path, fps)
+        timings["write"] = time.perf_counter() - started
+        n, h, w, _ = frames.shape
+        return RenderResult(path=path, seed=req.seed, num_frames=n, width=w, height=h, fps=fps, timings=timings,
+                            metrics=metrics, frames=frames)
+
+    def decode(self, latents: Any, num_reference_images: int) -> np.ndarray:
+        """Drop the reference latent frames, un-normalise, VAE-decode -> (F, H, W, 3) float in [0, 1]."""
+        import torch
+
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            latents = latents[:, :, num_reference_images:].to(vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
+            video = vae.decode(latents * std + mean, return_dict=False)[0]
+            frames = self.pipe.video_processor.postprocess_video(video, output_type="np")
+        return np.asarray(frames[0], dtype=np.float32)

@@ -1,0 +1,143 @@
+"""The one internal generation request every API dialect translates into."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLERS = ("unipc", "dpm++", "euler")
+MIN_FRAMES = 5
+MAX_FRAMES = 241
+MAX_REFERENCE_IMAGES = 5
+MAX_SEED = 2**32 - 1
+MIN_SIDE = 16
+MAX_SIDE = 2048
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
+    "picture, messy background, three legs, many people in the background, walking backwards"
+)
+
+
+class RequestError(ValueError):
+    """Invalid generation input; `field` names the offending request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def snap_frames(num_frames: int) -> int:
+    """Nearest frame count of the form 4n+1 (the Wan VAE's temporal stride)."""
+    return ((num_frames - 1 + 2) // 4) * 4 + 1
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """Parse a 'W*H' (or 'WxH') size string into (width, height)."""
+    for sep in ("*", "x", "X"):
+        if sep in size:
+            w, _, h = size.partition(sep)
+            try:
+                return int(w), int(h)
+            except ValueError:
+                break
+    raise RequestError("size", f"expected 'WIDTH*HEIGHT', got {size!r}")
+
+
+@dataclass
+class GenerationRequest:
+    """What to render. Media fields hold a local path, an http(s) URL or a data: URI.
+
+    `task` selects the task builder (pipelines.tasks); with task None the conditioning is derived
+    from which media are present (video+mask = inpainting, refs only = r2v, nothing = t2v, ...).
+    `task_options` carries task-specific settings (expand sides, boxes, annotator choice, ...).
+    """
+
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    width: int = 832
+    height: int = 480
+    num_frames: int = 81
+    fps: int = 16
+    steps: int = 50
+    guidance: float = 5.0
+    guidance_2: float | None = None
+    shift: float = 16.0
+    sampler: str = "unipc"
+    seed: int = -1
+    conditioning_scale: float | list[float] = 1.0
+    video: str | None = None
+    mask: str | None = None
+    reference_images: list[str] = field(default_factory=list)
+    first_frame: str | None = None
+    last_frame: str | None = None
+    task: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+    preset: str = "none"
+    model: str | None = None
+
+    def validated(self) -> GenerationRequest:
+        """Return a copy with num_frames snapped to 4n+1; raise RequestError on the first bad field."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            if self.task not in ("reframe",):
+                raise RequestError("prompt", "a non-empty prompt is required")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < MIN_SIDE or value > MAX_SIDE:
+                raise RequestError(name, f"must be an integer between {MIN_SIDE} and {MAX_SIDE}, got {value!r}")
+            if value % 16:
+                raise RequestError(name, f"must be a multiple of 16, got {value}")
+        if not isinstance(self.num_frames, int) or not MIN_FRAMES <= self.num_frames <= MAX_FRAMES:
+            raise RequestError(
+                "num_frames", f"must be between {MIN_FRAMES} and {MAX_FRAMES}, got {self.num_frames!r}"
+            )
+        if not isinstance(self.fps, int) or not 1 <= self.fps <= 60:
+            raise RequestError("fps", f"must be between 1 and 60, got {self.fps!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
+            raise RequestError("steps", f"must be between 1 and 100, got {self.steps!r}")
+        for name in ("guidance", "guidance_2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= float(value) <= 20:
+                raise RequestError(name, f"must be between 0 and 20, got {value!r}")
+        if not 0 <= float(self.shift) <= 30:
+            raise RequestError("shift", f"must be between 0 and 30, got {self.shift!r}")
+        if self.sampler not in SAMPLERS:
+            raise RequestError("sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.seed, int) or not -1 <= self.seed <= MAX_SEED:
+            raise RequestError("seed", f"must be -1 (random) or between 0 and {MAX_SEED}, got {self.seed!r}")
+        scales = self.conditioning_scale if isinstance(self.conditioning_scale, list) else [self.conditioning_scale]
+        if not scales or any(not 0 <= float(s) <= 2 for s in scales):
+            raise RequestError("conditioning_scale", f"must be between 0 and 2, got {self.conditioning_scale!r}")
+        if len(self.reference_images) > MAX_REFERENCE_IMAGES:
+            raise RequestError(
+                "reference_images",
+                f"at most {MAX_REFERENCE_IMAGES} reference images are allowed, got {len(self.reference_images)}",
+            )
+        if self.mask and not self.video:
+            raise RequestError("mask", "a mask needs a source video")
+        from vace.pipelines.acceleration.presets import get_preset  # presets imports this module
+
+        preset = get_preset(self.preset).name
+        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames), preset=preset)
+
+    def with_seed(self) -> GenerationRequest:
+        """Resolve seed -1 to a concrete random seed."""
+        if self.seed != -1:
+            return self
+        return dataclasses.replace(self, seed=random.SystemRandom().randint(0, MAX_SEED))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise RequestError(sorted(unknown)[0], "unknown field")
+        return cls(**data)

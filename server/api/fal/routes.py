@@ -1,0 +1,348 @@
+"""fal's API: the synchronous route at the root and the queue API under /queue. Thin: JSON <-> the service.
+
+Clients set FAL_RUN_HOST=<host:port> and FAL_QUEUE_RUN_HOST=<host:port>/queue. Requests are readable
+under `/queue/{app}/requests/{id}` and `/queue/{app}/{sub}/requests/{id}` (the client drops the sub-path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from vace.pipelines.job.request import RequestError
+from vace.pipelines.outputs import safety
+from vace.server.api.common import preflight
+from vace.server.api.fal import schema as fs
+from vace.server.api.fal.schema import FalInputError
+from vace.server.auth import require_api_key
+from vace.server.service.predictions import InvalidInput, PredictionService, ServiceError, WebhookMessage
+from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, Prediction
+from vace.weights.loader import has_two_experts
+
+DIALECT = "fal"
+QUEUE = "/queue"
+_STATUS = {QUEUED: "IN_QUEUE", PROCESSING: "IN_PROGRESS"}
+SYNC_WAIT_S = 3600.0
+
+
+@functools.lru_cache(maxsize=64)
+def _is_two_expert(path: str) -> bool:
+    """Read once per process: a served model's directory does not change while it is served."""
+    try:
+        return has_two_experts(json.loads((Path(path) / "model_index.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def two_expert_models(models: dict[str, str]) -> dict[str, bool]:
+    """Served model name -> whether it is a two-expert (Wan2.2-style) model, from model_index.json."""
+    return {name: _is_two_expert(str(path)) for name, path in models.items()}
+
+
+def pick_model(models: dict[str, str], two_experts: bool, app: str) -> str:
+    """The served model an endpoint runs on; ModelUnavailable names what is missing."""
+    kinds = two_expert_models(models)
+    for name, is_two in kinds.items():
+        if is_two == two_experts:
+            return name
+    wanted = "a two-expert Wan2.2-VACE-Fun-A14B model" if two_experts else "a single-expert Wan2.1-VACE model"
+    served = ", ".join(f"{n} ({'two experts' if t else 'single expert'})" for n, t in kinds.items())
+    raise ModelUnavailable(f"{app} needs {wanted} and none is loaded on this server (serving: {served}); "
+                           f"start the server with --model <Wan2.2-VACE-Fun-A14B dir>" if two_experts else
+                           f"{app} needs {wanted} and none is loaded on this server (serving: {served})")
+
+
+class ModelUnavailable(ServiceError):
+    status, title = 404, "Model not available"
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts else None
+
+
+def fal_error(status: int, detail: Any, error_type: str | None = None,
+              headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if error_type:
+        body["error_type"] = error_type
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def render_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    """fal's error bodies: 422 `detail` list for bad input, `{"detail": "..."}` otherwise."""
+    if exc.status == 422:
+        detail = [{"loc": ["body", *f.split(".")], "msg": m, "type": "value_error"} for f, m in exc.errors]
+        return fal_error(422, detail or exc.detail, headers=exc.headers)
+    return fal_error(exc.status, exc.detail, headers=exc.headers)
+
+
+def log_entries(pred: Prediction) -> list[dict[str, Any]]:
+    stamp = iso(pred.updated_at)
+    return [{"message": line, "level": "INFO", "source": "USER", "timestamp": stamp}
+            for line in pred.logs.splitlines() if line.strip()]
+
+
+class FalAPI:
+    def __init__(self, app: FastAPI):
+        self.app = app
+        self.service: PredictionService = app.state.service
+
+    # ---- URLs and shapes ---------------------------------------------------------------------------------------
+
+    def request_url(self, pred: Prediction) -> str:
+        return self.service.url(f"{QUEUE}/{pred.endpoint}/requests/{pred.id}")
+
+    def status_json(self, pred: Prediction, with_logs: bool) -> dict[str, Any]:
+        base = self.request_url(pred)
+        status = _STATUS.get(pred.status, "COMPLETED")
+        body: dict[str, Any] = {"status": status, "request_id": pred.id, "response_url": base,
+                                "status_url": f"{base}/status", "cancel_url": f"{base}/cancel",
+                                "logs": log_entries(pred) if with_logs else None}
+        if status == "IN_QUEUE":
+            body["queue_position"] = self.service.queue_position(pred)
+        if status == "COMPLETED":
+            body["metrics"] = {"inference_time": (pred.metrics or {}).get("predict_time")}
+            error = self.outcome_error(pred)
+            if error:
+                body["error"], body["error_type"] = error[1], error[2]
+        return body
+
+    def outcome_error(self, pred: Prediction) -> tuple[int, str, str] | None:
+        """(HTTP status, message, error_type) of a finished prediction that has no output to hand out."""
+        if pred.status == CANCELED:
+            return 400, "the request was cancelled", "request_cancelled"
+        if pred.status == FAILED:
+            message = pred.error or "failed"
+            if message.startswith("invalid input:"):
+                return 422, message, "validation_error"
+            return 500, message, "internal_server_error"
+        if pred.data_removed:
+            return 410, "the output of this request was removed after the server's retention period " \
+                "(--output-retention-hours)", "request_data_removed"
+        safety = (pred.output or {}).get("safety")
+        if safety and safety.get("checked") and safety.get("nsfw"):
+            return 422, "the output video was flagged by the safety checker (NSFW content)", \
+                "content_policy_violation"
+        return None
+
+    def file_url(self, rel: str, inline: bool, content_type: str) -> str:
+        if inline:
+            data = (self.service.config.data_dir / rel).read_bytes()
+            return f"data:{content_type};base64," + base64.b64encode(data).decode()
+        return self.service.url(rel)
+
+    def output_json(self, pred: Prediction) -> dict[str, Any]:
+        output = pred.output or {}
+        inline = bool(pred.extra.get("fal", {}).get("sync_mode"))
+        video = self.file_url(output["path"], inline, "video/mp4")
+        frames_zip = output.get("frames_zip")
+        zip_url = self.file_url(frames_zip["path"], inline, "application/zip") if frames_zip else None
+        body = fs.output_json(pred.input.get("prompt", ""), output, video, zip_url)
+        safety = output.get("safety")
+        if safety and not safety.get("checked"):
+            body["safety_checker"] = f"not checked: {safety.get('note', '')}"
+        return body
+
+    def result_response(self, pred: Prediction) -> Response:
+        if not pred.terminal:
+            return fal_error(400, "Request is still in progress")
+        error = self.outcome_error(pred)
+        if error:
+            status, message, error_type = error
+            detail: Any = message
+            if status == 422:
+                field, _, msg = message.removeprefix("invalid input:").strip().partition(": ")
+                loc = ["body", fs.fal_field(field, pred.extra.get("fal", {}).get("media_fields"))] if msg else ["body"]
+                detail = [{"loc": loc, "msg": msg or message, "type": error_type}]
+            return fal_error(status, detail, error_type)
+        body = self.output_json(pred)
+        if pred.extra.get("fal", {}).get("sync_mode"):
+            self.forget(pred)
+        return JSONResponse(body)
+
+    def forget(self, pred: Prediction) -> None:
+        """sync_mode keeps no history: drop the row and the files once the result was handed out."""
+        self.service.store.delete(pred.id)
+        for item in (pred.output or {}, (pred.output or {}).get("frames_zip") or {}):
+            if item.get("path"):
+                (self.service.config.data_dir / item["path"]).unlink(missing_ok=True)
+
+    # ---- create ------------------------------------------------------------------------------------------------
+
+    async def create(self, app_id: str, sub: str, request: Request) -> Prediction:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise FalInputError([{"loc": ["body"], "msg": "the request body must be JSON",
+                                  "type": "json_invalid"}]) from None
+        data = fs.parse_input(sub, body)
+        if data.enable_safety_checker and (refused := safety.refusal()):
+            raise FalInputError.of("enable_safety_checker", refused)
+        job = await asyncio.to_thread(self.build, app_id, sub, data)
+        model = pick_model(self.app.state.settings.models, job.two_experts, app_id)
+        webhook = request.query_params.get("fal_webhook")
+        extra = {"deliver": job.deliver.to_dict(),
+                 "fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
+        try:
+            return await asyncio.to_thread(  # resolves URL hosts and writes the store: off the event loop
+                self.service.create, endpoint=f"{app_id}/{sub}".rstrip("/"), model=model, request=job.request,
+                input=body, dialect=DIALECT, webhook=webhook, webhook_events=["completed"] if webhook else None,
+                extra=extra)
+        except InvalidInput as exc:
+            if exc.errors and exc.errors[0][0] == "webhook":
+                raise FalInputError.of("fal_webhook", exc.errors[0][1]) from exc
+            raise FalInputError([{"loc": ["body", fs.fal_field(f, job.media_fields)], "msg": m,
+                                  "type": "value_error"} for f, m in exc.errors]) from exc
+
+    def build(self, app_id: str, sub: str, data: fs.FalCommon) -> fs.FalJob:
+        from vace.pipelines.media.probe import probe_media
+
+        def probe(ref: str, field_name: str) -> fs.MediaInfo:
+            try:
+                resolved = self.service.resolve_media(ref, field_name)
+                return probe_media(resolved, field_name, self._probe_policy())
+            except InvalidInput as exc:
+                raise FalInputError.of(field_name, exc.errors[0][1] if exc.errors else exc.detail) from exc
+            except RequestError as exc:
+                raise FalInputError.of(field_name, exc.message) from exc
+
+        job = fs.build_job(app_id, sub, data, probe=probe)
+        preflight(job.request, lambda f: fs.fal_field(f, job.media_fields), FalInputError.of)
+        return job
+
+    def _probe_policy(self) -> Any:
+        import dataclasses
+
+        return dataclasses.replace(self.service.fetch_policy, allow_local_paths=True)
+
+    # ---- routes ------------------------------------------------------------------------------------------------
+
+    def lookup(self, app_id: str, request_id: str) -> Prediction | None:
+        pred = self.service.store.get(request_id)
+        if pred is None or pred.dialect != DIALECT or not (pred.endpoint + "/").startswith(app_id + "/"):
+            return None
+        return pred
+
+    def router(self) -> APIRouter:
+        r = APIRouter(dependencies=[Depends(require_api_key)], tags=["fal"])
+        for app_id, sub in fs.endpoints():
+            self._add_endpoint(r, app_id, sub)
+        for app_id in fs.APPS:
+            for suffix in ("", "/{sub}"):
+                self._add_request_routes(r, app_id, f"{QUEUE}/{app_id}{suffix}/requests/{{request_id}}")
+        return r
+
+    def _add_endpoint(self, r: APIRouter, app_id: str, sub: str) -> None:
+        path = f"/{app_id}/{sub}".rstrip("/")
+        schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "$ref": f"#/components/schemas/{schema_name(sub)}"}}}}}
+
+        async def run_sync(request: Request) -> Response:
+            try:
+                pred = await self.create(app_id, sub, request)
+            except FalInputError as exc:
+                return fal_error(422, exc.detail)
+            pred = await self.service.wait(pred.id, SYNC_WAIT_S)
+            if not pred.terminal:
+                self.service.cancel(pred.id)
+                return fal_error(504, "the request did not finish in time", "request_timeout")
+            return self.result_response(pred)
+
+        async def submit(request: Request) -> Response:
+            try:
+                pred = await self.create(app_id, sub, request)
+            except FalInputError as exc:
+                return fal_error(422, exc.detail)
+            return JSONResponse(self.status_json(pred, with_logs=False))
+
+        r.add_api_route(path, run_sync, methods=["POST"], summary=f"Run {path} and wait for the output",
+                        openapi_extra=schema, name=f"fal_run_{path}")
+        r.add_api_route(f"{QUEUE}{path}", submit, methods=["POST"], summary=f"Queue {path} (?fal_webhook=URL)",
+                        openapi_extra=schema, name=f"fal_submit_{path}")
+
+    def _add_request_routes(self, r: APIRouter, app_id: str, base: str) -> None:
+        def found(request_id: str, sub: str | None) -> Prediction | None:
+            if sub is not None and sub not in fs.SUBPATHS:
+                return None
+            return self.lookup(app_id, request_id)
+
+        def status(request_id: str, logs: str = "0", sub: str | None = None) -> Response:
+            pred = found(request_id, sub)
+            if pred is None:
+                return fal_error(404, f"request {request_id} not found")
+            body = self.status_json(pred, with_logs=logs.lower() in ("1", "true", "yes"))
+            return JSONResponse(body, status_code=200 if body["status"] == "COMPLETED" else 202)
+
+        async def stream(request: Request, request_id: str, logs: str = "0", sub: str | None = None) -> Response:
+            if found(request_id, sub) is None:
+                return fal_error(404, f"request {request_id} not found")
+            with_logs = logs.lower() in ("1", "true", "yes")
+
+            async def events():
+                async for pred in self.service.updates(request_id):
+                    if await request.is_disconnected():
+                        return
+                    yield f"data: {json.dumps(self.status_json(pred, with_logs))}\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+        def result(request_id: str, sub: str | None = None) -> Response:
+            pred = found(request_id, sub)
+            if pred is None:
+                return fal_error(404, f"request {request_id} not found")
+            return self.result_response(pred)
+
+        def cancel(request_id: str, sub: str | None = None) -> Response:
+            pred = found(request_id, sub)
+            if pred is None:
+                return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+            if pred.terminal:
+                return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+            self.service.cancel(request_id)
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+        tag = base.replace("/", "_").replace("{", "").replace("}", "")
+        r.add_api_route(f"{base}/status", status, methods=["GET"], summary="Request status (?logs=1)",
+                        name=f"fal_status{tag}")
+        r.add_api_route(f"{base}/status/stream", stream, methods=["GET"], summary="Status as server-sent events",
+                        name=f"fal_stream{tag}")
+        r.add_api_route(base, result, methods=["GET"], summary="The output (or the error)", name=f"fal_result{tag}")
+        r.add_api_route(f"{base}/cancel", cancel, methods=["PUT"], summary="Cancel the request",
+                        name=f"fal_cancel{tag}")
+
+
+def schema_name(sub: str) -> str:
+    return f"FalInput_{sub or 'base'}"
+
+
+def webhook_message(pred: Prediction, event: str, service: PredictionService) -> WebhookMessage | None:
+    """fal's completion webhook: {request_id, gateway_request_id, status: OK|ERROR, payload, error}."""
+    if event != "completed":
+        return None
+    api: FalAPI = service.fal_api  # type: ignore[attr-defined]
+    error = api.outcome_error(pred)
+    body = {"request_id": pred.id, "gateway_request_id": pred.id, "status": "ERROR" if error else "OK",
+            "payload": None if error else api.output_json(pred), "error": error[1] if error else None}
+    return WebhookMessage(json.dumps(body).encode(), {})
+
+
+def install(app: FastAPI) -> None:
+    service: PredictionService = app.state.service
+    api = FalAPI(app)
+    service.fal_api = api  # type: ignore[attr-defined]
+    app.include_router(api.router())
+    service.webhook_formatters[DIALECT] = webhook_message
+    for prefix in [f"/{a}" for a in fs.APPS] + [f"{QUEUE}/{a}" for a in fs.APPS]:
+        app.state.error_renderers.append((prefix, render_service_error))
+    for sub, model in fs.SCHEMAS.items():
+        app.state.openapi_input_schemas[schema_name(sub)] = model.model_json_schema()
+
+
+__all__ = ["install", "FalAPI", "pick_model"]

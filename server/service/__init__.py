@@ -1,0 +1,1 @@
+"""The dialect-free prediction service: create / get / list / cancel, events, webhooks, files, URL checks."""

@@ -1,0 +1,272 @@
+"""The GPU worker: a process of its own that owns the model(s) and runs one claimed prediction at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vace.pipelines.parallel.processes import exit_with_parent
+from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
+
+log = logging.getLogger("vace.worker")
+
+LEASE_S = 30.0
+IDLE_POLL_S = 0.1
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker process needs (picklable: it crosses a spawn boundary)."""
+
+    database_url: str
+    data_dir: str
+    models: dict[str, str]  # served model name -> weights directory
+    device: str = "auto"
+    worker_id: str = "worker"
+    allow_hosts: list[str] = field(default_factory=list)
+    max_render_side: int | None = None
+    lease_s: float = LEASE_S
+    devices: tuple[str, ...] = ()  # a sequence-parallel group (2+ devices, see server/multi_gpu.py); () = `device`
+    sp_mode: str = "ulysses"
+    offload: str = "auto"  # pipelines.memory mode
+    attention: str = "auto"  # pipelines.acceleration attention backend
+    compile_blocks: bool = True
+    fp8: bool = False
+
+
+def progress_line(step: int, total: int) -> str:
+    """A tqdm-style line (the replicate client parses `NN%|...| i/N`) that also says `step i/N`."""
+    pct = int(100 * step / max(total, 1))
+    filled = pct // 10
+    return f"{pct:3d}%|{'#' * filled}{' ' * (10 - filled)}| {step}/{total} denoising step {step}/{total}"
+
+
+class ModelPool:
+    """Loads served models on demand; keeps one resident at a time (one GPU)."""
+
+    def __init__(self, config: WorkerConfig, work_dir: Path | None = None):
+        self.paths = config.models
+        self.config = config
+        self.work_dir = work_dir or Path("vace-group")
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        """A LoadedModel, or a ready RenderGroup when this worker is a sequence-parallel group."""
+        from vace.server.worker.pool import load_served_model, release
+
+        if name not in self.loaded:
+            if name not in self.paths:
+                raise KeyError(f"model {name!r} is not served here")
+            for model in self.loaded.values():
+                release(model)
+            self.loaded.clear()
+            _free_accelerator_memory()
+            self.loaded[name] = load_served_model(self.paths[name], name, self.config, self.work_dir)
+        return self.loaded[name]
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def capped_request(request: Any, max_side: int | None) -> Any:
+    """Shrink width/height so the longer side is at most max_side (multiples of 16, aspect kept)."""
+    if not max_side or max(request.width, request.height) <= max_side:
+        return request
+    scale = max_side / max(request.width, request.height)
+
+    def snap(v: int) -> int:
+        return max(16, int(v * scale) // 16 * 16)
+
+    return dataclasses.replace(request, width=snap(request.width), height=snap(request.height))
+
+
+class JobRunner:
+    """Runs one claimed prediction to its end and writes the outcome to the store.
+
+    Kept separate from the claim loop so a multi-process group (sequence parallel) can drive it too.
+    """
+
+    def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig):
+        from vace.pipelines.media.fetch import FetchPolicy
+
+        self.store = store
+        self.pool = pool
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        # Media references were checked when the prediction was created; local paths there are the
+        # server's own uploads and outputs.
+        self.fetch_policy = FetchPolicy.from_env()
+        self.fetch_policy.allow_hosts |= set(config.allow_hosts)
+        self.fetch_policy.allow_local_paths = True
+
+    def run(self, job: Prediction) -> str:
+        from vace.pipelines.engine.render import RenderCancelled
+        from vace.pipelines.job.request import GenerationRequest, RequestError
+        from vace.server.worker.pool import renderer_for
+
+        owner = self.config.worker_id
+        logs: list[str] = [job.logs.rstrip("\n")] if job.logs else []  # e.g. "requeued: ..." (no blank line after)
+        last_write = [0.0]
+
+        def write_logs(force: bool = False, **values: Any) -> None:
+            now = time.monotonic()
+            if force or now - last_write[0] > 0.05:
+                last_write[0] = now
+                self.store.report(job.id, owner, logs=_log_text(logs), **values)
+
+        started = time.time()
+        heartbeat = _Heartbeat(self.store, job.id, owner, self.config.lease_s)
+        heartbeat.start()
+        try:
+            request = GenerationRequest.from_dict(job.request)
+            work_dir = self.data_dir / "work" / job.id
+            model = self.pool.get(job.model)
+            renderer = renderer_for(model, work_dir, self.fetch_policy)
+            prepared = renderer.prepare(capped_request(request, self.config.max_render_side))
+            requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
+            if prepared.request.width != request.width or prepared.request.height != request.height:
+                logs.append(f"rendering at {prepared.request.width}x{prepared.request.height} "
+                            f"(--max-render-side {self.config.max_render_side}), "
+                            f"resized to {request.width}x{request.height}")
+            logs.append(f"model: {job.model}; seed: {requested.seed}")
+            write_logs(force=True, seed=requested.seed, progress=0.0)
+
+            def on_progress(step: int, total: int) -> None:
+                logs.append(progress_line(step, total))
+                write_logs(force=step == total, progress=100.0 * step / max(total, 1))
+
+            out_dir = self.data_dir / "outputs"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            out_path = out_dir / f"{job.id}.mp4"
+            result = renderer.render(prepared, on_progress=on_progress,
+                                     should_cancel=lambda: self.store.cancel_requested(job.id),
+                                     output_path=out_path)
+            if (result.width, result.height) != (requested.width, requested.height):
+                result = _resize_output(result, requested.width, requested.height)
+            predict_time = time.time() - started
+            output = {
+                "path": f"outputs/{out_path.name}", "content_type": "video/mp4", "file_name": out_path.name,
+                "file_size": out_path.stat().st_size, "width": result.width, "height": result.height,
+                "fps": result.fps, "num_frames": result.num_frames,
+                "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
+            }
+            output.update(self._deliver(job, result, out_dir, logs))
+            output["file_size"] = out_path.stat().st_size
+            metrics = {"predict_time": round(predict_time, 3), "seed": result.seed,
+                       "timings": {k: round(v, 3) for k, v in result.timings.items()}, **result.metrics}
+            logs.append(f"done in {predict_time:.2f}s")
+            self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
+                              logs=_log_text(logs))
+            return SUCCEEDED
+        except RenderCancelled as exc:
+            logs.append(str(exc))
+            self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs),
+                              metrics={"predict_time": round(time.time() - started, 3)})
+            return CANCELED
+        except RequestError as exc:
+            return self._fail(job, owner, logs, started, f"invalid input: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a job failure must never take the worker down
+            log.error("prediction %s failed:\n%s", job.id, traceback.format_exc())
+            return self._fail(job, owner, logs, started, f"{type(exc).__name__}: {exc}")
+        finally:
+            heartbeat.stop()
+            import shutil
+
+            shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
+
+    def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: list[str]) -> dict[str, Any]:
+        """The dialect's delivery options (job.extra["deliver"]): encoder settings, frames zip, safety check."""
+        from vace.pipelines.outputs.deliver import DeliverOptions, deliver
+
+        if not job.extra.get("deliver"):
+            return {}
+        options = DeliverOptions.from_dict(job.extra["deliver"])
+        extra = deliver(result.frames, result.path, result.fps, options, out_dir, job.id)
+        safety = extra.get("safety")
+        if safety:
+            logs.append("safety checker: " + ("NSFW content detected" if safety["nsfw"] else "no NSFW content")
+                        if safety["checked"] else f"safety checker: NOT CHECKED ({safety['note']})")
+        return extra
+
+    def _fail(self, job: Prediction, owner: str, logs: list[str], started: float, message: str) -> str:
+        logs.append(message)
+        self.store.finish(job.id, owner, FAILED, error=message,
+                          logs=_log_text(logs),
+                          metrics={"predict_time": round(time.time() - started, 3)})
+        return FAILED
+
+
+def _log_text(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines if line)
+
+
+def _resize_output(result: Any, width: int, height: int) -> Any:
+    from vace.pipelines.media.codec import resize_frames, write_mp4
+
+    frames = resize_frames(result.frames, width, height)
+    write_mp4(frames, result.path, result.fps)
+    return dataclasses.replace(result, frames=frames, width=width, height=height)
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the lease of the running job so other servers can tell a live worker from a dead one."""
+
+    def __init__(self, store: Store, prediction_id: str, owner: str, lease_s: float):
+        super().__init__(daemon=True, name="heartbeat")
+        self.args_ = (store, prediction_id, owner, lease_s)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        store, pid, owner, lease_s = self.args_
+        while not self.stopped.wait(lease_s / 3):
+            try:
+                store.heartbeat(pid, owner, lease_s)
+            except Exception:  # noqa: BLE001 - a missed beat is retried
+                log.warning("heartbeat for %s failed", pid, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> None:
+    """Process entry point: load the default model, then claim and run jobs until `stop` is set."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    exit_with_parent()
+    store = Store(config.database_url)
+    pool = ModelPool(config, Path(config.data_dir) / "work" / f"group-{config.worker_id}")
+    default = next(iter(config.models))
+    try:
+        model = pool.get(default)
+    except Exception as exc:  # noqa: BLE001 - reported to the server as SETUP_FAILED
+        log.error("could not load model %s: %s", default, exc)
+        if events is not None:
+            events.put(("setup_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    if events is not None:
+        events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
+                              "offload": getattr(model, "offload", None)}))
+    runner = JobRunner(store, pool, config)
+    while stop is None or not stop.is_set():
+        job = store.claim(config.worker_id, config.lease_s, models=list(config.models))
+        if job is None:
+            time.sleep(IDLE_POLL_S)
+            continue
+        log.info("running %s on %s", job.id, job.model)
+        status = runner.run(job)
+        log.info("%s %s", job.id, status)
