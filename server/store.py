@@ -21,6 +21,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -37,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
@@ -75,6 +76,9 @@ predictions = Table(
     Column("extra", JSON, nullable=True),  # dialect-specific bookkeeping (e.g. sync mode, endpoint path)
     # When retention removed the outputs (added to older databases by `_add_missing_columns`).
     Column("data_removed_at", Float, nullable=True),
+    # "<tenant>:<client key>" of a create sent with an idempotency key; unique, so a repeat finds the first.
+    Column("idempotency_key", String(300), nullable=True),
+    Index("ix_predictions_idempotency_key", "idempotency_key", unique=True),
 )
 
 files = Table(
@@ -129,6 +133,7 @@ class Prediction:
     lease_expires: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     data_removed_at: float | None = None
+    idempotency_key: str | None = None
     seq: int = 0
 
     @property
@@ -177,7 +182,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _add_missing_columns(engine: Engine, table: Table) -> None:
-    """Columns added after a database was created: nullable, so ALTER TABLE ADD COLUMN upgrades it in place."""
+    """Columns added after a database was created: nullable, so ALTER TABLE ADD COLUMN upgrades it in place
+    (then the indexes declared on them)."""
     existing = {c["name"] for c in inspect(engine).get_columns(table.name)}
     for column in table.columns:
         if column.name in existing:
@@ -189,6 +195,12 @@ def _add_missing_columns(engine: Engine, table: Table) -> None:
                 conn.execute(text(ddl))
         except DBAPIError:  # another process (a worker starting beside the server) added it first
             if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                raise
+    for index in table.indexes:
+        try:
+            index.create(engine, checkfirst=True)
+        except DBAPIError:  # created by another process between the check and the create
+            if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
                 raise
 
 
@@ -228,6 +240,26 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(predictions.insert().values(**values))
         return self.get(pred.id)  # type: ignore[return-value]
+
+    def insert_once(self, pred: Prediction) -> tuple[Prediction, bool]:
+        """Insert unless a prediction with the same idempotency key exists: (the stored one, whether it is new).
+        The unique index decides, so two concurrent creates with one key store one row."""
+        if pred.idempotency_key is not None:
+            first = self.get_by_idempotency_key(pred.idempotency_key)
+            if first is not None:
+                return first, False
+        try:
+            return self.insert(pred), True
+        except IntegrityError:
+            first = self.get_by_idempotency_key(pred.idempotency_key) if pred.idempotency_key else None
+            if first is None:
+                raise
+            return first, False
+
+    def get_by_idempotency_key(self, key: str) -> Prediction | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(predictions).where(predictions.c.idempotency_key == key)).first()
+        return Prediction.from_row(row) if row else None
 
     def get(self, prediction_id: str) -> Prediction | None:
         with self.engine.connect() as conn:
