@@ -7,8 +7,6 @@ import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,60 +14,34 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from vace.server.api.common import DIALECTS
 from vace.server.problems import problem, service_problem
 from vace.server.retention import RetentionPolicy
-from vace.server.service.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig, ServiceError
+from vace.server.service.errors import InvalidInput, NotFound, ServiceError
+from vace.server.service.predictions import PredictionService, ServiceConfig
+from vace.server.service.webhooks import DeliveryPolicy
+from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Store, database_url
-from vace.server.worker.pool import make_supervisor
-from vace.server.worker.runner import WorkerConfig
-from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor
+from vace.server.worker.config import WorkerConfig
+from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor, make_supervisor
 
 log = logging.getLogger("vace.server")
 
 SUPERVISE_INTERVAL_S = 0.5
 
 
-@dataclass
-class Settings:
-    """What `vace serve` configures (see server/serve.py for the flags)."""
-
-    models: dict[str, str]  # served name -> weights directory; the first is the default
-    data_dir: Path
-    public_url: str
-    api_keys: list[str] = field(default_factory=list)
-    device: str = "auto"
-    queue_max: int = 100
-    allow_hosts: list[str] = field(default_factory=list)
-    own_netlocs: set[str] = field(default_factory=set)
-    run_worker: bool = True
-    max_render_side: int | None = None
-    webhook_attempts: int = 6
-    gpus: str | None = None  # --gpus 0,1,2,3: one worker per GPU (or per group), one queue
-    sequence_parallel: int = 1  # --sequence-parallel N: each worker is a group of N ranks
-    sp_mode: str = "ulysses"  # --sp-mode ulysses|ring
-    offload: str = "auto"  # --offload none|model|group|sequential|auto
-    attention: str = "auto"  # --attention auto|native|flash|sage|...
-    compile_blocks: bool = True  # --no-compile turns regional compilation off
-    fp8: bool = False  # --fp8
-    output_retention_hours: float = 24.0  # --output-retention-hours (0 = forever)
-    file_retention_hours: float = 24.0  # --file-retention-hours (0 = forever)
-
-
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The app for resolved settings (see serve.resolve): `model` holds NAME=DIR specs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(database_url(settings.data_dir))
+    store = Store(database_url(settings.data_dir, settings.database_url))
     service = PredictionService(store, ServiceConfig(
-        data_dir=settings.data_dir, public_url=settings.public_url, queue_max=settings.queue_max,
-        allow_hosts=set(settings.allow_hosts), own_netlocs=settings.own_netlocs,
-        webhook_attempts=settings.webhook_attempts,
+        data_dir=settings.data_dir, public_url=settings.public_url or "", queue_max=settings.queue_max,
+        fetch_policy=settings.fetch_policy(), own_netlocs=settings.own_netlocs(),
+        webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)))
-    supervisor = make_supervisor(store, WorkerConfig(
-        database_url=store.url, data_dir=str(settings.data_dir), models=settings.models, device=settings.device,
-        allow_hosts=list(settings.allow_hosts), max_render_side=settings.max_render_side,
-        offload=settings.offload, attention=settings.attention, compile_blocks=settings.compile_blocks,
-        fp8=settings.fp8),
-        settings.gpus, settings.sequence_parallel, settings.sp_mode)
+    supervisor = make_supervisor(store, WorkerConfig(settings=settings, database_url=store.url))
+    run_worker = not settings.no_worker
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
                 log.warning("marked %d interrupted prediction(s) failed: %s", len(lost), ", ".join(lost))
         await service.start()
         task = None
-        if settings.run_worker:
+        if run_worker:
             supervisor.start()
             task = asyncio.create_task(_supervise(supervisor, store))
         try:
@@ -126,19 +98,20 @@ async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
 
 
 def _add_core_routes(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+    settings: ServeSettings = app.state.settings
+    run_worker = not settings.no_worker
 
     @app.get("/health", tags=["server"], summary="STARTING (503) until the model is loaded, then READY")
     @app.get("/health-check", tags=["server"], include_in_schema=False)
     def health() -> JSONResponse:
         supervisor: WorkerSupervisor = app.state.supervisor
-        if settings.run_worker:
+        if run_worker:
             supervisor.read_reports()
-        state = supervisor.state if settings.run_worker else READY
+        state = supervisor.state if run_worker else READY
         counts = app.state.store.count_active()
-        body = {"status": state, "models": list(settings.models), "queue": {"queued": counts[QUEUED],
+        body = {"status": state, "models": list(settings.served_models()), "queue": {"queued": counts[QUEUED],
                 "processing": counts[PROCESSING], "max": settings.queue_max},
-                "worker": {"enabled": settings.run_worker, "restarts": supervisor.restarts,
+                "worker": {"enabled": run_worker, "restarts": supervisor.restarts,
                            "pid": supervisor.pid}}
         if getattr(supervisor, "loaded", None):  # the levers applied: attention backend, compilation, offload
             body["worker"]["loaded"] = supervisor.loaded
@@ -150,7 +123,7 @@ def _add_core_routes(app: FastAPI) -> None:
 
     @app.get("/outputs/{name}", tags=["server"], summary="A rendered video")
     def output(name: str) -> FileResponse:
-        path = app.state.service.output_path(name)
+        path = app.state.service.urls.output_path(name)
         if path is None:
             raise NotFound(f"output {name!r} not found")
         import mimetypes

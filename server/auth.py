@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 
 from fastapi import Request
-from vace.server.service.predictions import Unauthorized
+
+from vace.server.service.errors import Unauthorized
 
 
 def require_api_key(request: Request) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from vace.server.service.predictions import ServiceError
+
+from vace.server.service.errors import ServiceError
 
 
 def problem(status: int, title: str, detail: str, invalid_fields: list[dict[str, str]] | None = None,

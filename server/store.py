@@ -9,7 +9,6 @@ away (recovery, crash) cannot overwrite the outcome.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from vace.pipelines.job.job import Job
 
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
@@ -112,7 +113,7 @@ class Prediction:
     dialect: str
     model: str
     input: dict[str, Any]
-    request: dict[str, Any]
+    request: dict[str, Any]  # the Job (request + delivery options), Job.to_dict()
     status: str
     logs: str = ""
     progress: float | None = None
@@ -135,6 +136,10 @@ class Prediction:
     data_removed_at: float | None = None
     idempotency_key: str | None = None
     seq: int = 0
+
+    @property
+    def job(self) -> Job:
+        return Job.from_dict(self.request, self.extra)
 
     @property
     def terminal(self) -> bool:
@@ -204,8 +209,9 @@ def _add_missing_columns(engine: Engine, table: Table) -> None:
                 raise
 
 
-def database_url(data_dir: str | Path) -> str:
-    return os.environ.get("VACE_DATABASE_URL") or f"sqlite:///{Path(data_dir).resolve() / 'vace.db'}"
+def database_url(data_dir: str | Path, configured: str | None = None) -> str:
+    """The configured URL (--database-url), else the SQLite file in the data dir."""
+    return configured or f"sqlite:///{Path(data_dir).resolve() / 'vace.db'}"
 
 
 class Store:

@@ -71,8 +71,9 @@ def calibrated_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
     frames), so presets use MagCache on it."""
     import shutil
 
-    from vace.pipelines.bench.calibrate import calibrate, calibration_path, save_calibration
-    from vace.weights.loader import load_pipeline
+    from vace.pipelines.acceleration.calibration import calibration_path, save_calibration
+    from vace.pipelines.bench.calibrate import calibrate
+    from vace.pipelines.engine.loading import load_pipeline
 
     root = tmp_path_factory.mktemp("calibrated") / "tiny"
     shutil.copytree(tiny_model_dir, root)
@@ -84,7 +85,7 @@ def calibrated_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
-    from vace.weights.loader import load_pipeline
+    from vace.pipelines.engine.loading import load_pipeline
 
     return load_pipeline(tiny_model_dir, device="cpu")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from vace.pipelines.media.codec import write_mp4
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.synthetic import moving_square_frames
 from vace.pipelines.conditioning import annotators
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.annotators import dwpose as dw
 from vace.pipelines.conditioning.annotators.flow import FarnebackFlow, flow_to_image, torchvision_problem
 from vace.pipelines.conditioning.annotators.simple import GrayAnnotator, interpolate_boxes
+from vace.pipelines.fixtures.tiny_annotators import write_tiny_annotators
 from vace.pipelines.job.request import RequestError
 from vace.weights import annotators as weights
-
-from tests.synthetic import moving_square_frames
 
 N, H, W = 3, 40, 56
 
@@ -23,7 +24,7 @@ N, H, W = 3, 40, 56
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("annotators")
-    weights.write_tiny_annotators(root)
+    write_tiny_annotators(root)
     return root
 
 
@@ -100,11 +101,9 @@ def test_missing_weights_name_annotator_directory_and_source(tmp_path, name):
     assert "connected machine" in message and entry.files[0] in message
 
 
-def test_annotators_root_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv(weights.ENV_ROOT, raising=False)
+def test_annotators_root_resolution(tmp_path):
     assert weights.annotators_root(tmp_path / "models" / "Wan2.1-VACE-14B") == (tmp_path / "models" / "annotators")
-    monkeypatch.setenv(weights.ENV_ROOT, str(tmp_path / "elsewhere"))
-    assert weights.annotators_root(tmp_path / "models" / "x") == tmp_path / "elsewhere"
+    assert weights.annotators_root(tmp_path / "models" / "x", tmp_path / "elsewhere") == tmp_path / "elsewhere"
 
 
 # --- DWPose drawing convention ------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-from vace.pipelines.media.codec import probe_video
-
 from tests.synthetic import moving_square_frames, save_image, solid_image, write_video
+from vace.pipelines.media.codec import probe_video
 
 
 def vace(*args: str) -> subprocess.CompletedProcess:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vace.pipelines.job.request import GenerationRequest
-from vace.pipelines.media.codec import load_video
 
 from tests.synthetic import data_uri, mask_frames_box, moving_square_frames, save_image, solid_image, write_video
+from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.media.codec import load_video
 
 W, H, N = 64, 48, 9
 

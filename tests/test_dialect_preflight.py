@@ -8,12 +8,14 @@ import pytest
 @pytest.fixture()
 def client(tmp_path, monkeypatch, tiny_model_dir):
     from fastapi.testclient import TestClient
-    from vace.server.app import Settings, create_app
+
+    from vace.server.app import create_app
+    from vace.server.settings import ServeSettings
 
     monkeypatch.delenv("VACE_SAFETY_CHECKER", raising=False)
     monkeypatch.setenv("VACE_SAFETY_UNAVAILABLE", "unchecked")
-    app = create_app(Settings(models={"tiny": str(tiny_model_dir)}, data_dir=tmp_path, public_url="https://h:1",
-                              run_worker=False))
+    app = create_app(ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path, public_url="https://h:1",
+                                  no_worker=True))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 

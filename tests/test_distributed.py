@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vace.pipelines.engine.render import RenderCancelled, Renderer
-from vace.pipelines.job.request import GenerationRequest
-from vace.pipelines.parallel.group import GroupFailed, GroupRenderer, GroupSpec, RenderGroup, parse_gpus, plan_groups
 
 from tests.synthetic import solid_image
+from vace.pipelines.engine.group import GroupFailed, GroupRenderer, GroupSpec, RenderGroup, parse_gpus, plan_groups
+from vace.pipelines.engine.render import RenderCancelled, Renderer
+from vace.pipelines.job.request import GenerationRequest
 
 LEVELS = 3  # allowed max difference in 8-bit levels between the group's frames and one process's
 
@@ -86,7 +86,7 @@ def test_group_step_cache_skips_the_same_steps_as_one_process(cache, mode, reque
         group = request.getfixturevalue("ring_group")
         renderer = request.getfixturevalue("renderer")
     elif cache == "magcache":
-        from vace.weights.loader import load_pipeline
+        from vace.pipelines.engine.loading import load_pipeline
 
         group = request.getfixturevalue("calibrated_group")
         renderer = Renderer(load_pipeline(request.getfixturevalue("calibrated_tiny_dir"), device="cpu"),
@@ -110,7 +110,7 @@ def test_group_step_cache_skips_the_same_steps_as_one_process(cache, mode, reque
 
 
 def test_only_rank_0_loads_the_text_encoder(group, tiny_model_dir):
-    from vace.weights.loader import load_pipeline
+    from vace.pipelines.engine.loading import load_pipeline
 
     assert "text_encoder" in group.components[0]
     assert "text_encoder" not in group.components[1] and "transformer" in group.components[1]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vace.pipelines.media.codec import load_video
 
 from tests.server_process import Server, wait_until_denoising
+from vace.pipelines.media.codec import load_video
 
 API_KEY = "sp-key"
 LEVELS = 3

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vace.pipelines.media.codec import probe_video
 
 from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, write_video
+from vace.pipelines.media.codec import probe_video
 
 API_KEY = "fal-test-key"
 APP = "fal-ai/wan-vace-14b"
@@ -196,7 +196,7 @@ def test_validation_errors_auth_and_webhook(server, control_video):
 
 
 def test_wan22_without_a_two_expert_model_names_it(tiny_model_dir):
-    from vace.server.api.fal.routes import ModelUnavailable, pick_model
+    from vace.server.api.models import ModelUnavailable, pick_model
 
     assert pick_model({"tiny": str(tiny_model_dir)}, False, APP) == "tiny"
     with pytest.raises(ModelUnavailable, match="Wan2.2-VACE-Fun-A14B"):

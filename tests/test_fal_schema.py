@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vace.server.api.fal import schema as fs
 from vace.server.api.fal.schema import FalInputError, MediaInfo, build_job, output_size, parse_input
 

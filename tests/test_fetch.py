@@ -7,10 +7,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.fetch import FetchPolicy, materialize
 
 from tests.synthetic import data_uri, solid_image
+from vace.pipelines.job.request import RequestError
+from vace.pipelines.media.fetch import FetchPolicy, materialize
 
 PNG = __import__("base64").b64decode(data_uri(solid_image(8, 8, (1, 2, 3))).split(",", 1)[1])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vace.pipelines.acceleration.flops import latent_tokens, transformer_flops
 from vace.pipelines.bench.benchmark import REAL_CONFIGS
 

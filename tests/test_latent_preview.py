@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+
 from vace.pipelines.engine.latent_preview import (
     WAN21_RGB_BIAS,
     WAN21_RGB_FACTORS,

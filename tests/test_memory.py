@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from vace.pipelines.engine.memory import GIB, OFFLOAD_MODES, choose_offload, component_bytes, resolve_offload
 from vace.pipelines.job.request import GenerationRequest
 
@@ -25,8 +26,8 @@ def reference_frames(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_mode_renders_the_same_frames(tiny_model_dir, reference_frames, tmp_path, mode):
+    from vace.pipelines.engine.loading import load_pipeline
     from vace.pipelines.engine.render import Renderer
-    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_model_dir, device="cpu", offload=mode)
     assert model.offload == mode
@@ -63,7 +64,7 @@ def test_component_bytes_reads_safetensors_headers(tiny_model, tiny_model_dir):
 @pytest.mark.parametrize("mode", ["model", "group", "sequential"])
 def test_offload_modes_work_without_a_text_encoder(tiny_model_dir, mode):
     """Sequence-parallel ranks > 0 load no text encoder; every memory mode must cope."""
-    from vace.weights.loader import load_pipeline
+    from vace.pipelines.engine.loading import load_pipeline
 
     model = load_pipeline(tiny_model_dir, device="cpu", offload=mode, text_encoder=False)
     assert model.pipeline.text_encoder is None and model.offload == mode

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from vace.pipelines.acceleration.presets import (
     PRESETS,
     SPEED_MODES,
@@ -32,8 +33,8 @@ def _request(preset: str = "none", seed: int = 7, prompt: str = "a red fox in sn
 @pytest.fixture(scope="module")
 def calibrated_model(calibrated_tiny_dir: Path):
     """The tiny model with MagCache ratios beside it (conftest's calibrate() run), loaded."""
-    from vace.pipelines.bench.calibrate import load_calibration
-    from vace.weights.loader import load_pipeline
+    from vace.pipelines.acceleration.calibration import load_calibration
+    from vace.pipelines.engine.loading import load_pipeline
 
     ratios = load_calibration(calibrated_tiny_dir)["ratios"]
     assert ratios.keys() == {"cond", "uncond"} and len(ratios["cond"]) == STEPS
@@ -57,6 +58,7 @@ def test_table_and_hosted_names():
 
 def test_none_is_bit_identical_to_no_hooks(renderer, tiny_model):
     import torch
+
     from vace.pipelines.acceleration.step_cache import HOOK_NAME
     from vace.pipelines.engine.schedulers import make_scheduler
 
@@ -142,8 +144,8 @@ def test_first_block_cache_threshold_orders_skips(tiny_model, tmp_path):
 
 def test_two_experts_share_one_cache(tiny_a14b_dir, tmp_path):
     from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
+    from vace.pipelines.engine.loading import load_pipeline
     from vace.pipelines.engine.render import Renderer
-    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_a14b_dir, device="cpu")
     renderer = Renderer(model, work_dir=tmp_path)
@@ -193,6 +195,7 @@ def test_skipped_step_on_an_unchanged_input_reproduces_the_computed_output(tiny_
     """The VACE hints are inside the cached residual once: a skip must not add them again (diffusers'
     block-level MagCache/FBCache hooks do, on WanVACETransformer3DModel)."""
     import torch
+
     from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
 
     transformer = tiny_model.pipeline.transformer
@@ -239,7 +242,7 @@ def test_prompt_cache_does_not_keep_a_released_pipeline_alive():
 @pytest.mark.parametrize("content", ["[1, 2]", "null", "3", "not json", '{"version": 1, "ratios": {"cond": []}}',
                                      '{"version": 1, "ratios": {"cond": [1.0, "x"]}}'])
 def test_unusable_calibration_file_is_ignored(tmp_path, content):
-    from vace.pipelines.bench.calibrate import calibration_path, load_calibration
+    from vace.pipelines.acceleration.calibration import calibration_path, load_calibration
 
     calibration_path(tmp_path).write_text(content)
     assert load_calibration(tmp_path) is None

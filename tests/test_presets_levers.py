@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vace.pipelines.acceleration.levers import GpuCapabilities, apply_gpu_levers, choose_attention_backend
 
 HOPPER = GpuCapabilities(cuda=True, name="NVIDIA H100 80GB HBM3", capability=(9, 0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import load_video, probe_video
@@ -73,8 +74,8 @@ def test_samplers_are_distinct_schedules(renderer):
 
 
 def test_two_expert_model_switches_experts(tiny_a14b_dir, tmp_path):
+    from vace.pipelines.engine.loading import load_pipeline
     from vace.pipelines.engine.render import Renderer
-    from vace.weights.loader import load_pipeline
 
     model = load_pipeline(tiny_a14b_dir, device="cpu")
     assert model.two_experts and model.pipeline.config.boundary_ratio == 0.875

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
-from vace.pipelines.media.codec import probe_video
 
 from tests.server_process import TLS, Server, wait_until_denoising, webhook_receiver
 from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
+from vace.pipelines.media.codec import probe_video
 
 API_KEY = "test-key-123"
 

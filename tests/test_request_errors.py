@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.job.request import GenerationRequest, RequestError, parse_size, snap_frames
 
 
@@ -27,18 +29,18 @@ def req(**kw) -> GenerationRequest:
         (dict(steps=0), "steps", "between 1 and 100"),
         (dict(conditioning_scale=3.0), "conditioning_scale", "between 0 and 2"),
         (dict(mask="m.png"), "mask", "needs a source video"),
-        (dict(preset="ludicrous"), "preset", "unknown preset"),
+        (dict(preset="ludicrous"), "preset", "unknown preset"),  # resolve_preset (acceleration) names it
     ],
 )
 def test_validation_names_the_field(kwargs, field, fragment):
     with pytest.raises(RequestError) as info:
-        req(**kwargs).validated()
+        resolve_preset(req(**kwargs).validated())
     assert info.value.field == field and fragment in info.value.message
 
 
 def test_preset_aliases_resolve_to_a_level():
-    assert req(preset="Juiced 🔥 (more speed)").validated().preset == "low"
-    assert req(preset="regular").validated().preset == "regular"
+    assert resolve_preset(req(preset="Juiced 🔥 (more speed)").validated()).preset == "low"
+    assert resolve_preset(req(preset="regular").validated()).preset == "regular"
 
 
 def test_frames_snap_to_4n_plus_1():

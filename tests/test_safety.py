@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
+from vace.pipelines.fixtures.tiny_safety import write_tiny_checker
 from vace.pipelines.outputs import safety
+from vace.pipelines.outputs.safety import SafetyConfig
 
 
 def test_sample_indices():
@@ -14,7 +18,7 @@ def test_sample_indices():
 
 
 def test_tiny_checker_scores_frames(tmp_path):
-    path = safety.write_tiny_checker(tmp_path / "sc")
+    path = write_tiny_checker(tmp_path / "sc")
     checker = safety.SafetyChecker(path)
     frames = np.random.default_rng(0).random((9, 40, 56, 3), dtype=np.float32)
     verdict = checker.check(frames)
@@ -28,46 +32,44 @@ def test_tiny_checker_scores_frames(tmp_path):
 
 
 def test_tiny_checker_bytes_are_deterministic(tmp_path):
-    a, b = safety.write_tiny_checker(tmp_path / "a"), safety.write_tiny_checker(tmp_path / "b")
+    a, b = write_tiny_checker(tmp_path / "a"), write_tiny_checker(tmp_path / "b")
     for f in a.iterdir():
         assert f.read_bytes() == (b / f.name).read_bytes(), f.name
 
 
-def test_missing_classifier_is_never_reported_as_checked(tmp_path, monkeypatch):
-    monkeypatch.delenv(safety.ENV_CHECKER, raising=False)
-    assert safety.availability()[0] is False and "no safety checker" in safety.availability()[1]
-    verdict = safety.check_video_frames(np.zeros((5, 8, 8, 3), np.float32))
+def test_missing_classifier_is_never_reported_as_checked(tmp_path):
+    none = SafetyConfig()
+    assert safety.availability(none)[0] is False and "no safety checker" in safety.availability(none)[1]
+    verdict = safety.check_video_frames(np.zeros((5, 8, 8, 3), np.float32), none)
     assert verdict.checked is False and verdict.nsfw is None and "no safety checker" in verdict.note
-    monkeypatch.setenv(safety.ENV_CHECKER, str(tmp_path / "nothing"))
-    assert safety.check_video_frames(np.zeros((5, 8, 8, 3), np.float32)).checked is False
+    missing = SafetyConfig(checker=tmp_path / "nothing")
+    assert safety.check_video_frames(np.zeros((5, 8, 8, 3), np.float32), missing).checked is False
     with pytest.raises(safety.SafetyUnavailable):
         safety.SafetyChecker(tmp_path / "nothing")
-    monkeypatch.setenv(safety.ENV_POLICY, "bogus")
     with pytest.raises(ValueError):
-        safety.policy()
-    monkeypatch.setenv(safety.ENV_POLICY, "unchecked")
-    assert safety.policy() == "unchecked"
+        SafetyConfig(policy="bogus")
+    assert SafetyConfig(policy="unchecked").policy == "unchecked"
 
 
-def test_configured_tiny_checker(tiny_home, monkeypatch):
-    monkeypatch.setenv(safety.ENV_CHECKER, "tiny")
-    assert safety.availability() == (True, "")
-    verdict = safety.check_video_frames(np.full((5, 16, 16, 3), 0.5, np.float32))
+def test_configured_tiny_checker(tiny_home):
+    config = SafetyConfig(checker=resolve_safety_checker())
+    assert safety.availability(config) == (True, "")
+    verdict = safety.check_video_frames(np.full((5, 16, 16, 3), 0.5, np.float32), config)
     assert verdict.checked and verdict.nsfw in (True, False)
 
 
-def test_deliver_encoder_zip_and_safety(tmp_path, monkeypatch):
+def test_deliver_encoder_zip_and_safety(tmp_path):
     from vace.pipelines.media.codec import probe_video, write_mp4
     from vace.pipelines.media.frames_zip import read_frames_zip
     from vace.pipelines.outputs.deliver import DeliverOptions, deliver
 
-    monkeypatch.setenv(safety.ENV_CHECKER, str(safety.write_tiny_checker(tmp_path / "sc")))
+    config = SafetyConfig(checker=write_tiny_checker(tmp_path / "sc"))
     frames = (np.random.default_rng(1).random((5, 32, 48, 3)) * 255).astype(np.uint8)
     (tmp_path / "outputs").mkdir()
     video = write_mp4(frames, tmp_path / "outputs" / "v.mp4", 8)
     size_default = video.stat().st_size
     extra = deliver(frames, video, 8, DeliverOptions(quality=4.5, preset="veryfast", frames_zip=True,
-                                                     safety_check=True), tmp_path / "outputs", "v")
+                                                     safety_check=True), tmp_path / "outputs", "v", config)
     assert extra["encoder"] == {"crf": 28, "preset": "veryfast"}
     assert video.stat().st_size < size_default  # re-encoded at a lower quality
     assert probe_video(video)["num_frames"] == 5
@@ -78,6 +80,7 @@ def test_deliver_encoder_zip_and_safety(tmp_path, monkeypatch):
 
 def test_transparency_modes():
     from PIL import Image
+
     from vace.pipelines.media.transparency import flatten, frame_and_mask
 
     img = Image.new("RGBA", (8, 4), (255, 0, 0, 255))
@@ -100,6 +103,7 @@ def test_transparency_modes():
 @pytest.mark.parametrize("mode", ["content_aware", "white", "black"])
 def test_first_frame_with_alpha_follows_transparency_mode(mode):
     from PIL import Image
+
     from vace.pipelines.conditioning import tasks
     from vace.pipelines.conditioning.primitives import TaskInputs
 
@@ -115,14 +119,9 @@ def test_first_frame_with_alpha_follows_transparency_mode(mode):
         assert not left.any() and np.allclose(cond.video[0, :, :12], 1.0 if mode == "white" else 0.0)
 
 
-def test_refusal_follows_policy_and_availability(monkeypatch, tmp_path):
+def test_refusal_follows_policy_and_availability(tmp_path):
     from vace.pipelines.outputs import safety
 
-    monkeypatch.delenv(safety.ENV_CHECKER, raising=False)
-    monkeypatch.setenv(safety.ENV_POLICY, "refuse")
-    assert "refuses requests" in safety.refusal()
-    monkeypatch.setenv(safety.ENV_POLICY, "unchecked")
-    assert safety.refusal() is None
-    monkeypatch.setenv(safety.ENV_POLICY, "refuse")
-    monkeypatch.setenv(safety.ENV_CHECKER, str(safety.write_tiny_checker(tmp_path / "checker")))
-    assert safety.refusal() is None
+    assert "refuses requests" in safety.refusal(SafetyConfig(policy="refuse"))
+    assert safety.refusal(SafetyConfig(policy="unchecked")) is None
+    assert safety.refusal(SafetyConfig(checker=write_tiny_checker(tmp_path / "checker"), policy="refuse")) is None

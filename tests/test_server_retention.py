@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.api.replicate.routes import file_json, prediction_json
 from vace.server.retention import RetentionPolicy
-from vace.server.service.predictions import InvalidInput, NotFound, PredictionService, ServiceConfig
+from vace.server.service.errors import InvalidInput, NotFound
+from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.store import FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id, predictions
 
 HOUR = 3600.0
@@ -74,33 +76,33 @@ def test_policy_from_hours():
 
 
 def test_upload_expires_then_is_gone(service: PredictionService, clock: Clock):
-    record = service.save_file("in.png", "image/png", b"png-bytes")
+    record = service.files.save("in.png", "image/png", b"png-bytes")
     assert record.created_at == T0 and record.expires_at == T0 + HOUR
     assert file_json(record, PUBLIC)["expires_at"] == "2023-11-14T23:13:20.000000Z"
     url = f"{PUBLIC}/v1/files/{record.id}/download"
-    assert service.resolve_media(url, "video") == str(service.file_path(record))
+    assert service.urls.resolve_media(url, "video") == str(service.files.path(record))
 
     clock.now = T0 + HOUR  # expired: 404 and refused as an input before the sweep has run
     with pytest.raises(NotFound, match="expired"):
-        service.get_file(record.id)
-    assert service.list_files() == []
+        service.files.get(record.id)
+    assert service.files.list() == []
     with pytest.raises(InvalidInput) as err:
-        service.resolve_media(url, "first_frame")
+        service.urls.resolve_media(url, "first_frame")
     assert err.value.errors[0][0] == "first_frame" and "expired" in err.value.errors[0][1]
-    assert service.file_path(record).exists()
+    assert service.files.path(record).exists()
 
     assert service.sweep().files == [record.id]
-    assert service.store.get_file(record.id) is None and not service.file_path(record).exists()
+    assert service.store.get_file(record.id) is None and not service.files.path(record).exists()
 
 
 def test_forever_uploads_have_no_expiry(tmp_path: Path, clock: Clock):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "d", public_url=PUBLIC, clock=clock,
                                                  retention=RetentionPolicy.from_hours(0, 0)))
-    record = svc.save_file("a.txt", None, b"a")
+    record = svc.files.save("a.txt", None, b"a")
     assert record.expires_at is None and file_json(record, PUBLIC)["expires_at"] is None
     clock.now += 1000 * HOUR
-    assert svc.get_file(record.id) == record
+    assert svc.files.get(record.id) == record
     old = add(svc, SUCCEEDED, completed_at=T0, outputs=(".mp4",))
     report = svc.sweep()
     assert report.files == [] and report.predictions == [] and owned(svc, old) == [f"{old.id}.mp4"]
@@ -114,15 +116,15 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
     failed = add(service, FAILED, completed_at=T0)
     chained = add(service, SUCCEEDED, completed_at=T0, outputs=(".mp4",))  # its output feeds a queued job
     clock.now = T0  # uploads made at T0 expire at T0 + 1 h
-    used = service.save_file("used.png", "image/png", b"u")  # an input of a processing job
-    unused = service.save_file("unused.png", "image/png", b"n")
+    used = service.files.save("used.png", "image/png", b"u")  # an input of a processing job
+    unused = service.files.save("unused.png", "image/png", b"n")
     clock.now = T0 + 2.5 * HOUR
-    fresh = service.save_file("fresh.png", "image/png", b"f")  # expires at T0 + 3.5 h
+    fresh = service.files.save("fresh.png", "image/png", b"f")  # expires at T0 + 3.5 h
     clock.now = T0 + 3 * HOUR
     queued = add(service, QUEUED, request=GenerationRequest(
         prompt="p", video=str(data / "outputs" / f"{chained.id}.mp4")).to_dict())
     processing = add(service, QUEUED, request=GenerationRequest(
-        prompt="p", reference_images=[str(service.file_path(used))]).to_dict())
+        prompt="p", reference_images=[str(service.files.path(used))]).to_dict())
     assert service.store.claim("w1", 30).id == queued.id and service.store.claim("w2", 30).id == processing.id
     processing_outputs = data / "outputs" / f"{processing.id}.mp4"  # a render in progress
     processing_outputs.write_bytes(b"partial")
@@ -138,8 +140,8 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
         assert not service.store.get(untouched.id).data_removed
     assert processing_outputs.exists()
     assert service.store.get(queued.id).status == PROCESSING and not service.store.get(processing.id).data_removed
-    assert service.file_path(used).exists() and service.store.get_file(used.id)
-    assert service.store.get_file(fresh.id) and not service.file_path(unused).exists()
+    assert service.files.path(used).exists() and service.store.get_file(used.id)
+    assert service.store.get_file(fresh.id) and not service.files.path(unused).exists()
     after = service.store.get(old.id)
     assert (after.rev, after.updated_at) == (before.rev, before.updated_at)  # no change event, no webhooks
 
@@ -147,13 +149,13 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
     assert body["data_removed"] is True and body["output"] is None and body["status"] == "succeeded"
     live = prediction_json(service.store.get(recent.id), service, PUBLIC)
     assert live["data_removed"] is False and live["output"] == f"{PUBLIC}/outputs/{recent.id}.mp4"
-    assert service.output_path(f"{old.id}.mp4") is None
+    assert service.urls.output_path(f"{old.id}.mp4") is None
 
     # The jobs finish: what they read is no longer protected and goes on the next pass.
     assert service.store.finish(queued.id, "w1", SUCCEEDED) and service.store.finish(processing.id, "w2", FAILED)
     report = service.sweep()
     assert report.predictions == [chained.id] and report.files == [used.id] and report.kept == []
-    assert owned(service, chained) == [] and not service.file_path(used).exists()
+    assert owned(service, chained) == [] and not service.files.path(used).exists()
     assert service.sweep().predictions == [] and processing_outputs.exists()  # just finished: not due yet
     clock.now = time.time() + 3 * HOUR  # finish() stamps the real time
     assert sorted(service.sweep().predictions) == sorted([recent.id, queued.id, processing.id])
@@ -191,12 +193,14 @@ def test_an_old_database_gains_the_column(tmp_path: Path):
 
 def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
     from fastapi.testclient import TestClient
+
     from vace.server.api.fal.schema import WAN21_APP
     from vace.server.api.wavespeed.schema import MODEL_ID
-    from vace.server.app import Settings, create_app
+    from vace.server.app import create_app
+    from vace.server.settings import ServeSettings
 
-    app = create_app(Settings(models={"tiny": str(tiny_model_dir)}, data_dir=tmp_path, public_url="https://h:1",
-                              run_worker=False, output_retention_hours=1))
+    app = create_app(ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path, public_url="https://h:1",
+                                  no_worker=True, output_retention_hours=1))
     service: PredictionService = app.state.service
     preds = {}
     for dialect, endpoint in (("fal", WAN21_APP), ("wavespeed", MODEL_ID)):

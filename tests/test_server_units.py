@@ -7,16 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.api.replicate.routes import parse_duration, parse_prefer_wait
 from vace.server.api.replicate.schema import catalog
-from vace.server.service.predictions import (
-    InvalidInput,
-    PredictionService,
-    ServiceConfig,
-    sign_standard_webhook,
-    webhook_events_between,
-)
+from vace.server.service.errors import InvalidInput
+from vace.server.service.predictions import PredictionService, ServiceConfig
+from vace.server.service.webhooks import sign_standard_webhook, webhook_events_between
+from vace.server.settings import ServeSettings
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
 from vace.server.worker.runner import capped_request, progress_line
 
@@ -157,11 +155,11 @@ def test_start_webhook_describes_the_start_even_when_first_seen_finished(tmp_pat
     processing with no output, and `output`/`completed` carry the result."""
     service = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="http://127.0.0.1:1"))
     sent: list[tuple[str, Prediction]] = []
-    service._enqueue_webhook = lambda pred, event: sent.append((event, pred))  # type: ignore[method-assign]
+    service.webhooks.enqueue = lambda pred, event: sent.append((event, pred))  # type: ignore[method-assign]
     done = _pred(status=SUCCEEDED, started_at=1.0, completed_at=2.0, output={"path": "outputs/p.mp4"},
                  metrics={"predict_time": 1.0}, webhook="http://example.com/h",
                  webhook_events=["start", "output", "completed"])
-    service._schedule_webhooks(done, ["start", "output", "completed"])
+    service.webhooks.schedule(done, ["start", "output", "completed"])
     assert [e for e, _ in sent] == ["start", "output", "completed"]
     start = sent[0][1]
     assert start.status == PROCESSING and start.output is None and start.completed_at is None
@@ -226,13 +224,13 @@ def test_tiny_only_servers_cap_renders_by_default():
 
     assert default_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
     assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
-    assert default_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) is None
-    assert default_render_side(["tiny"], 0) is None and default_render_side(["tiny"], 64) == 64
+    assert default_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) == 0
+    assert default_render_side(["tiny"], 0) == 0 and default_render_side(["tiny"], 64) == 64
 
 
 def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: pytest.MonkeyPatch):
     """The supervise thread can still be polling when shutdown stops the worker: it must not start another."""
-    from vace.server.worker.runner import WorkerConfig
+    from vace.server.worker.config import WorkerConfig
     from vace.server.worker.supervisor import WorkerSupervisor
 
     class DeadProcess:
@@ -241,7 +239,8 @@ def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: 
         def is_alive(self) -> bool:
             return False
 
-    sup = WorkerSupervisor(store, WorkerConfig(database_url=store.url, data_dir="unused", models={"tiny": "x"}))
+    sup = WorkerSupervisor(store, WorkerConfig(settings=ServeSettings(model=["tiny=x"], data_dir="unused"),
+                                               database_url=store.url))
     started: list[bool] = []
     monkeypatch.setattr(sup, "start", lambda: started.append(True))
     sup.process = DeadProcess()
@@ -255,12 +254,14 @@ def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: 
 
 
 def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store: Store):
-    from vace.server.worker.runner import JobRunner, ModelPool, WorkerConfig
+    from vace.server.worker.config import WorkerConfig
+    from vace.server.worker.pool import ModelPool
+    from vace.server.worker.runner import JobRunner
 
     [pid] = queued(store)
     store.claim("w1", 30)
     store.requeue_held("w1", "requeued: the server stopped")
-    config = WorkerConfig(database_url=store.url, data_dir=str(tmp_path), models={}, worker_id="w2")
+    config = WorkerConfig(settings=ServeSettings(data_dir=tmp_path), database_url=store.url, worker_id="w2")
     job = store.claim("w2", 30)
     assert JobRunner(store, ModelPool(config), config).run(job) == FAILED  # no such model: fails at once
     logs = store.get(pid).logs
@@ -273,13 +274,13 @@ def test_the_watch_tick_reads_a_whole_row_once_per_revision(tmp_path: Path, stor
     a, b = queued(store, 2)
     svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x"))
     since = time.time() - 5.0
-    first = svc._read_feed(since, time.time())
+    first = svc.feed.read(since, time.time())
     assert [p.id for p in first] == [a, b]
     for pred in first:
-        svc._on_change(pred)
-    assert svc._read_feed(since, time.time()) == []  # still in the window, revisions already seen
+        svc.feed.apply(pred)
+    assert svc.feed.read(since, time.time()) == []  # still in the window, revisions already seen
     store.claim("w1", 30)
-    [changed] = svc._read_feed(since, time.time())
+    [changed] = svc.feed.read(since, time.time())
     assert changed.id == a and changed.status == PROCESSING and changed.input == {"prompt": "0"}
 
 

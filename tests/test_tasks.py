@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.synthetic import moving_square_frames
 from vace.pipelines.conditioning import tasks
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.annotators.simple import LUMA
@@ -15,14 +17,12 @@ from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.codec import Video
 
-from tests.synthetic import moving_square_frames
-
 W, H, N = 32, 32, 5
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> AnnotatorEnv:
-    from vace.weights.annotators import write_tiny_annotators
+    from vace.pipelines.fixtures.tiny_annotators import write_tiny_annotators
 
     root = tmp_path_factory.mktemp("annotators")
     write_tiny_annotators(root)

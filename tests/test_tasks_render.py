@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from vace.pipelines.job.request import GenerationRequest
-from vace.pipelines.media.codec import probe_video
 
 from tests.synthetic import mask_frames_box, moving_square_frames, write_video
+from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.media.codec import probe_video
 
 W, H, N = 32, 32, 5
 

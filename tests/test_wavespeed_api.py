@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vace.pipelines.media.codec import probe_video
 
 from tests.server_process import TLS, Server, webhook_receiver
 from tests.synthetic import moving_square_frames, solid_image, write_video
+from vace.pipelines.media.codec import probe_video
 
 API_KEY = "ws-test-key"
 MODEL = "/api/v3/wavespeed-ai/wan-2.1-14b-vace"
@@ -122,12 +122,14 @@ def test_errors_use_the_envelope(api, server):
 
 def test_refuse_policy_without_a_classifier(tmp_path, monkeypatch, tiny_model_dir):
     from fastapi.testclient import TestClient
-    from vace.server.app import Settings, create_app
+
+    from vace.server.app import create_app
+    from vace.server.settings import ServeSettings
 
     monkeypatch.delenv("VACE_SAFETY_CHECKER", raising=False)
     monkeypatch.setenv("VACE_SAFETY_UNAVAILABLE", "refuse")
-    app = create_app(Settings(models={"tiny": str(tiny_model_dir)}, data_dir=tmp_path, public_url="https://h:1",
-                              run_worker=False))
+    app = create_app(ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path, public_url="https://h:1",
+                                  no_worker=True))
     with TestClient(app) as client:
         resp = client.post(MODEL, json=example())
         assert resp.status_code == 400 and "enable_safety_checker" in resp.json()["message"]

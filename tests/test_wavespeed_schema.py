@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vace.server.api.wavespeed import schema as ws
 from vace.server.api.wavespeed.schema import WaveSpeedInputError, build_job, parse_input
 

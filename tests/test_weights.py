@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from vace.pipelines.engine.loading import load_pipeline
 from vace.weights.catalog import CHECKPOINTS, EQUIVALENT_CLASSES
 from vace.weights.integrity import verify_manifest, write_manifest
-from vace.weights.loader import WeightsError, check_layout, load_pipeline
+from vace.weights.loader import WeightsError, check_layout
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

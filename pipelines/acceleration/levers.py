@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vace.pipelines.acceleration.calibration import load_calibration
 from vace.pipelines.acceleration.presets import Preset, get_preset
 from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
-from vace.pipelines.bench.calibrate import load_calibration
 
 log = logging.getLogger(__name__)
 

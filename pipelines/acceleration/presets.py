@@ -15,9 +15,10 @@ Sources for the figures (see README, Performance):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from vace.pipelines.job.request import RequestError
+from vace.pipelines.job.request import GenerationRequest, RequestError
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,9 @@ def preset_for_acceleration(acceleration: str) -> str:
         return ACCELERATIONS[acceleration]
     except KeyError:
         raise RequestError("acceleration", f"must be one of {', '.join(ACCELERATIONS)}") from None
+
+
+def resolve_preset(request: GenerationRequest) -> GenerationRequest:
+    """The request with its preset given by level name (a speed_mode string or fal acceleration resolved);
+    RequestError naming `preset` if unknown."""
+    return dataclasses.replace(request, preset=get_preset(request.preset).name)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager
+
 from vace.pipelines.parallel.sequence import SequenceShards, sequence_shards
 
 HOOK_NAME = "vace_step_cache"

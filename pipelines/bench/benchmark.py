@@ -22,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from vace.pipelines.acceleration.flops import latent_tokens, transformer_flops
+from vace.pipelines.acceleration.levers import apply_gpu_levers
+from vace.pipelines.acceleration.presets import resolve_preset
+from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup, plan_groups
+from vace.pipelines.engine.loading import LoadedModel, load_pipeline
+from vace.pipelines.engine.memory import apply_memory_mode, check_mode, module_bytes, resolve_offload
+from vace.pipelines.engine.render import Renderer
+from vace.pipelines.fixtures.tiny_model import resolve_model
+from vace.pipelines.job.request import GenerationRequest, RequestError, parse_size
+from vace.weights.loader import WeightsError, resolve_device
 
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     "14b": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
@@ -73,7 +82,6 @@ def random_components(shape: str, device: str, dtype: Any = None, text_encoder: 
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-    from vace.pipelines.fixtures.tiny_model import resolve_model
 
     if shape not in REAL_CONFIGS:
         raise BenchError(f"unknown model shape {shape!r}; known: {', '.join(REAL_CONFIGS)}")
@@ -101,9 +109,6 @@ def random_components(shape: str, device: str, dtype: Any = None, text_encoder: 
 def build_model(spec: str, device: str, offload: str, text_encoder: bool = True) -> Any:
     """A LoadedModel: random weights at a real shape (14b, 1.3b) or loaded (tiny, tiny-a14b, a directory);
     without a text encoder unless `text_encoder`."""
-    from vace.pipelines.fixtures.tiny_model import resolve_model
-    from vace.weights.loader import LoadedModel, load_pipeline, resolve_device
-
     device = resolve_device(device)
     if spec not in REAL_CONFIGS:
         return load_pipeline(resolve_model(spec), device=device, offload=offload, text_encoder=text_encoder)
@@ -112,7 +117,6 @@ def build_model(spec: str, device: str, offload: str, text_encoder: bool = True)
                          "on CPU benchmark --model tiny")
     import torch
     from diffusers import WanVACEPipeline
-    from vace.pipelines.engine.memory import apply_memory_mode, module_bytes, resolve_offload
 
     # Offloaded modes (and `auto`, which decides from the sizes) start from the CPU; `none` allocates on the GPU.
     components = random_components(spec, device if offload == "none" else "cpu", dtype=torch.bfloat16,
@@ -134,24 +138,19 @@ def _peak_tflops(device_name: str) -> float | None:
 
 def bench_request(cfg: BenchConfig) -> Any:
     """The benchmark's text-to-video job, validated (RequestError before any model is built)."""
-    from vace.pipelines.job.request import GenerationRequest
-
-    return GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height, num_frames=cfg.frames,
-                             steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed, preset=cfg.preset).validated()
+    return resolve_preset(GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height,
+                                            num_frames=cfg.frames, steps=cfg.steps, guidance=cfg.guidance,
+                                            seed=cfg.seed, preset=cfg.preset).validated())
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Build (or load) the model, render one job and return the report."""
-    from vace.pipelines.engine.memory import check_mode
-
     bench_request(cfg)
     check_mode(cfg.offload)
     if cfg.sequence_parallel > 1:
         return _run_sharded(cfg)
     started = time.perf_counter()
     model = build_model(cfg.model, cfg.device, cfg.offload)
-    from vace.pipelines.acceleration.levers import apply_gpu_levers
-    from vace.pipelines.engine.render import Renderer
 
     apply_gpu_levers(model, attention=cfg.attention, compile_blocks=cfg.compile_blocks, fp8=cfg.fp8)
     load_seconds = time.perf_counter() - started
@@ -170,7 +169,6 @@ def transformer_config(spec: str) -> dict[str, Any]:
     """The transformer config of a real shape or of a weights directory (read, not loaded)."""
     if spec in REAL_CONFIGS:
         return dict(REAL_CONFIGS[spec])
-    from vace.pipelines.fixtures.tiny_model import resolve_model
 
     return json.loads((resolve_model(spec) / "transformer" / "config.json").read_text())
 
@@ -178,8 +176,6 @@ def transformer_config(spec: str) -> dict[str, Any]:
 def _run_sharded(cfg: BenchConfig) -> dict[str, Any]:
     """The same job through a pipelines.distributed render group of cfg.sequence_parallel ranks."""
     import torch
-    from vace.pipelines.parallel.group import GroupRenderer, GroupSpec, RenderGroup, plan_groups
-    from vace.weights.loader import resolve_device
 
     device = resolve_device(cfg.device)
     if device.startswith("cuda"):
@@ -295,9 +291,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_command(args: argparse.Namespace) -> int:
-    from vace.pipelines.job.request import RequestError, parse_size
-    from vace.weights.loader import WeightsError
-
     try:
         width, height = parse_size(args.size)
         cfg = BenchConfig(model=args.model, preset=args.preset, width=width, height=height, frames=args.frames,

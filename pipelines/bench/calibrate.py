@@ -10,37 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CALIBRATION_FILE = "magcache_calibration.json"
-FORMAT_VERSION = 1
-
-
-def calibration_path(model_path: str | Path) -> Path:
-    return Path(model_path) / CALIBRATION_FILE
-
-
-def load_calibration(model_path: str | Path | None) -> dict[str, Any] | None:
-    """The stored calibration of a model directory, or None when absent or unreadable."""
-    if model_path is None:
-        return None
-    path = calibration_path(model_path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    ratios = data.get("ratios")
-    if data.get("version") != FORMAT_VERSION or not isinstance(ratios, dict) or not ratios.get("cond"):
-        return None
-    if not all(isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) for v in ratios.values()):
-        return None
-    return data
+from vace.pipelines.acceleration.calibration import CALIBRATION_FILE, FORMAT_VERSION, calibration_path, save_calibration
+from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
+from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.render import Renderer
+from vace.pipelines.fixtures.tiny_model import resolve_model
+from vace.pipelines.job.request import GenerationRequest, RequestError, parse_size
+from vace.weights.loader import WeightsError
 
 
 def calibrate(model: Any, steps: int = 50, width: int = 832, height: int = 480, num_frames: int = 81,
@@ -48,10 +29,6 @@ def calibrate(model: Any, steps: int = 50, width: int = 832, height: int = 480, 
               prompt: str = "A calm lake at sunrise, mist over the water, birds flying, cinematic",
               work_dir: str | Path | None = None) -> dict[str, Any]:
     """Render one job with a calibrating step cache on the loaded model; return the calibration record."""
-    from vace.pipelines.acceleration.step_cache import CachePolicy, StepCache
-    from vace.pipelines.engine.render import Renderer
-    from vace.pipelines.job.request import GenerationRequest
-
     request = GenerationRequest(prompt=prompt, width=width, height=height, num_frames=num_frames, steps=steps,
                                 guidance=guidance, shift=shift, sampler=sampler, seed=seed)
     renderer = Renderer(model, work_dir=work_dir)
@@ -65,15 +42,6 @@ def calibrate(model: Any, steps: int = 50, width: int = 832, height: int = 480, 
     return {"version": FORMAT_VERSION, "method": "magcache", "model": model.name, "steps": steps,
             "width": width, "height": height, "num_frames": num_frames, "guidance": guidance, "shift": shift,
             "sampler": sampler, "seed": seed, "seconds": round(time.perf_counter() - started, 3), "ratios": ratios}
-
-
-def save_calibration(record: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,10 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate_command(args: argparse.Namespace) -> int:
-    from vace.pipelines.fixtures.tiny_model import resolve_model
-    from vace.pipelines.job.request import RequestError, parse_size
-    from vace.weights.loader import WeightsError, load_pipeline
-
     try:
         width, height = parse_size(args.size)
         model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)

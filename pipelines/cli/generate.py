@@ -6,6 +6,12 @@ import argparse
 import json
 import sys
 
+from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.render import Renderer
+from vace.pipelines.fixtures.tiny_model import resolve_model
+from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, RequestError, parse_size
+from vace.weights.loader import WeightsError
+
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that builds a GenerationRequest."""
@@ -56,8 +62,6 @@ def add_task_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def task_options_from_args(args: argparse.Namespace) -> dict:
-    from vace.pipelines.job.request import RequestError
-
     options: dict = {}
     for key in ("preprocess", "annotator", "expand_ratio", "trim_borders", "zoom_factor", "clip_position",
                 "clip_frames", "mask_tracking"):
@@ -78,8 +82,6 @@ def task_options_from_args(args: argparse.Namespace) -> dict:
 
 
 def request_from_args(args: argparse.Namespace):
-    from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, parse_size
-
     width, height = parse_size(args.size)
     return GenerationRequest(
         prompt=args.prompt,
@@ -104,10 +106,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-    from vace.pipelines.engine.render import Renderer
-    from vace.pipelines.fixtures.tiny_model import resolve_model
-    from vace.pipelines.job.request import RequestError
-    from vace.weights.loader import WeightsError, load_pipeline
 
     try:
         request = request_from_args(args)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vace.pipelines.fixtures.tiny_model import write_tiny_bundle
+from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
+from vace.weights.catalog import AUXILIARY, CHECKPOINTS
+from vace.weights.integrity import verify_manifest, write_manifest
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     weights = sub.add_parser("weights", help="checkpoints: tiny test models, manifests, verification")
@@ -27,16 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tiny(args: argparse.Namespace) -> int:
-    from vace.pipelines.fixtures.tiny_model import write_tiny_bundle
-
     for name, path in write_tiny_bundle(args.out).items():
         print(f"{name}: {path}")
     return 0
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from vace.weights.integrity import write_manifest
-
     try:
         path = write_manifest(args.dir)
     except FileNotFoundError as exc:
@@ -47,12 +48,8 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from vace.weights.integrity import verify_manifest
-
     problems = verify_manifest(args.dir)
     from pathlib import Path
-
-    from vace.weights.annotators import ANNOTATOR_WEIGHTS
 
     # An annotators root: every annotator folder present must also hold the files its loader needs.
     for entry in ANNOTATOR_WEIGHTS.values():
@@ -69,18 +66,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from vace.weights.catalog import CHECKPOINTS
-
     for ckpt in CHECKPOINTS.values():
         print(f"{ckpt.name}\n  {ckpt.description}\n  subfolders: {', '.join(ckpt.components)}"
               f"\n  get it: {ckpt.fetch_hint()}")
-    from vace.weights.annotators import ANNOTATOR_WEIGHTS, ENV_ROOT
 
-    print(f"\nannotators (under ${ENV_ROOT}, else <weights root>/annotators beside the model):")
+    print("\nannotators (under --annotators-dir / --root, else <weights root>/annotators beside the model):")
     for entry in ANNOTATOR_WEIGHTS.values():
         print(f"{entry.name}\n  {entry.classes}\n  tasks: {', '.join(entry.tasks)}"
               f"\n  folder: <ROOT>/{entry.dirname}/ with {', '.join(entry.files)}\n  get it: {entry.source}")
-    from vace.weights.catalog import AUXILIARY
 
     for aux in AUXILIARY.values():
         print(f"{aux.name}\n  {aux.description}\n  use it: {aux.server_option}\n  get it: {aux.fetch_hint()}")
@@ -89,8 +82,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def _annotators(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
 
     root = Path(args.root) if args.root else annotators_root(args.model)
     print(f"annotators root: {root}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.job.request import MAX_FRAMES, GenerationRequest, RequestError
 from vace.pipelines.media.codec import image_to_array, is_image, load_image, load_video

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from vace.pipelines.media.codec import Video
+
+from vace.pipelines.media.codec import Video, image_to_array, resize_frames
 
 GRAY = 0.5
 
@@ -79,8 +80,6 @@ def reference_canvas(images: list[Image.Image], width: int, height: int) -> list
 
 def frame_from_image(img: Image.Image, width: int, height: int) -> np.ndarray:
     """An image as one (H, W, 3) frame of exactly the output size (cover-resize, centre-crop)."""
-    from vace.pipelines.media.codec import image_to_array, resize_frames
-
     return resize_frames(image_to_array(img)[None], width, height)[0]
 
 

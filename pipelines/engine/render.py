@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vace.pipelines.acceleration.levers import preset_applied
+from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.conditioning import tasks
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.inputs import load_inputs
@@ -58,7 +60,7 @@ def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: Fe
     transformer work. Annotator weights live beside the model (<weights>/../annotators) unless
     $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Raises RequestError on bad input."""
     started = time.perf_counter()
-    request = request.validated().with_seed()
+    request = resolve_preset(request.validated()).with_seed()
     inputs = load_inputs(request, work_dir / "inputs", fetch_policy)
     cond = tasks.build(request.task, inputs, AnnotatorEnv.for_model(weights_path, device))
     return Prepared(request, cond, time.perf_counter() - started)

@@ -120,10 +120,10 @@ class GenerationRequest:
             )
         if self.mask and not self.video:
             raise RequestError("mask", "a mask needs a source video")
-        from vace.pipelines.acceleration.presets import get_preset  # presets imports this module
 
-        preset = get_preset(self.preset).name
-        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames), preset=preset)
+        if not isinstance(self.preset, str) or not self.preset:
+            raise RequestError("preset", f"expected a preset name, got {self.preset!r}")
+        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames))
 
     def with_seed(self) -> GenerationRequest:
         """Resolve seed -1 to a concrete random seed."""

@@ -26,16 +26,6 @@ class FetchPolicy:
     allow_private: bool = False
     allow_local_paths: bool = True
 
-    @classmethod
-    def from_env(cls) -> FetchPolicy:
-        hosts = {h.strip() for h in os.environ.get("VACE_FETCH_ALLOW_HOSTS", "").split(",") if h.strip()}
-        return cls(
-            max_bytes=int(os.environ.get("VACE_FETCH_MAX_BYTES", cls.max_bytes)),
-            timeout_s=float(os.environ.get("VACE_FETCH_TIMEOUT_S", cls.timeout_s)),
-            allow_hosts=hosts,
-            allow_private=os.environ.get("VACE_FETCH_ALLOW_PRIVATE", "") == "1",
-        )
-
 
 def _is_public(host: str, field_name: str) -> bool:
     """Whether every address host resolves to is a public one; RequestError if it does not resolve."""
@@ -102,7 +92,7 @@ def _download(url: str, policy: FetchPolicy, field_name: str, dest: Path) -> Non
 
 def materialize(ref: str, field_name: str, work_dir: Path, policy: FetchPolicy | None = None) -> Path:
     """Return a local file holding the media that `ref` names."""
-    policy = policy or FetchPolicy.from_env()
+    policy = policy or FetchPolicy()
     if not isinstance(ref, str) or not ref:
         raise RequestError(field_name, "expected a path, URL or data: URI")
     if ref.startswith("data:"):

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.codec import is_image
 from vace.pipelines.media.fetch import FetchPolicy, materialize
-from vace.server.api.fal.schema import MediaInfo
+
+
+@dataclass
+class MediaInfo:
+    """What is known about an input video or image before rendering."""
+
+    width: int
+    height: int
+    num_frames: int | None = None  # None for images
+    fps: float | None = None
+
 
 
 def probe_media(ref: str, field_name: str, policy: FetchPolicy) -> MediaInfo:
@@ -17,7 +29,6 @@ def probe_media(ref: str, field_name: str, policy: FetchPolicy) -> MediaInfo:
     """
     import imageio_ffmpeg
     from PIL import Image
-    from vace.pipelines.job.request import RequestError
 
     with tempfile.TemporaryDirectory(prefix="vace-probe-") as tmp:
         path = materialize(ref, field_name, Path(tmp), policy)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from vace.pipelines.media.codec import resize_frames
+
 MODES = ("content_aware", "white", "black")
 GRAY = 0.5
 
@@ -36,8 +38,6 @@ def flatten(img: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray]:
 
 def frame_and_mask(img: Image.Image, mode: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """flatten() then cover-resize to exactly (height, width); the mask is re-binarised after resizing."""
-    from vace.pipelines.media.codec import resize_frames
-
     rgb, mask = flatten(img, mode)
     frame = resize_frames(rgb[None], width, height)[0]
     mask = (resize_frames(mask[None], width, height)[0] >= 0.5).astype(np.float32)

@@ -4,28 +4,24 @@ The classifier is a transformers `ViTForImageClassification` in the layout of th
 `Falconsai/nsfw_image_detection` checkpoint (config.json with id2label {0: normal, 1: nsfw},
 model.safetensors, preprocessor_config.json). It is loaded from a local directory only.
 
-Where the classifier comes from is set by the server option / env var `VACE_SAFETY_CHECKER`
-("tiny" = the tiny random one of the tiny bundle, or a directory). When it is not installed the
-operator's policy (`VACE_SAFETY_UNAVAILABLE`: refuse | unchecked) decides between refusing requests
-that ask for a check and serving them marked unchecked. A video is never reported as checked when it
+Where the classifier comes from is the server's `--safety-checker` (a directory; `tiny` is resolved to
+the tiny random one by the server). When it is not installed the operator's policy
+(`--safety-unavailable`: refuse | unchecked) decides between refusing requests that ask for a check and
+serving them marked unchecked. A video is never reported as checked when it
 was not: `SafetyVerdict.checked` is False then and `nsfw` is None.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ENV_CHECKER = "VACE_SAFETY_CHECKER"
-ENV_POLICY = "VACE_SAFETY_UNAVAILABLE"
 POLICIES = ("refuse", "unchecked")
 DEFAULT_POLICY = "refuse"
-TINY_NAME = "safety-checker"
 REPO_ID = "Falconsai/nsfw_image_detection"
 FETCH_HINT = f"huggingface-cli download {REPO_ID} --local-dir <DIR>   (on a connected machine)"
 DEFAULT_SAMPLES = 4
@@ -54,31 +50,23 @@ class SafetyVerdict:
         return cls(checked=False, nsfw=None, note=note)
 
 
-def policy() -> str:
-    """The operator's choice when the classifier is missing: 'refuse' or 'unchecked'."""
-    value = os.environ.get(ENV_POLICY, DEFAULT_POLICY).strip().lower() or DEFAULT_POLICY
-    if value not in POLICIES:
-        raise ValueError(f"{ENV_POLICY} must be one of {', '.join(POLICIES)}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class SafetyConfig:
+    """The classifier directory the server is configured with (None = none) and the policy without one."""
 
+    checker: Path | None = None
+    policy: str = DEFAULT_POLICY
 
-def configured_path() -> Path | None:
-    """The classifier directory the server is configured with (None = not configured)."""
-    spec = os.environ.get(ENV_CHECKER, "").strip()
-    if not spec:
-        return None
-    if spec == "tiny":
-        from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
-
-        return resolve_safety_checker()
-    return Path(spec)
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"the safety policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
 
 
 def missing_reason(path: Path | None) -> str | None:
     """Why the classifier at `path` cannot be used (None = it looks installed)."""
     if path is None:
-        return (f"no safety checker is installed (start the server with --safety-checker DIR or set "
-                f"{ENV_CHECKER}; get one with: {FETCH_HINT})")
+        return ("no safety checker is installed (start the server with --safety-checker DIR; get one with: "
+                f"{FETCH_HINT})")
     if not (path / "config.json").is_file():
         return f"safety checker directory {path} has no config.json"
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
@@ -86,17 +74,17 @@ def missing_reason(path: Path | None) -> str | None:
     return None
 
 
-def availability() -> tuple[bool, str]:
+def availability(config: SafetyConfig) -> tuple[bool, str]:
     """(installed, reason-if-not) for the configured classifier, without loading it."""
-    reason = missing_reason(configured_path())
+    reason = missing_reason(config.checker)
     return reason is None, reason or ""
 
 
-def refusal() -> str | None:
+def refusal(config: SafetyConfig) -> str | None:
     """Why a request that asks for a safety check must be refused now (None = serve it): the classifier
     is missing and the operator's policy is `refuse`."""
-    ok, reason = availability()
-    if ok or policy() != "refuse":
+    ok, reason = availability(config)
+    if ok or config.policy != "refuse":
         return None
     return f"{reason}; this server refuses requests that ask for a safety check it cannot run"
 
@@ -170,9 +158,9 @@ class SafetyChecker:
 _LOADED: dict[str, SafetyChecker] = {}
 
 
-def check_video_frames(frames: np.ndarray | None, device: str = "cpu") -> SafetyVerdict:
+def check_video_frames(frames: np.ndarray | None, config: SafetyConfig, device: str = "cpu") -> SafetyVerdict:
     """Run the configured classifier on sampled frames; unchecked (with the reason) when it is missing."""
-    path = configured_path()
+    path = config.checker
     reason = missing_reason(path)
     if reason:
         return SafetyVerdict.unchecked(reason)
@@ -182,24 +170,3 @@ def check_video_frames(frames: np.ndarray | None, device: str = "cpu") -> Safety
     if key not in _LOADED:
         _LOADED[key] = SafetyChecker(path, device=device)  # type: ignore[arg-type]
     return _LOADED[key].check(frames)
-
-
-def write_tiny_checker(out_dir: str | Path) -> Path:
-    """A tiny random ViT classifier in the Falconsai layout (deterministic bytes; for tests)."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=32, id2label={0: "normal", 1: "nsfw"},
-                       label2id={"normal": 0, "nsfw": 1})
-    ViTForImageClassification(config).save_pretrained(str(out), safe_serialization=True)
-    pre = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
-           "image_processor_type": "ViTImageProcessor", "image_std": [0.5, 0.5, 0.5], "resample": 2,
-           "rescale_factor": 1 / 255, "size": {"height": 32, "width": 32}}
-    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2, sort_keys=True) + "\n")
-    for path in out.glob("*.json"):
-        path.write_text(json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True) + "\n")
-    return out

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from vace.pipelines.conditioning.tasks import preflight as task_preflight
+from vace.pipelines.job.request import RequestError
+
 DIALECTS = ("vace.server.api.replicate.routes", "vace.server.api.fal.routes", "vace.server.api.wavespeed.routes")
 
 
@@ -11,9 +14,6 @@ def preflight(request: Any, rename: Any, error: Any) -> None:
     """Refuse at submit time what the worker would refuse (unknown task, task options, missing annotator
     weights): pipelines.tasks.preflight's RequestError becomes `error(rename(field), message)`, the field
     without its `task_options.` prefix; rename None keeps GenerationRequest's own field path."""
-    from vace.pipelines.conditioning.tasks import preflight as task_preflight
-    from vace.pipelines.job.request import RequestError
-
     try:
         task_preflight(request)
     except RequestError as exc:

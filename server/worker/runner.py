@@ -7,37 +7,21 @@ import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.engine.render import RenderCancelled
+from vace.pipelines.job.request import RequestError
+from vace.pipelines.media.codec import resize_frames, write_mp4
+from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
+from vace.server.worker.config import WorkerConfig
+from vace.server.worker.pool import ModelPool, renderer_for
 
 log = logging.getLogger("vace.worker")
 
-LEASE_S = 30.0
 IDLE_POLL_S = 0.1
-
-
-@dataclass
-class WorkerConfig:
-    """Everything a worker process needs (picklable: it crosses a spawn boundary)."""
-
-    database_url: str
-    data_dir: str
-    models: dict[str, str]  # served model name -> weights directory
-    device: str = "auto"
-    worker_id: str = "worker"
-    allow_hosts: list[str] = field(default_factory=list)
-    max_render_side: int | None = None
-    lease_s: float = LEASE_S
-    devices: tuple[str, ...] = ()  # a sequence-parallel group (2+ devices, see server/multi_gpu.py); () = `device`
-    sp_mode: str = "ulysses"
-    offload: str = "auto"  # pipelines.memory mode
-    attention: str = "auto"  # pipelines.acceleration attention backend
-    compile_blocks: bool = True
-    fp8: bool = False
 
 
 def progress_line(step: int, total: int) -> str:
@@ -45,43 +29,6 @@ def progress_line(step: int, total: int) -> str:
     pct = int(100 * step / max(total, 1))
     filled = pct // 10
     return f"{pct:3d}%|{'#' * filled}{' ' * (10 - filled)}| {step}/{total} denoising step {step}/{total}"
-
-
-class ModelPool:
-    """Loads served models on demand; keeps one resident at a time (one GPU)."""
-
-    def __init__(self, config: WorkerConfig, work_dir: Path | None = None):
-        self.paths = config.models
-        self.config = config
-        self.work_dir = work_dir or Path("vace-group")
-        self.loaded: dict[str, Any] = {}
-
-    def get(self, name: str) -> Any:
-        """A LoadedModel, or a ready RenderGroup when this worker is a sequence-parallel group."""
-        from vace.server.worker.pool import load_served_model, release
-
-        if name not in self.loaded:
-            if name not in self.paths:
-                raise KeyError(f"model {name!r} is not served here")
-            for model in self.loaded.values():
-                release(model)
-            self.loaded.clear()
-            _free_accelerator_memory()
-            self.loaded[name] = load_served_model(self.paths[name], name, self.config, self.work_dir)
-        return self.loaded[name]
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def capped_request(request: Any, max_side: int | None) -> Any:
@@ -103,23 +50,16 @@ class JobRunner:
     """
 
     def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig):
-        from vace.pipelines.media.fetch import FetchPolicy
-
         self.store = store
         self.pool = pool
         self.config = config
-        self.data_dir = Path(config.data_dir)
+        self.data_dir = Path(config.settings.data_dir)
         # Media references were checked when the prediction was created; local paths there are the
         # server's own uploads and outputs.
-        self.fetch_policy = FetchPolicy.from_env()
-        self.fetch_policy.allow_hosts |= set(config.allow_hosts)
-        self.fetch_policy.allow_local_paths = True
+        self.fetch_policy = dataclasses.replace(config.settings.fetch_policy(), allow_local_paths=True)
+        self.safety = config.settings.safety()
 
     def run(self, job: Prediction) -> str:
-        from vace.pipelines.engine.render import RenderCancelled
-        from vace.pipelines.job.request import GenerationRequest, RequestError
-        from vace.server.worker.pool import renderer_for
-
         owner = self.config.worker_id
         logs: list[str] = [job.logs.rstrip("\n")] if job.logs else []  # e.g. "requeued: ..." (no blank line after)
         last_write = [0.0]
@@ -134,15 +74,16 @@ class JobRunner:
         heartbeat = _Heartbeat(self.store, job.id, owner, self.config.lease_s)
         heartbeat.start()
         try:
-            request = GenerationRequest.from_dict(job.request)
+            stored = job.job
+            request = stored.request
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
             renderer = renderer_for(model, work_dir, self.fetch_policy)
-            prepared = renderer.prepare(capped_request(request, self.config.max_render_side))
+            prepared = renderer.prepare(capped_request(request, self.config.settings.max_render_side))
             requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
             if prepared.request.width != request.width or prepared.request.height != request.height:
                 logs.append(f"rendering at {prepared.request.width}x{prepared.request.height} "
-                            f"(--max-render-side {self.config.max_render_side}), "
+                            f"(--max-render-side {self.config.settings.max_render_side}), "
                             f"resized to {request.width}x{request.height}")
             logs.append(f"model: {job.model}; seed: {requested.seed}")
             write_logs(force=True, seed=requested.seed, progress=0.0)
@@ -191,13 +132,9 @@ class JobRunner:
             shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
 
     def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: list[str]) -> dict[str, Any]:
-        """The dialect's delivery options (job.extra["deliver"]): encoder settings, frames zip, safety check."""
-        from vace.pipelines.outputs.deliver import DeliverOptions, deliver
-
-        if not job.extra.get("deliver"):
-            return {}
-        options = DeliverOptions.from_dict(job.extra["deliver"])
-        extra = deliver(result.frames, result.path, result.fps, options, out_dir, job.id)
+        """The job's delivery options: encoder settings, frames zip, safety check."""
+        extra = deliver(result.frames, result.path, result.fps, job.job.delivery, out_dir, job.id,
+                        self.safety)
         safety = extra.get("safety")
         if safety:
             logs.append("safety checker: " + ("NSFW content detected" if safety["nsfw"] else "no NSFW content")
@@ -217,8 +154,6 @@ def _log_text(lines: list[str]) -> str:
 
 
 def _resize_output(result: Any, width: int, height: int) -> Any:
-    from vace.pipelines.media.codec import resize_frames, write_mp4
-
     frames = resize_frames(result.frames, width, height)
     write_mp4(frames, result.path, result.fps)
     return dataclasses.replace(result, frames=frames, width=width, height=height)
@@ -249,7 +184,7 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     exit_with_parent()
     store = Store(config.database_url)
-    pool = ModelPool(config, Path(config.data_dir) / "work" / f"group-{config.worker_id}")
+    pool = ModelPool(config, Path(config.settings.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
         model = pool.get(default)

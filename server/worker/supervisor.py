@@ -12,7 +12,9 @@ import uuid
 from typing import Any
 
 from vace.server.store import Store
-from vace.server.worker.runner import WorkerConfig, worker_main
+from vace.server.worker.config import WorkerConfig
+from vace.server.worker.devices import worker_configs, worker_device_sets
+from vace.server.worker.runner import worker_main
 
 log = logging.getLogger("vace.supervisor")
 
@@ -118,3 +120,60 @@ class WorkerSupervisor:
             self.process.join()
         self.process = None
         self.store.requeue_held(self.worker_id, "requeued: the server stopped while this prediction was running")
+
+
+class SupervisorSet:
+    """One WorkerSupervisor per worker behind the single-supervisor interface the app uses."""
+
+    def __init__(self, store: Store, configs: list[WorkerConfig]):
+        self.members = [WorkerSupervisor(store, config) for config in configs]
+
+    def start(self) -> None:
+        for member in self.members:
+            member.start()
+
+    def poll(self) -> None:
+        for member in self.members:
+            member.poll()
+
+    def read_reports(self) -> None:
+        for member in self.members:
+            member.read_reports()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    @property
+    def state(self) -> str:
+        states = {m.state for m in self.members}
+        if SETUP_FAILED in states:
+            return SETUP_FAILED
+        return READY if states == {READY} else STARTING
+
+    @property
+    def error(self) -> str | None:
+        return next((m.error for m in self.members if m.error), None)
+
+    @property
+    def restarts(self) -> int:
+        return sum(m.restarts for m in self.members)
+
+    @property
+    def pid(self) -> int | None:
+        return self.members[0].pid
+
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        return [{"devices": list(m.config.devices or (m.config.device,)), "state": m.state,
+                 "pid": m.pid, "restarts": m.restarts, "loaded": m.loaded}
+                for m in self.members]
+
+
+def make_supervisor(store: Store, config: WorkerConfig) -> WorkerSupervisor | SupervisorSet:
+    """The plain WorkerSupervisor for one single-device worker, else a SupervisorSet."""
+    s = config.settings
+    sets = worker_device_sets(s.device, s.gpus, s.sequence_parallel)
+    if sets == [(s.device,)]:
+        return WorkerSupervisor(store, dataclasses.replace(config, device=s.device))
+    return SupervisorSet(store, worker_configs(config, sets))

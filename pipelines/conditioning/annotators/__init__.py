@@ -9,22 +9,18 @@ the network; `require(name, env)` raises RequestError naming the directory and h
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
+from vace.pipelines.conditioning.annotators.base import Annotator, ProgressFn, from_uint8, to_uint8  # noqa: F401
+from vace.pipelines.conditioning.annotators.depth import DepthAnythingV2
+from vace.pipelines.conditioning.annotators.dwpose import DWPose
+from vace.pipelines.conditioning.annotators.flow import FarnebackFlow, RaftFlow, torchvision_problem
+from vace.pipelines.conditioning.annotators.scribble import CannyScribble, LineArt
+from vace.pipelines.conditioning.annotators.simple import GrayAnnotator
+from vace.pipelines.conditioning.annotators.tracking import Sam2Tracker
 from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.codec import to_uint8  # noqa: F401 - the annotators import it from here
-
-ProgressFn = Callable[[int, int], None]
-
-
-class Annotator(Protocol):
-    name: str
-
-    def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray: ...
+from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root, describe_missing
 
 
 @dataclass
@@ -37,13 +33,9 @@ class AnnotatorEnv:
 
     @classmethod
     def for_model(cls, model_dir: str | Path | None, device: str | None = None) -> AnnotatorEnv:
-        from vace.weights.annotators import annotators_root
-
         return cls(root=annotators_root(model_dir), device=device)
 
     def resolved_root(self) -> Path:
-        from vace.weights.annotators import annotators_root
-
         return self.root if self.root is not None else annotators_root()
 
     def resolved_device(self) -> str:
@@ -64,11 +56,8 @@ def require(name: str, env: AnnotatorEnv) -> None:
     """Raise RequestError (field `task_options`) when annotator `name` cannot run here."""
     if name in WEIGHT_FREE:
         return
-    from vace.weights.annotators import describe_missing
 
     if name == "raft":
-        from vace.pipelines.conditioning.annotators.flow import torchvision_problem
-
         problem = torchvision_problem()
         if problem:
             raise RequestError("task_options", problem)
@@ -95,43 +84,21 @@ def load(name: str, env: AnnotatorEnv):
 
 
 def _build(name: str, root: Path, device: str):
-    from vace.weights.annotators import ANNOTATOR_WEIGHTS
-
     folder = root / ANNOTATOR_WEIGHTS[WEIGHTS_OF[name]].dirname if name in WEIGHTS_OF else None
     if name == "gray":
-        from vace.pipelines.conditioning.annotators.simple import GrayAnnotator
-
         return GrayAnnotator()
     if name == "farneback":
-        from vace.pipelines.conditioning.annotators.flow import FarnebackFlow
-
         return FarnebackFlow()
     if name == "canny":
-        from vace.pipelines.conditioning.annotators.scribble import CannyScribble
-
         return CannyScribble()
     if name == "depth":
-        from vace.pipelines.conditioning.annotators.depth import DepthAnythingV2
-
         return DepthAnythingV2(folder, device)
     if name == "pose":
-        from vace.pipelines.conditioning.annotators.dwpose import DWPose
-
         return DWPose(folder, device)
     if name == "raft":
-        from vace.pipelines.conditioning.annotators.flow import RaftFlow
-
         return RaftFlow(folder, device)
     if name == "lineart":
-        from vace.pipelines.conditioning.annotators.scribble import LineArt
-
         return LineArt(folder, device)
     if name == "sam2":
-        from vace.pipelines.conditioning.annotators.tracking import Sam2Tracker
-
         return Sam2Tracker(folder, device)
     raise KeyError(name)
-
-
-def from_uint8(frames: np.ndarray) -> np.ndarray:
-    return frames.astype(np.float32) / 255.0

@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from vace.pipelines.conditioning.annotators import ProgressFn, from_uint8, to_uint8
+
+from vace.pipelines.conditioning.annotators.base import ProgressFn, from_uint8, to_uint8
 
 DETECTOR_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 NUM_KEYPOINTS = 133

@@ -9,7 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from vace.pipelines.conditioning.annotators import ProgressFn, to_uint8
+
+from vace.pipelines.conditioning.annotators.base import ProgressFn, to_uint8
 
 RAFT_ITERS = 20
 # A small RAFT of the same structure for tiny test bundles (real weights use raft_large's sizes).

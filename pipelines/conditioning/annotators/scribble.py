@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from vace.pipelines.conditioning.annotators import ProgressFn, to_uint8
+
+from vace.pipelines.conditioning.annotators.base import ProgressFn, to_uint8
 
 
 def _residual_block(channels: int):

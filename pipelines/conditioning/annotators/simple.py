@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from vace.pipelines.conditioning.annotators import ProgressFn
+
+from vace.pipelines.conditioning.annotators.base import ProgressFn
 
 # ITU-R BT.601 luma, as cv2.COLOR_RGB2GRAY (the official VACE gray annotator).
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

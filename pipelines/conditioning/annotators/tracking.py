@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from vace.pipelines.conditioning.annotators import ProgressFn
+
+from vace.pipelines.conditioning.annotators.base import ProgressFn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

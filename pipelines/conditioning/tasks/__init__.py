@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from vace.pipelines.conditioning import annotators
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.primitives import Conditioning, TaskInputs

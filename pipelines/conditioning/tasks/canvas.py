@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from vace.pipelines.conditioning.primitives import GRAY, Conditioning, TaskInputs
 from vace.pipelines.conditioning.tasks.registry import TaskContext, task
 from vace.pipelines.conditioning.tasks.sources import references, source_frames

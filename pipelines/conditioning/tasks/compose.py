@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from vace.pipelines.conditioning.annotators.simple import layout_frames
 from vace.pipelines.conditioning.primitives import Conditioning, TaskInputs, gray_frames, mask_frames
 from vace.pipelines.conditioning.tasks.canvas import outpaint_frames

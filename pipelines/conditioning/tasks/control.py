@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from vace.pipelines.conditioning import annotators
 from vace.pipelines.conditioning.primitives import Conditioning, TaskInputs
 from vace.pipelines.conditioning.tasks.options import TaskOptions, annotator_for

@@ -13,6 +13,7 @@ from vace.pipelines.conditioning.tasks.registry import TaskContext, task
 from vace.pipelines.conditioning.tasks.sources import image_at_output, references
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.codec import resize_frames
+from vace.pipelines.media.transparency import frame_and_mask, has_alpha
 
 
 @task("t2v", "text to video: all gray, mask all ones")
@@ -29,8 +30,6 @@ def reference_to_video(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
 def _slot(img, inputs: TaskInputs, ctx: TaskContext):
     """An image placed as one frame: (frame, mask). Images with alpha follow task_options.transparency_mode
     (content_aware: transparent pixels are generated; white / black: filled), see pipelines.transparency."""
-    from vace.pipelines.media.transparency import frame_and_mask, has_alpha
-
     if not has_alpha(img):
         return image_at_output(img, inputs), 0.0
     return frame_and_mask(img, ctx.options.transparency_mode, inputs.width, inputs.height)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vace.pipelines.job.request import RequestError
+from vace.pipelines.media.transparency import MODES
 
 SIDES = ("left", "right", "top", "bottom")
 CLIP_POSITIONS = ("first", "last")
@@ -121,8 +122,6 @@ def parse_options(task: str | None, raw: dict[str, Any] | None) -> TaskOptions:
     if raw.get("boxes") is not None:
         values["boxes"] = _boxes(raw["boxes"])
     if raw.get("transparency_mode") is not None:
-        from vace.pipelines.media.transparency import MODES
-
         values["transparency_mode"] = _choice("transparency_mode", raw["transparency_mode"], MODES)
     if raw.get("annotator") is not None:
         choices = ANNOTATOR_CHOICES.get(task or "")

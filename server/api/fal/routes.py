@@ -11,56 +11,29 @@ import base64
 import functools
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import RequestError
+from vace.pipelines.media.probe import probe_media
 from vace.pipelines.outputs import safety
 from vace.server.api.common import preflight
 from vace.server.api.fal import schema as fs
 from vace.server.api.fal.schema import FalInputError
+from vace.server.api.models import pick_model
 from vace.server.auth import require_api_key
-from vace.server.service.predictions import InvalidInput, PredictionService, ServiceError, WebhookMessage
+from vace.server.service.errors import InvalidInput, ServiceError
+from vace.server.service.predictions import PredictionService
+from vace.server.service.webhooks import WebhookMessage
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, Prediction
-from vace.weights.loader import has_two_experts
 
 DIALECT = "fal"
 QUEUE = "/queue"
 _STATUS = {QUEUED: "IN_QUEUE", PROCESSING: "IN_PROGRESS"}
 SYNC_WAIT_S = 3600.0
-
-
-@functools.lru_cache(maxsize=64)
-def _is_two_expert(path: str) -> bool:
-    """Read once per process: a served model's directory does not change while it is served."""
-    try:
-        return has_two_experts(json.loads((Path(path) / "model_index.json").read_text()))
-    except (OSError, ValueError):
-        return False
-
-
-def two_expert_models(models: dict[str, str]) -> dict[str, bool]:
-    """Served model name -> whether it is a two-expert (Wan2.2-style) model, from model_index.json."""
-    return {name: _is_two_expert(str(path)) for name, path in models.items()}
-
-
-def pick_model(models: dict[str, str], two_experts: bool, app: str) -> str:
-    """The served model an endpoint runs on; ModelUnavailable names what is missing."""
-    kinds = two_expert_models(models)
-    for name, is_two in kinds.items():
-        if is_two == two_experts:
-            return name
-    wanted = "a two-expert Wan2.2-VACE-Fun-A14B model" if two_experts else "a single-expert Wan2.1-VACE model"
-    served = ", ".join(f"{n} ({'two experts' if t else 'single expert'})" for n, t in kinds.items())
-    raise ModelUnavailable(f"{app} needs {wanted} and none is loaded on this server (serving: {served}); "
-                           f"start the server with --model <Wan2.2-VACE-Fun-A14B dir>" if two_experts else
-                           f"{app} needs {wanted} and none is loaded on this server (serving: {served})")
-
-
-class ModelUnavailable(ServiceError):
-    status, title = 404, "Model not available"
 
 
 def iso(ts: float | None) -> str | None:
@@ -183,16 +156,16 @@ class FalAPI:
             raise FalInputError([{"loc": ["body"], "msg": "the request body must be JSON",
                                   "type": "json_invalid"}]) from None
         data = fs.parse_input(sub, body)
-        if data.enable_safety_checker and (refused := safety.refusal()):
+        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise FalInputError.of("enable_safety_checker", refused)
         job = await asyncio.to_thread(self.build, app_id, sub, data)
-        model = pick_model(self.app.state.settings.models, job.two_experts, app_id)
+        model = pick_model(self.app.state.settings.served_models(), job.two_experts, app_id)
         webhook = request.query_params.get("fal_webhook")
-        extra = {"deliver": job.deliver.to_dict(),
-                 "fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
+        extra = {"fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
         try:
             return await asyncio.to_thread(  # resolves URL hosts and writes the store: off the event loop
-                self.service.create, endpoint=f"{app_id}/{sub}".rstrip("/"), model=model, request=job.request,
+                self.service.create, endpoint=f"{app_id}/{sub}".rstrip("/"), model=model,
+                job=Job(job.request, job.deliver),
                 input=body, dialect=DIALECT, webhook=webhook, webhook_events=["completed"] if webhook else None,
                 extra=extra)
         except InvalidInput as exc:
@@ -202,11 +175,9 @@ class FalAPI:
                                   "type": "value_error"} for f, m in exc.errors]) from exc
 
     def build(self, app_id: str, sub: str, data: fs.FalCommon) -> fs.FalJob:
-        from vace.pipelines.media.probe import probe_media
-
         def probe(ref: str, field_name: str) -> fs.MediaInfo:
             try:
-                resolved = self.service.resolve_media(ref, field_name)
+                resolved = self.service.urls.resolve_media(ref, field_name)
                 return probe_media(resolved, field_name, self._probe_policy())
             except InvalidInput as exc:
                 raise FalInputError.of(field_name, exc.errors[0][1] if exc.errors else exc.detail) from exc
@@ -322,11 +293,10 @@ def schema_name(sub: str) -> str:
     return f"FalInput_{sub or 'base'}"
 
 
-def webhook_message(pred: Prediction, event: str, service: PredictionService) -> WebhookMessage | None:
+def webhook_message(pred: Prediction, event: str, api: FalAPI) -> WebhookMessage | None:
     """fal's completion webhook: {request_id, gateway_request_id, status: OK|ERROR, payload, error}."""
     if event != "completed":
         return None
-    api: FalAPI = service.fal_api  # type: ignore[attr-defined]
     error = api.outcome_error(pred)
     body = {"request_id": pred.id, "gateway_request_id": pred.id, "status": "ERROR" if error else "OK",
             "payload": None if error else api.output_json(pred), "error": error[1] if error else None}
@@ -336,13 +306,12 @@ def webhook_message(pred: Prediction, event: str, service: PredictionService) ->
 def install(app: FastAPI) -> None:
     service: PredictionService = app.state.service
     api = FalAPI(app)
-    service.fal_api = api  # type: ignore[attr-defined]
     app.include_router(api.router())
-    service.webhook_formatters[DIALECT] = webhook_message
+    service.webhooks.formatters[DIALECT] = functools.partial(webhook_message, api=api)
     for prefix in [f"/{a}" for a in fs.APPS] + [f"{QUEUE}/{a}" for a in fs.APPS]:
         app.state.error_renderers.append((prefix, render_service_error))
     for sub, model in fs.SCHEMAS.items():
         app.state.openapi_input_schemas[schema_name(sub)] = model.model_json_schema()
 
 
-__all__ = ["install", "FalAPI", "pick_model"]
+__all__ = ["install", "FalAPI"]

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from vace.pipelines.acceleration.presets import preset_for_acceleration
+from vace.pipelines.conditioning import tasks as task_registry
+from vace.pipelines.job.delivery import DeliverOptions
 from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, MAX_SEED, GenerationRequest, snap_frames
-from vace.pipelines.outputs.deliver import DeliverOptions
+from vace.pipelines.media.probe import MediaInfo
 
 WAN21_APP = "fal-ai/wan-vace-14b"
 WAN22_APP = "fal-ai/wan-22-vace-fun-a14b"
@@ -212,16 +215,6 @@ def parse_input(sub: str, body: Any) -> FalCommon:
         raise FalInputError(detail) from None
 
 
-@dataclass
-class MediaInfo:
-    """What is known about an input video or image before rendering."""
-
-    width: int
-    height: int
-    num_frames: int | None = None  # None for images
-    fps: float | None = None
-
-
 Probe = Callable[[str, str], MediaInfo]  # (reference, fal field name) -> MediaInfo
 
 
@@ -290,8 +283,6 @@ def _task(sub: str, data: FalCommon, available_tasks: set[str]) -> tuple[str | N
 def build_job(app: str, sub: str, data: FalCommon, probe: Probe | None = None,
               available_tasks: set[str] | None = None, preset_for: Callable[[str], str] | None = None) -> FalJob:
     """Translate a validated input into a GenerationRequest (+ delivery options). Raises FalInputError."""
-    from vace.pipelines.conditioning import tasks as task_registry
-
     available = set(task_registry.TASKS) if available_tasks is None else available_tasks
     task, options, blame = _task(sub, data, available)
     if task is not None and task not in available:

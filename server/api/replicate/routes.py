@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from datetime import datetime, timezone
@@ -11,16 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+
+from vace.pipelines.job.job import Job
 from vace.server.api.common import preflight
 from vace.server.api.replicate.schema import ReplicateModel, catalog
 from vace.server.auth import require_api_key
-from vace.server.service.predictions import (
-    InvalidInput,
-    NotFound,
-    PredictionService,
-    WebhookMessage,
-    standard_webhook_headers,
-)
+from vace.server.service.errors import InvalidInput, NotFound
+from vace.server.service.predictions import PredictionService
+from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
 from vace.server.store import PROCESSING, QUEUED, Prediction, StoredFile
 
 DIALECT = "replicate"
@@ -147,7 +146,7 @@ class ReplicateAPI:
             preflight(gen, None, InvalidInput.of)
             # create() resolves URL hosts and writes the store: off the event loop
             pred = await asyncio.to_thread(
-                self.service.create, endpoint=model.ref, model=model.served, request=gen, input=body.input,
+                self.service.create, endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
                 dialect=DIALECT, version=version, webhook=body.webhook, webhook_events=body.webhook_events_filter,
                 cancel_after_s=cancel_s)
         except InvalidInput as exc:
@@ -234,28 +233,28 @@ class ReplicateAPI:
             except json.JSONDecodeError as exc:
                 raise InvalidInput.of("metadata", f"must be JSON: {exc}") from exc
             data = await content.read()
-            record = svc.save_file(content.filename or "file", content.content_type, data, meta)
+            record = svc.files.save(content.filename or "file", content.content_type, data, meta)
             return file_json(record, base_url(request, svc))
 
         @r.get("/v1/files", summary="List uploaded files")
         def list_files(request: Request) -> dict:
             base = base_url(request, svc)
-            return {"next": None, "previous": None, "results": [file_json(f, base) for f in svc.list_files()]}
+            return {"next": None, "previous": None, "results": [file_json(f, base) for f in svc.files.list()]}
 
         @r.get("/v1/files/{file_id}", summary="Get an uploaded file's metadata")
         def get_file(file_id: str, request: Request) -> dict:
-            return file_json(svc.get_file(file_id), base_url(request, svc))
+            return file_json(svc.files.get(file_id), base_url(request, svc))
 
         @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
         def download_file(file_id: str) -> Response:
             from fastapi.responses import FileResponse
 
-            record = svc.get_file(file_id)
-            return FileResponse(svc.file_path(record), media_type=record.content_type, filename=record.name)
+            record = svc.files.get(file_id)
+            return FileResponse(svc.files.path(record), media_type=record.content_type, filename=record.name)
 
         @r.delete("/v1/files/{file_id}", status_code=204, summary="Delete an uploaded file")
         def delete_file(file_id: str) -> Response:
-            svc.delete_file(file_id)
+            svc.files.delete(file_id)
             return Response(status_code=204)
 
         @r.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
@@ -304,13 +303,13 @@ class ReplicateAPI:
 
 def install(app: FastAPI) -> None:
     service: PredictionService = app.state.service
-    api = ReplicateAPI(service, list(app.state.settings.models))
+    api = ReplicateAPI(service, list(app.state.settings.served_models()))
     router = api.router()
     for prefix in PREFIXES:
         app.include_router(router, prefix=prefix,
                            generate_unique_id_function=lambda route, p=prefix: f"replicate{p.replace('/', '_')}_"
                                                                                 f"{route.name}")
-    service.webhook_formatters[DIALECT] = webhook_message
+    service.webhooks.formatters[DIALECT] = functools.partial(webhook_message, service=service)
     app.state.openapi_input_schemas.update(
         {f"ReplicateInput_{m.owner}_{m.name}".replace("-", "_").replace(".", "_"):
          {"type": "object", "required": ["prompt"], "properties": m.schema} for m in api.models.values()})

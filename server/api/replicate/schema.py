@@ -15,7 +15,7 @@ from typing import Any
 
 from vace.pipelines.acceleration.presets import SPEED_MODES
 from vace.pipelines.job.request import GenerationRequest, parse_size
-from vace.server.service.predictions import InvalidInput
+from vace.server.service.errors import InvalidInput
 
 COG_VERSION = "0.13.0"
 VERSION_CREATED_AT = "2025-05-20T00:00:00.000000Z"

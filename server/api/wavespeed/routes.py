@@ -6,6 +6,7 @@ Every answer is the `{code, message, data}` envelope; errors carry a non-200 cod
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -15,12 +16,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse
+
+from vace.pipelines.job.job import Job
 from vace.pipelines.outputs import safety
 from vace.server.api.common import preflight
+from vace.server.api.models import pick_model
 from vace.server.api.wavespeed import schema as ws
 from vace.server.api.wavespeed.schema import WaveSpeedInputError
 from vace.server.auth import require_api_key
-from vace.server.service.predictions import InvalidInput, PredictionService, ServiceError, WebhookMessage
+from vace.server.service.errors import InvalidInput, ServiceError
+from vace.server.service.predictions import PredictionService
+from vace.server.service.webhooks import WebhookMessage
 from vace.server.store import Prediction, new_id
 
 DIALECT = "wavespeed"
@@ -84,19 +90,18 @@ class WaveSpeedAPI:
 
     def create(self, body: Any, webhook: str | None) -> Prediction:
         data = ws.parse_input(body)
-        if data.enable_safety_checker and (refused := safety.refusal()):
+        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise WaveSpeedInputError([("enable_safety_checker", refused)])
         job = ws.build_job(data)
         preflight(job.request, lambda f: ws.wavespeed_field(f, data), lambda f, m: WaveSpeedInputError([(f, m)]))
-        from vace.server.api.fal.routes import pick_model
 
-        model = pick_model(self.app.state.settings.models, False, ws.MODEL_ID)
+        model = pick_model(self.app.state.settings.served_models(), False, ws.MODEL_ID)
         try:
-            return self.service.create(endpoint=ws.MODEL_ID, model=model, request=job.request, input=body,
+            return self.service.create(endpoint=ws.MODEL_ID, model=model, job=Job(job.request, job.deliver),
+                                       input=body,
                                        dialect=DIALECT, webhook=webhook,
                                        webhook_events=["completed"] if webhook else None,
-                                       extra={"deliver": job.deliver.to_dict(),
-                                              "wavespeed": {"sync_mode": job.sync_mode}})
+                                       extra={"wavespeed": {"sync_mode": job.sync_mode}})
         except InvalidInput as exc:
             raise WaveSpeedInputError([(ws.wavespeed_field(f, data), m) for f, m in exc.errors]) from exc
 
@@ -133,7 +138,7 @@ class WaveSpeedAPI:
 
         @r.post("/media/upload/binary", summary="Upload a file to use as an input")
         async def upload(file: UploadFile = File(...)) -> JSONResponse:
-            record = svc.save_file(file.filename or "file", file.content_type, await file.read())
+            record = svc.files.save(file.filename or "file", file.content_type, await file.read())
             kind = record.content_type.split("/")[0] if "/" in record.content_type else "file"
             return JSONResponse(ws.envelope({"type": kind, "download_url": svc.url(f"/v1/files/{record.id}/download"),
                                              "filename": record.name, "size": record.size}))
@@ -148,6 +153,6 @@ class WaveSpeedAPI:
 def install(app: FastAPI) -> None:
     service: PredictionService = app.state.service
     app.include_router(WaveSpeedAPI(app).router())
-    service.webhook_formatters[DIALECT] = webhook_message
+    service.webhooks.formatters[DIALECT] = functools.partial(webhook_message, service=service)
     app.state.error_renderers.append((PREFIX + "/", render_service_error))
     app.state.openapi_input_schemas["WaveSpeedInput_wan_2_1_14b_vace"] = ws.WaveSpeedVaceInput.model_json_schema()

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vace.pipelines.conditioning import tasks as task_registry
+from vace.pipelines.job.delivery import DeliverOptions
 from vace.pipelines.job.request import GenerationRequest, parse_size
-from vace.pipelines.outputs.deliver import DeliverOptions
 
 MODEL_ID = "wavespeed-ai/wan-2.1-14b-vace"
 FPS = 16
@@ -107,8 +109,6 @@ def build_job(data: WaveSpeedVaceInput, available_tasks: set[str] | None = None)
     """Translate validated input. With a video, `task` names the annotator run on it (depth / pose / face),
     `inpainting` uses the mask, `none` takes the video as it is (a ready control video, or with a mask an
     inpainting). Without a video the conditioning follows from the images given."""
-    from vace.pipelines.conditioning import tasks as task_registry
-
     available = set(task_registry.TASKS) if available_tasks is None else available_tasks
     options: dict[str, Any] = {}
     task: str | None = None

@@ -34,6 +34,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.render import (
     CancelFn,
     Prepared,
@@ -46,6 +47,7 @@ from vace.pipelines.engine.render import (
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.parallel.processes import exit_with_parent
+from vace.pipelines.parallel.sequence import enable_sequence_parallel
 
 STOP_GRACE_S = 5.0
 ERROR_GRACE_S = 10.0  # how long the other ranks get to finish once one rank has reported an error
@@ -206,8 +208,6 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
     try:
         import torch
         import torch.distributed as dist
-        from vace.pipelines.parallel.sequence import enable_sequence_parallel
-        from vace.weights.loader import load_pipeline
 
         device = torch.device(spec.devices[rank])
         if device.type == "cuda":

@@ -1,0 +1,40 @@
+"""Which served model an endpoint runs on: one- or two-expert, read from each model's model_index.json."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from vace.server.service.errors import ServiceError
+from vace.weights.loader import has_two_experts
+
+
+class ModelUnavailable(ServiceError):
+    status, title = 404, "Model not available"
+
+
+@functools.lru_cache(maxsize=64)
+def _is_two_expert(path: str) -> bool:
+    """Read once per process: a served model's directory does not change while it is served."""
+    try:
+        return has_two_experts(json.loads((Path(path) / "model_index.json").read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def two_expert_models(models: dict[str, str]) -> dict[str, bool]:
+    """Served model name -> whether it is a two-expert (Wan2.2-style) model."""
+    return {name: _is_two_expert(str(path)) for name, path in models.items()}
+
+
+def pick_model(models: dict[str, str], two_experts: bool, app: str) -> str:
+    """The served model an endpoint runs on; ModelUnavailable names what is missing."""
+    kinds = two_expert_models(models)
+    for name, is_two in kinds.items():
+        if is_two == two_experts:
+            return name
+    wanted = "a two-expert Wan2.2-VACE-Fun-A14B model" if two_experts else "a single-expert Wan2.1-VACE model"
+    served = ", ".join(f"{n} ({'two experts' if t else 'single expert'})" for n, t in kinds.items())
+    hint = "; start the server with --model <Wan2.2-VACE-Fun-A14B dir>" if two_experts else ""
+    raise ModelUnavailable(f"{app} needs {wanted} and none is loaded on this server (serving: {served}){hint}")

@@ -1,0 +1,136 @@
+"""The change feed: one watcher reads the store's changed rows and fans each change out to the waiters of
+that prediction (SSE, long polls) and to the webhook dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from vace.server.service.errors import NotFound
+from vace.server.store import Prediction, Store
+
+log = logging.getLogger("vace.events")
+
+WATCH_INTERVAL_S = 0.15
+UPDATE_RECHECK_S = 5.0
+
+ChangeHandler = Callable[["Prediction | None", Prediction], None]
+
+
+class ChangeFeed:
+    def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[], None]):
+        self.store = store
+        self.on_change = on_change
+        self.on_tick = on_tick
+        self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
+        self._seen: dict[str, Prediction] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        recent = self.store.changed_since(time.time() - 10.0)  # baseline: no events for changes already made
+        for pred in recent + [p for p in self.store.page(limit=1000) if not p.terminal]:
+            self._seen[pred.id] = pred
+        self._task = asyncio.create_task(self._watch(), name="prediction-watch")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _get(self, prediction_id: str) -> Prediction:
+        pred = self.store.get(prediction_id)
+        if pred is None:
+            raise NotFound(f"prediction {prediction_id!r} not found")
+        return pred
+
+    async def wait(self, prediction_id: str, timeout_s: float) -> Prediction:
+        """The prediction once terminal, or as it is when timeout_s has passed."""
+        pred = self._get(prediction_id)
+        if pred.terminal or timeout_s <= 0:
+            return pred
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(timeout_s) if hasattr(asyncio, "timeout") else _timeout(timeout_s):
+                async for pred in self.updates(prediction_id):
+                    if pred.terminal:
+                        return pred
+        return self._get(prediction_id)
+
+    async def updates(self, prediction_id: str) -> AsyncIterator[Prediction]:
+        """The current state, then every change, ending after a terminal state."""
+        queue: asyncio.Queue[Prediction] = asyncio.Queue()
+        self._listeners.setdefault(prediction_id, set()).add(queue)
+        try:
+            pred = self._get(prediction_id)
+            yield pred
+            while not pred.terminal:
+                try:
+                    pred = await asyncio.wait_for(queue.get(), timeout=UPDATE_RECHECK_S)
+                except asyncio.TimeoutError:
+                    pred = self._get(prediction_id)  # belt and braces against a missed change
+                yield pred
+        finally:
+            listeners = self._listeners.get(prediction_id)
+            if listeners is not None:
+                listeners.discard(queue)
+                if not listeners:
+                    self._listeners.pop(prediction_id, None)
+
+    def read(self, since: float, now: float) -> list[Prediction]:
+        """The database side of one watch tick: Cancel-After deadlines, then the rows changed since `since`
+        (re-reading one more second: a write stamped just before `now` may commit after this read, and workers
+        stamp updated_at with their own clocks). That window overlaps the next ticks', so only (id, rev) is read
+        first and a whole row (its input may hold megabytes of data: URIs) only at a revision not yet seen.
+        Safe in a thread: only _watch, which awaits this, changes _seen."""
+        for due in self.store.due_for_cancel(now):
+            self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
+        seen = self._seen
+        return self.store.get_many([pid for pid, rev in self.store.changed_revs(since - 1.0)
+                                    if pid not in seen or seen[pid].rev < rev])
+
+    async def _watch(self) -> None:
+        since = time.time() - 1.0
+        while True:
+            try:
+                now = time.time()
+                # In a thread: a database waiting on a lock (or a network round trip) must not stall every request.
+                changed = await asyncio.to_thread(self.read, since, now)
+                since = now
+                for pred in changed:
+                    self.apply(pred)
+                for pid in [p.id for p in self._seen.values() if p.terminal and p.updated_at < now - 10.0]:
+                    del self._seen[pid]  # past the re-read window: no more changes can arrive
+                self.on_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the feed must survive a transient database error
+                log.exception("prediction watch failed")
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    def apply(self, pred: Prediction) -> None:
+        """One changed row: wake its waiters and tell the handler (once per revision)."""
+        prev = self._seen.get(pred.id)
+        if prev is not None and prev.rev >= pred.rev:
+            return
+        self._seen[pred.id] = pred
+        if prev is None and pred.rev == 0:
+            return
+        for queue in self._listeners.get(pred.id, ()):
+            queue.put_nowait(pred)
+        self.on_change(prev, pred)
+
+
+@contextlib.asynccontextmanager
+async def _timeout(seconds: float) -> AsyncIterator[None]:
+    """asyncio.timeout for Python 3.10."""
+    task = asyncio.current_task()
+    handle = asyncio.get_running_loop().call_later(seconds, task.cancel)  # type: ignore[union-attr]
+    try:
+        yield
+    except asyncio.CancelledError as exc:
+        raise asyncio.TimeoutError from exc
+    finally:
+        handle.cancel()

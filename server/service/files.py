@@ -1,0 +1,62 @@
+"""Uploaded files: bytes under <data dir>/files, their records in the store, expiry by the retention policy."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vace.server.retention import RetentionPolicy
+from vace.server.service.errors import NotFound
+from vace.server.store import Store, StoredFile, new_id
+
+
+def utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts or 0))
+
+
+class FileStorage:
+    def __init__(self, store: Store, data_dir: Path, retention: RetentionPolicy, clock: Callable[[], float]):
+        self.store = store
+        self.data_dir = data_dir
+        self.retention = retention
+        self.clock = clock
+        (data_dir / "files").mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, content_type: str | None, data: bytes,
+             metadata: dict[str, Any] | None = None) -> StoredFile:
+        file_id, now = new_id(), self.clock()
+        safe = re.sub(r"[^\w.-]", "_", os.path.basename(name or "file"))[:200] or "file"
+        rel = f"files/{file_id}-{safe}"
+        (self.data_dir / rel).write_bytes(data)
+        ctype = content_type or mimetypes.guess_type(safe)[0] or "application/octet-stream"
+        record = StoredFile(id=file_id, name=safe, content_type=ctype, size=len(data),
+                            sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),
+                            metadata=metadata or {}, created_at=now, expires_at=self.retention.file_expiry(now),
+                            path=rel)
+        return self.store.insert_file(record)
+
+    def get(self, file_id: str) -> StoredFile:
+        """A stored upload; NotFound once it has expired, even before the sweep deletes it."""
+        record = self.store.get_file(file_id)
+        if record is None:
+            raise NotFound(f"file {file_id!r} not found")
+        if record.expired(self.clock()):
+            raise NotFound(f"file {file_id!r} not found: it expired at {utc(record.expires_at)}")
+        return record
+
+    def path(self, record: StoredFile) -> Path:
+        return self.data_dir / record.path
+
+    def list(self) -> list[StoredFile]:
+        return self.store.list_files(now=self.clock())
+
+    def delete(self, file_id: str) -> None:
+        record = self.get(file_id)
+        self.store.delete_file(file_id)
+        self.path(record).unlink(missing_ok=True)

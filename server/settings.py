@@ -1,0 +1,159 @@
+"""Every `vace serve` option, declared once: its flag, its VACE_* environment variable, default, range and help.
+
+`add_flags()` builds the argparse flags from these fields and `from_flags()` reads them back; a flag given on
+the command line wins over the environment variable, which wins over the default. The object is plain data:
+the API process passes it to every worker process as it is (never through os.environ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+import urllib.parse
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
+from vace.pipelines.media.fetch import FetchPolicy
+from vace.pipelines.outputs.safety import SafetyConfig
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _flag(flag: str | None = None, metavar: str | None = None, negate: str | None = None) -> dict[str, Any]:
+    """argparse details a field's json_schema_extra carries: a flag name other than the field's, a metavar, or
+    a `--no-...` flag for a True-by-default switch."""
+    return {k: v for k, v in {"flag": flag, "metavar": metavar, "negate": negate}.items() if v}
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VACE_", extra="forbid", validate_default=True)
+
+    model: list[str] = Field(default_factory=list, description=(
+        "tiny | tiny-a14b | a diffusers VACE directory; repeatable, the first is the default (and the one "
+        "prunaai/vace-14b runs on)"), json_schema_extra=_flag(metavar="[NAME=]PATH"))
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind")
+    data_dir: Path = Field(Path("vace-data"), description="database, uploads and outputs")
+    database_url: str | None = Field(None, description=(
+        "SQLAlchemy URL of the store (default: SQLite in the data dir)"))
+    public_url: str | None = Field(None, description=(
+        "base URL clients reach this server at (default: from --host/--port and TLS); set it behind a TLS "
+        "proxy so output URLs are https"))
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); goes with --ssl-keyfile")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM); goes with --ssl-certfile")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "accepted bearer token (repeatable; VACE_API_KEYS takes a comma-separated list)"),
+        json_schema_extra=_flag(flag="api-key", metavar="KEY"))
+    allow_insecure_no_auth: bool = Field(False, description=(
+        "allow serving a non-loopback address without any API key"))
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    gpus: str | None = Field(None, description=(
+        "GPUs to use: one worker per GPU (or per --sequence-parallel group), all fed by one queue"),
+        json_schema_extra=_flag(metavar="0,1,2,3"))
+    sequence_parallel: int = Field(1, ge=1, le=64, description=(
+        "shard each job over a group of N GPUs (--gpus splits into groups of N); with --device cpu, N processes "
+        "share the CPU (gloo)"), json_schema_extra=_flag(metavar="N"))
+    sp_mode: Literal["ulysses", "ring"] = Field("ulysses", description=(
+        "sequence-parallel attention: ulysses (all-to-all over heads) or ring (key/value ring)"))
+    offload: Literal["none", "model", "group", "sequential", "auto"] = Field("auto", description=(
+        "memory mode: CPU offload so the 14B fits 24/48 GB cards; auto picks from free GPU memory"))
+    attention: Literal["auto", "sage", "_flash_3", "flash", "native"] = Field("auto", description=(
+        "attention backend on CUDA (auto: the fastest installed; reported in /health)"))
+    compile: bool = Field(True, description="torch.compile the repeated transformer blocks on CUDA",
+                          json_schema_extra=_flag(negate="no-compile"))
+    fp8: bool = Field(False, description="FP8 transformer weights (Ada/Hopper, needs torchao)")
+    safety_checker: str | None = Field(None, description=(
+        "local NSFW image classifier for enable_safety_checker: a directory, or `tiny`"),
+        json_schema_extra=_flag(metavar="DIR|tiny"))
+    safety_unavailable: Literal["refuse", "unchecked"] = Field("refuse", description=(
+        "with no classifier installed, refuse requests that ask for the check, or serve them marked unchecked"))
+    annotators_dir: Path | None = Field(None, description=(
+        "annotator weights root (default: `annotators/` beside the first served model)"))
+    queue_max: int = Field(100, ge=1, description="queued predictions before answering 429")
+    allow_host: list[str] = Field(default_factory=list, description=(
+        "host on a loopback/private address that input URLs and webhooks may reach (repeatable)"),
+        json_schema_extra=_flag(metavar="HOST"))
+    fetch_max_bytes: int = Field(FetchPolicy.max_bytes, ge=1, description="largest input file fetched from a URL")
+    fetch_timeout_s: float = Field(FetchPolicy.timeout_s, gt=0, description="timeout of one input URL fetch")
+    fetch_allow_private: bool = Field(False, description=(
+        "let input URLs and webhooks reach private and loopback addresses (trusted networks only)"))
+    no_worker: bool = Field(False, description="accept and store predictions only; no GPU worker in this process")
+    max_render_side: int | None = Field(None, ge=0, description=(
+        "render at most this many pixels on the longer side and resize the video to the requested size (CPU "
+        "demos; default 256 when only tiny models are served, else no cap; 0 = no cap)"),
+        json_schema_extra=_flag(metavar="PIXELS"))
+    webhook_attempts: int = Field(6, ge=1, le=20, description="delivery attempts per webhook")
+    output_retention_hours: float = Field(24.0, ge=0, description=(
+        "delete a finished prediction's output files H hours after it finished; it then reports data_removed "
+        "(0 = keep forever; fractions allowed)"), json_schema_extra=_flag(metavar="H"))
+    file_retention_hours: float = Field(24.0, ge=0, description=(
+        "uploaded files expire H hours after upload and are deleted (0 = keep forever; fractions allowed)"),
+        json_schema_extra=_flag(metavar="H"))
+    log_level: str = Field("info", description="debug | info | warning | error")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(allow_hosts=set(self.allow_host), max_bytes=self.fetch_max_bytes,
+                           timeout_s=self.fetch_timeout_s, allow_private=self.fetch_allow_private)
+
+    def safety(self) -> SafetyConfig:
+        """The safety checker (`tiny` = the tiny random one) and the policy when none is installed."""
+        spec = (self.safety_checker or "").strip()
+        checker = resolve_safety_checker() if spec == "tiny" else Path(spec) if spec else None
+        return SafetyConfig(checker=checker, policy=self.safety_unavailable)
+
+    def served_models(self) -> dict[str, str]:
+        """{served name: weights directory} from resolved `NAME=DIR` specs (see serve.resolve_models)."""
+        return dict(spec.split("=", 1) for spec in self.model)
+
+    def own_netlocs(self) -> set[str]:
+        """host:port spellings that reach this server (its own file/output URLs become local paths)."""
+        names = {self.host, *LOOPBACK_NAMES}
+        out = {f"[{h}]:{self.port}" if ":" in h else f"{h}:{self.port}" for h in names}
+        out.add(urllib.parse.urlparse(self.public_url or "").netloc)
+        return out
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One argparse flag per settings field. Defaults are left out (SUPPRESS) so that only flags actually given
+    override the environment."""
+    for name, info in ServeSettings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(name, info)}
+        annotation = info.annotation
+        if annotation is bool:
+            flag = "--" + str(extra.get("negate") or name.replace("_", "-"))
+            kwargs["action"] = "store_false" if extra.get("negate") else "store_true"
+        else:
+            flag = "--" + str(extra.get("flag") or name.replace("_", "-"))
+            if typing.get_origin(_unwrap(annotation)) is list:
+                kwargs["action"] = "append"
+            elif typing.get_origin(annotation) is Literal:
+                kwargs["choices"] = list(typing.get_args(annotation))
+            if extra.get("metavar"):
+                kwargs["metavar"] = extra["metavar"]
+        parser.add_argument(flag, **kwargs)
+
+
+def from_flags(args: argparse.Namespace) -> ServeSettings:
+    """The settings from parsed flags (only those given) over VACE_* variables over defaults."""
+    given = {name: getattr(args, name) for name in ServeSettings.model_fields if hasattr(args, name)}
+    return ServeSettings(**given)
+
+
+def _unwrap(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+
+
+def _help(name: str, info: Any) -> str:
+    default = info.get_default(call_default_factory=True)
+    shown = "" if default in (None, [], False) else f" (default: {default})"
+    return f"{info.description}{shown} [env: VACE_{name.upper()}]"

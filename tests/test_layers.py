@@ -1,0 +1,123 @@
+"""The layer contract: server -> pipelines -> weights, no cycles between subpackages, project imports at module
+level only. Read from the source (AST), so a planted upward import fails here before anything runs."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"server": "vace.server", "pipelines": "vace.pipelines", "weights": "vace.weights"}
+RANK = {"vace.weights": 0, "vace.pipelines": 1, "vace.server": 2}
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            yield ".".join((package, *parts)), path
+
+
+def imports(module: str, path: Path) -> Iterator[tuple[str, bool, int]]:
+    """(imported module, at module level?, line) for every import of a vace module."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:
+                base = ".".join(module.split(".")[: -node.level] + [node.module])
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            if name.startswith("vace."):
+                yield name, id(node) in top, node.lineno
+
+
+def unit(name: str) -> str:
+    """The node of the cycle check: vace.<layer>.<subpackage or module>."""
+    return ".".join(name.split(".")[:3])
+
+
+def existing_unit(name: str, known: set[str]) -> str | None:
+    parts = name.split(".")
+    for i in range(len(parts), 2, -1):
+        if ".".join(parts[:i]) in known:
+            return unit(".".join(parts[:i]))
+    return None
+
+
+def graph() -> tuple[dict[str, set[str]], list[str]]:
+    mods = dict(modules())
+    known = set(mods)
+    edges: dict[str, set[str]] = {}
+    problems = []
+    for module, path in mods.items():
+        layer = ".".join(module.split(".")[:2])
+        for name, at_top, line in imports(module, path):
+            target = existing_unit(name, known)
+            if target is None:
+                continue
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if RANK[".".join(target.split(".")[:2])] > RANK[layer]:
+                problems.append(f"{where}: {module} imports {name} (a layer above it)")
+            if not at_top:
+                problems.append(f"{where}: {module} imports {name} inside a function (project imports go at "
+                                "module level; a cycle they dodge must be fixed instead)")
+            if target != unit(module):
+                edges.setdefault(unit(module), set()).add(target)
+    return edges, problems
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        stack.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_layers_point_one_way_and_project_imports_are_module_level():
+    _, problems = graph()
+    assert problems == [], "\n".join(problems)
+
+
+def test_no_cycle_between_subpackages():
+    edges, _ = graph()
+    cycle = find_cycle(edges)
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_contract_catches_a_planted_upward_import(tmp_path, monkeypatch):
+    """The checker itself: an upward import and a cycle in a planted tree are reported."""
+    for folder in FOLDERS:
+        (tmp_path / folder / "a").mkdir(parents=True)
+        (tmp_path / folder / "__init__.py").write_text("")
+        (tmp_path / folder / "a" / "__init__.py").write_text("")
+    (tmp_path / "weights" / "a" / "x.py").write_text("from vace.server.a import y\n")
+    (tmp_path / "server" / "a" / "y.py").write_text("")
+    (tmp_path / "pipelines" / "b.py").write_text("from vace.pipelines.c import z\n")
+    (tmp_path / "pipelines" / "c.py").write_text("from vace.pipelines.b import w\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
+    edges, problems = graph()
+    assert any("vace.weights.a.x imports vace.server.a.y (a layer above it)" in p for p in problems)
+    assert find_cycle(edges) in (["vace.pipelines.b", "vace.pipelines.c", "vace.pipelines.b"],
+                                 ["vace.pipelines.c", "vace.pipelines.b", "vace.pipelines.c"])
