@@ -1,0 +1,98 @@
+"""Frame interpolation: k new frames between each pair of rendered frames (RIFE or FILM, local weights).
+
+N frames become (N - 1) * (k + 1) + 1; played at (k + 1) times the fps they keep the clip's duration.
+Weights live in <interpolators root>/<name>/ (`rife/flownet.pkl`, `film/film_net_fp32.pt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+# name -> the file its folder must hold
+WEIGHT_FILES = {"rife": "flownet.pkl", "film": "film_net_fp32.pt"}
+MAX_INTERPOLATED = 5
+
+
+class InterpolationCancelled(Exception):
+    """Cancelled between two frame pairs."""
+
+
+class Interpolator(Protocol):
+    name: str
+
+    def between(self, image0, image1, times: list[float]) -> list:
+        """(1, 3, H, W) tensors in [0, 1] -> the frames at each time (0 < t < 1), same shape."""
+
+
+def interpolated_count(num_frames: int, k: int) -> int:
+    """Frames after inserting k between each pair."""
+    return (num_frames - 1) * (k + 1) + 1 if num_frames > 0 else 0
+
+
+def folder_for(name: str, root: str | Path) -> Path:
+    return Path(root) / name
+
+
+def missing_file(name: str, root: str | Path) -> Path | None:
+    """The weights file `name` needs under root when it is absent, else None."""
+    path = folder_for(name, root) / WEIGHT_FILES[name]
+    return None if path.is_file() else path
+
+
+_LOADED: dict[tuple[str, str, str], Interpolator] = {}
+
+
+def load_interpolator(name: str, root: str | Path, device: str = "cpu") -> Interpolator:
+    """The named interpolator from root/<name>/ on `device` (kept loaded for later jobs)."""
+    from vace.pipelines.outputs.interpolation.film import FilmInterpolator
+    from vace.pipelines.outputs.interpolation.rife import RifeInterpolator
+
+    classes = {"rife": RifeInterpolator, "film": FilmInterpolator}
+    if name not in classes:
+        raise ValueError(f"unknown interpolator {name!r} (known: {', '.join(classes)})")
+    missing = missing_file(name, root)
+    if missing is not None:
+        raise FileNotFoundError(f"interpolator {name!r} has no weights: expected {missing}")
+    key = (name, str(Path(root).resolve()), device)
+    if key not in _LOADED:
+        _LOADED[key] = classes[name](folder_for(name, root), device=device)
+    return _LOADED[key]
+
+
+def interpolate(frames: np.ndarray, k: int, model: Interpolator, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, device: str = "cpu") -> np.ndarray:
+    """(N, H, W, 3) float frames in [0, 1] -> (N - 1) * (k + 1) + 1 frames, k made between each pair.
+
+    progress(i, N - 1) is called after each pair; cancel() is checked before each pair and raises
+    InterpolationCancelled when it answers True.
+    """
+    import torch
+
+    if k == 0 or len(frames) < 2:
+        return frames
+    times = [j / (k + 1) for j in range(1, k + 1)]
+    pairs = len(frames) - 1
+
+    def tensor(frame: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
+
+    out = np.empty((interpolated_count(len(frames), k), *frames.shape[1:]), dtype=np.float32)
+    right = tensor(frames[0])
+    for i in range(pairs):
+        if cancel is not None and cancel():
+            raise InterpolationCancelled(f"cancelled while interpolating, after {i}/{pairs} frame pairs")
+        left, right = right, tensor(frames[i + 1])
+        out[i * (k + 1)] = frames[i]
+        for j, made in enumerate(model.between(left, right, times), start=1):
+            out[i * (k + 1) + j] = made[0].permute(1, 2, 0).float().cpu().numpy()
+        if progress is not None:
+            progress(i + 1, pairs)
+    out[-1] = frames[-1]
+    return out
