@@ -55,3 +55,21 @@ def test_answers_are_cleaned_to_one_printable_line():
     from vace.pipelines.conditioning.prompt_expansion import clean
 
     assert clean(" a\x00 fox\n\truns \ufffd\x02 fast ") == "a fox runs fast"
+
+
+def test_a_vision_model_sees_the_images(tmp_path: Path):
+    import numpy as np
+    import torch
+
+    vl = PromptExtender(write_tiny_prompt_extender(tmp_path / "vl", vision=True))
+    assert vl.vision
+    noise = Image.fromarray((np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8))
+    with_noise, with_black = vl.inputs("a cat", [noise]), vl.inputs("a cat", [Image.new("RGB", (80, 64))])
+    text_only = vl.inputs("a cat", [])
+    grid = with_noise["image_grid_thw"][0].tolist()
+    assert len(with_noise["input_ids"][0]) == len(text_only["input_ids"][0]) + 2 + grid[1] * grid[2] // 4
+    with torch.no_grad():
+        logits = [vl.model(**inputs).logits[0, -1] for inputs in (with_noise, with_black)]
+    assert not torch.equal(logits[0], logits[1])  # the pixels reach the answer
+    result = vl.expand("a cat", [noise], seed=3)
+    assert result.expanded and result.note == "" and result == vl.expand("a cat", [noise], seed=3)

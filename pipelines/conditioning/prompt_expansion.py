@@ -26,7 +26,8 @@ SYSTEM_PROMPT = (
     "the rewritten prompt only: no title, no list, no quotes, no explanations."
 )
 DEFAULT_MAX_NEW_TOKENS = 512
-VL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+VL_MODEL_TYPES = ("qwen2_5_vl",)
+IMAGE_TOKEN = "<|image_pad|>"
 
 
 @dataclass
@@ -38,6 +39,16 @@ class Expansion:
 
 def model_type(folder: Path) -> str:
     return str(json.loads((folder / "config.json").read_text()).get("model_type", ""))
+
+
+def processor_chat_template(folder: Path) -> str | None:
+    """A vision model's chat template (chat_template.json / .jinja, where Qwen2.5-VL keeps the one that places
+    images); None = the tokenizer's own."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return None
 
 
 def missing_reason(folder: Path | None) -> str | None:
@@ -77,18 +88,20 @@ class PromptExtender:
         self.device = device
         self.vision = model_type(self.folder) in VL_MODEL_TYPES
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        if self.vision:
-            from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoTokenizer
 
-            self.processor = AutoProcessor.from_pretrained(str(self.folder), local_files_only=True)
-            self.tokenizer = self.processor.tokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        self.chat_template = processor_chat_template(self.folder)
+        if self.vision:
+            from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
+
+            # The image processor alone: AutoProcessor would also build the video processor (needs torchvision).
+            self.image_processor = AutoImageProcessor.from_pretrained(str(self.folder), local_files_only=True)
             self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 str(self.folder), local_files_only=True, dtype=dtype)
         else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
-            self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(str(self.folder), local_files_only=True, dtype=dtype)
         self.model.eval()
         configured = getattr(self.model.generation_config, "max_new_tokens", None)
@@ -96,12 +109,20 @@ class PromptExtender:
 
     def inputs(self, prompt: str, images: Sequence[Any]) -> dict[str, Any]:
         """Token ids (and pixel values for a vision model) of the chat, ready for generate()."""
-        chat = messages(prompt, len(images) if self.vision else 0)
-        if self.vision and images:
-            text = self.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-            return dict(self.processor(text=[text], images=list(images), return_tensors="pt"))
-        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return dict(self.tokenizer([text], return_tensors="pt"))
+        shown = list(images) if self.vision else []
+        text = self.tokenizer.apply_chat_template(messages(prompt, len(shown)), chat_template=self.chat_template,
+                                                  tokenize=False, add_generation_prompt=True)
+        if not shown:
+            return dict(self.tokenizer([text], return_tensors="pt"))
+        vision = self.image_processor(images=shown, return_tensors="pt")
+        # Each image's placeholder stands for one token per merged patch of its grid.
+        merge = int(getattr(self.image_processor, "merge_size", 2))
+        counts = [int(n) for n in vision["image_grid_thw"].prod(-1) // merge**2]
+        parts = text.split(IMAGE_TOKEN)
+        if len(parts) != len(counts) + 1:
+            raise ValueError(f"the chat template of {self.folder} did not place {len(counts)} image(s)")
+        text = parts[0] + "".join(IMAGE_TOKEN * n + part for n, part in zip(counts, parts[1:], strict=True))
+        return {**self.tokenizer([text], return_tensors="pt"), **vision}
 
     def expand(self, prompt: str, images: Sequence[Any] = (), seed: int = 0) -> Expansion:
         import torch
