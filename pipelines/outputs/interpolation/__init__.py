@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+from vace.pipelines.outputs.interpolation.film import FilmInterpolator
+from vace.pipelines.outputs.interpolation.rife import RifeInterpolator
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
+CLASSES = {"rife": RifeInterpolator, "film": FilmInterpolator}
 # name -> the file its folder must hold
-WEIGHT_FILES = {"rife": "flownet.pkl", "film": "film_net_fp32.pt"}
-MAX_INTERPOLATED = 5
+WEIGHT_FILES = {name: cls.weights_file for name, cls in CLASSES.items()}
 
 
 class InterpolationCancelled(Exception):
@@ -51,18 +54,14 @@ _LOADED: dict[tuple[str, str, str], Interpolator] = {}
 
 def load_interpolator(name: str, root: str | Path, device: str = "cpu") -> Interpolator:
     """The named interpolator from root/<name>/ on `device` (kept loaded for later jobs)."""
-    from vace.pipelines.outputs.interpolation.film import FilmInterpolator
-    from vace.pipelines.outputs.interpolation.rife import RifeInterpolator
-
-    classes = {"rife": RifeInterpolator, "film": FilmInterpolator}
-    if name not in classes:
-        raise ValueError(f"unknown interpolator {name!r} (known: {', '.join(classes)})")
+    if name not in CLASSES:
+        raise ValueError(f"unknown interpolator {name!r} (known: {', '.join(CLASSES)})")
     missing = missing_file(name, root)
     if missing is not None:
         raise FileNotFoundError(f"interpolator {name!r} has no weights: expected {missing}")
     key = (name, str(Path(root).resolve()), device)
     if key not in _LOADED:
-        _LOADED[key] = classes[name](folder_for(name, root), device=device)
+        _LOADED[key] = CLASSES[name](folder_for(name, root), device=device)
     return _LOADED[key]
 
 
@@ -73,8 +72,6 @@ def interpolate(frames: np.ndarray, k: int, model: Interpolator, progress: Progr
     progress(i, N - 1) is called after each pair; cancel() is checked before each pair and raises
     InterpolationCancelled when it answers True.
     """
-    import torch
-
     if k == 0 or len(frames) < 2:
         return frames
     times = [j / (k + 1) for j in range(1, k + 1)]

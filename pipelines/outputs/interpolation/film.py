@@ -42,6 +42,7 @@ class FilmInterpolator:
     """A loaded FILM TorchScript module."""
 
     name = "film"
+    weights_file = WEIGHTS_FILE
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         self.path = Path(folder) / WEIGHTS_FILE

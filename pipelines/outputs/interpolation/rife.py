@@ -153,6 +153,7 @@ class RifeInterpolator:
     """Frames at any times between two frames, each computed directly (RIFE 4.x takes t as an input)."""
 
     name = "rife"
+    weights_file = WEIGHTS_FILE
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
         path = Path(folder) / WEIGHTS_FILE
