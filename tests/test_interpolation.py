@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from vace.pipelines.fixtures.tiny_interpolators import write_tiny_interpolators
 from vace.pipelines.outputs.interpolation import (
     InterpolationCancelled,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
 from vace.pipelines.conditioning.prompt_expansion import (
     SYSTEM_PROMPT,
     PromptExtender,

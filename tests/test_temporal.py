@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.conditioning.temporal import TemporalPlan, auto_factor, downsampled, plan_for, rendered_frames
 from vace.pipelines.media.codec import Video

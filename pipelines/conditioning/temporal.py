@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.conditioning.tasks import input_frame_count
 from vace.pipelines.job.request import MIN_FRAMES, snap_frames

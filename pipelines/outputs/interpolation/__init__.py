@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
 from vace.pipelines.outputs.interpolation.film import FilmInterpolator
 from vace.pipelines.outputs.interpolation.rife import RifeInterpolator
 

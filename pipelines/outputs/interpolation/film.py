@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from vace.pipelines.outputs.interpolation.warp import pad_to_multiple
 
 WEIGHTS_FILE = "film_net_fp32.pt"

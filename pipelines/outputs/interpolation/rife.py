@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from vace.pipelines.outputs.interpolation.warp import backward_warp, pad_to_multiple, synthesize
 
 WEIGHTS_FILE = "flownet.pkl"
