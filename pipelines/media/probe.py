@@ -6,9 +6,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.codec import is_image
 from vace.pipelines.media.fetch import FetchPolicy, materialize
+from vace.pipelines.media.sniff import VIDEO, inspect_media
 
 
 @dataclass
@@ -21,26 +20,13 @@ class MediaInfo:
     fps: float | None = None
 
 
-
 def probe_media(ref: str, field_name: str, policy: FetchPolicy) -> MediaInfo:
-    """Materialize `ref` (already checked by the prediction service) and read its geometry.
+    """Materialize `ref` (already checked by the prediction service), sniff it and read its geometry.
 
-    Raises pipelines.request.RequestError naming `field_name` when it cannot be read.
+    Raises pipelines.request.RequestError naming `field_name` when it is not a usable image or video.
     """
-    import imageio_ffmpeg
-    from PIL import Image
-
     with tempfile.TemporaryDirectory(prefix="vace-probe-") as tmp:
-        path = materialize(ref, field_name, Path(tmp), policy)
-        if is_image(path):
-            with Image.open(path) as img:
-                return MediaInfo(img.width, img.height)
-        try:
-            reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-            meta = next(reader)
-            reader.close()
-            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-        except (RuntimeError, OSError, StopIteration, KeyError, ValueError) as exc:
-            raise RequestError(field_name, f"cannot decode video: {str(exc).splitlines()[0]}") from exc
-        width, height = meta["size"]
-        return MediaInfo(int(width), int(height), int(frames), float(meta.get("fps") or 16.0))
+        facts = inspect_media(materialize(ref, field_name, Path(tmp), policy), field_name, count_frames=True)
+    if facts.kind == VIDEO:
+        return MediaInfo(facts.width, facts.height, facts.num_frames, facts.fps)
+    return MediaInfo(facts.width, facts.height)
