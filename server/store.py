@@ -80,6 +80,10 @@ predictions = Table(
     # "<tenant>:<client key>" of a create sent with an idempotency key; unique, so a repeat finds the first.
     Column("idempotency_key", String(300), nullable=True),
     Index("ix_predictions_idempotency_key", "idempotency_key", unique=True),
+    # The tenant: which API key created it (server.auth.key_owner; None = no keys configured).
+    Column("owner", String(64), nullable=True, index=True),
+    # Where its latest change stands in the one change sequence (see Store._next_change).
+    Column("change_seq", Integer, nullable=True, index=True),
 )
 
 files = Table(
@@ -95,7 +99,26 @@ files = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=True),
     Column("path", Text, nullable=False),  # relative to the data dir
+    Column("owner", String(64), nullable=True, index=True),  # the tenant, as on predictions
 )
+
+
+# Named counters. Bumping one takes a write lock on its row until the transaction ends, so the values are handed
+# out in commit order: a reader of `change_seq > n` can never see a higher number commit before a lower one.
+counters = Table(
+    "counters", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+CHANGE = "change"
+
+
+class AdmissionRefused(Exception):
+    """insert() found the queue full: `queued` predictions were waiting."""
+
+    def __init__(self, queued: int):
+        super().__init__(f"{queued} predictions queued")
+        self.queued = queued
 
 
 def new_id() -> str:
@@ -135,6 +158,8 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     data_removed_at: float | None = None
     idempotency_key: str | None = None
+    owner: str | None = None
+    change_seq: int | None = None
     seq: int = 0
 
     @property
@@ -168,6 +193,7 @@ class StoredFile:
     created_at: float
     expires_at: float | None
     path: str
+    owner: str | None = None
     seq: int = 0
 
     def expired(self, now: float) -> bool:
@@ -227,6 +253,12 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine, predictions)
+        _add_missing_columns(self.engine, files)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(counters.insert().values(name=CHANGE, value=0))
+        except IntegrityError:  # there already (or another process made it first)
+            pass
 
     @property
     def single_host(self) -> bool:
@@ -238,16 +270,44 @@ class Store:
 
     # ---- predictions -------------------------------------------------------------------------------------------
 
-    def insert(self, pred: Prediction) -> Prediction:
+    def insert(self, pred: Prediction, queue_max: int | None = None) -> Prediction:
+        """Store a new prediction; with `queue_max`, only while fewer than that many are queued (AdmissionRefused
+        otherwise). The count and the insert are one transaction behind the change-counter lock, so concurrent
+        creates can never admit more than `queue_max`."""
         now = time.time()
         pred.created_at = pred.created_at or now
         pred.updated_at = now
         values = {k: v for k, v in pred.__dict__.items() if k != "seq"}
         with self.engine.begin() as conn:
+            values["change_seq"] = self._next_change(conn)
+            if queue_max is not None:
+                queued = conn.execute(select(func.count()).where(predictions.c.status == QUEUED)).scalar() or 0
+                if queued >= queue_max:
+                    raise AdmissionRefused(int(queued))
             conn.execute(predictions.insert().values(**values))
         return self.get(pred.id)  # type: ignore[return-value]
 
-    def insert_once(self, pred: Prediction) -> tuple[Prediction, bool]:
+    @staticmethod
+    def _next_change(conn: Any) -> int:
+        """The next number of the change sequence, taken inside the caller's transaction (the counter row stays
+        locked until it commits). The first statement of its transaction, so SQLite takes its write lock before
+        the transaction reads anything."""
+        return int(conn.execute(update(counters).where(counters.c.name == CHANGE)
+                                .values(value=counters.c.value + 1).returning(counters.c.value)).scalar_one())
+
+    def last_change(self) -> int:
+        """The newest number handed out in the change sequence."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(counters.c.value).where(counters.c.name == CHANGE)).scalar() or 0)
+
+    def changes_after(self, change_seq: int, limit: int = 500) -> list[Prediction]:
+        """Predictions whose latest change is numbered after `change_seq`, in sequence order."""
+        query = (select(predictions).where(predictions.c.change_seq > change_seq)
+                 .order_by(predictions.c.change_seq.asc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [Prediction.from_row(r) for r in conn.execute(query).all()]
+
+    def insert_once(self, pred: Prediction, queue_max: int | None = None) -> tuple[Prediction, bool]:
         """Insert unless a prediction with the same idempotency key exists: (the stored one, whether it is new).
         The unique index decides, so two concurrent creates with one key store one row."""
         if pred.idempotency_key is not None:
@@ -255,7 +315,7 @@ class Store:
             if first is not None:
                 return first, False
         try:
-            return self.insert(pred), True
+            return self.insert(pred, queue_max), True
         except IntegrityError:
             first = self.get_by_idempotency_key(pred.idempotency_key) if pred.idempotency_key else None
             if first is None:
@@ -279,9 +339,12 @@ class Store:
                 predictions.c.id == prediction_id, predictions.c.status.in_(TERMINAL)))).rowcount)
 
     def page(self, before_seq: int | None = None, after_seq: int | None = None, limit: int = 100,
-             endpoint_prefix: str | None = None) -> list[Prediction]:
-        """Newest first. `before_seq` pages towards older rows, `after_seq` towards newer ones."""
+             endpoint_prefix: str | None = None, owner: str | None = None) -> list[Prediction]:
+        """Newest first. `before_seq` pages towards older rows, `after_seq` towards newer ones; with `owner`,
+        only that tenant's predictions."""
         query = select(predictions)
+        if owner is not None:
+            query = query.where(predictions.c.owner == owner)
         if endpoint_prefix:
             query = query.where(predictions.c.endpoint.startswith(endpoint_prefix))
         if after_seq is not None:
@@ -333,6 +396,7 @@ class Store:
         values["updated_at"] = time.time()
         values["rev"] = predictions.c.rev + 1
         with self.engine.begin() as conn:
+            values["change_seq"] = self._next_change(conn)
             return conn.execute(update(predictions).where(where).values(**values)).rowcount
 
     def claim(self, owner: str, lease_s: float, models: list[str] | None = None) -> Prediction | None:
@@ -467,9 +531,11 @@ class Store:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
         return StoredFile.from_row(row) if row else None
 
-    def list_files(self, limit: int = 100, now: float | None = None) -> list[StoredFile]:
-        """Newest first; with `now`, only the files not expired by then."""
+    def list_files(self, limit: int = 100, now: float | None = None, owner: str | None = None) -> list[StoredFile]:
+        """Newest first; with `now`, only the files not expired by then; with `owner`, only that tenant's."""
         query = select(files)
+        if owner is not None:
+            query = query.where(files.c.owner == owner)
         if now is not None:
             query = query.where(or_(files.c.expires_at.is_(None), files.c.expires_at > now))
         with self.engine.connect() as conn:
