@@ -31,6 +31,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -111,6 +112,35 @@ counters = Table(
     Column("value", Integer, nullable=False),
 )
 CHANGE = "change"
+
+# Webhook events that must never be lost, written in the same transaction as the state change that makes them
+# (a prediction's start and its completion); the dispatcher delivers them, and its retries survive restarts.
+webhook_outbox = Table(
+    "webhook_outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("prediction_id", String(32), nullable=False, index=True),
+    Column("event", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_error", Text, nullable=True),
+)
+PENDING, SENT, GAVE_UP = "pending", "sent", "failed"
+
+
+@dataclass
+class OutboxEvent:
+    """One row of the webhook outbox."""
+
+    id: int
+    prediction_id: str
+    event: str
+    state: str
+    attempts: int
+    next_at: float
+    created_at: float
+    last_error: str | None = None
 
 
 class AdmissionRefused(Exception):
@@ -392,12 +422,43 @@ class Store:
                     for row in conn.execute(select(predictions).where(predictions.c.id.in_(ids)))}
         return [rows[i] for i in ids if i in rows]
 
-    def _update(self, where: Any, **values: Any) -> int:
-        values["updated_at"] = time.time()
+    def _update(self, where: Any, event: tuple[str, str] | None = None, **values: Any) -> int:
+        """Update the rows `where` selects as one change; `event` = (prediction id, webhook event) goes into the
+        webhook outbox in the same transaction when the update changed the row and it has a webhook."""
+        values["updated_at"] = now = time.time()
         values["rev"] = predictions.c.rev + 1
         with self.engine.begin() as conn:
             values["change_seq"] = self._next_change(conn)
-            return conn.execute(update(predictions).where(where).values(**values)).rowcount
+            count = conn.execute(update(predictions).where(where).values(**values)).rowcount
+            if count and event is not None:
+                pid, name = event
+                conn.execute(webhook_outbox.insert().from_select(
+                    ["prediction_id", "event", "state", "attempts", "next_at", "created_at"],
+                    select(predictions.c.id, literal(name), literal(PENDING), literal(0), literal(now), literal(now))
+                    .where(and_(predictions.c.id == pid, predictions.c.webhook.is_not(None)))))
+            return count
+
+    # ---- webhook outbox ----------------------------------------------------------------------------------------
+
+    def outbox_due(self, now: float, limit: int = 100) -> list[OutboxEvent]:
+        """Pending events whose next attempt is due, oldest first."""
+        query = (select(webhook_outbox).where(and_(webhook_outbox.c.state == PENDING, webhook_outbox.c.next_at <= now))
+                 .order_by(webhook_outbox.c.id.asc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [OutboxEvent(**dict(r._mapping)) for r in conn.execute(query).all()]
+
+    def outbox_next_at(self) -> float | None:
+        """When the earliest pending event is due (None: nothing pending)."""
+        query = select(func.min(webhook_outbox.c.next_at)).where(webhook_outbox.c.state == PENDING)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+    def outbox_record(self, event_id: int, state: str, attempts: int, next_at: float,
+                      error: str | None = None) -> None:
+        """The outcome of one delivery attempt: sent, given up, or pending again from `next_at`."""
+        with self.engine.begin() as conn:
+            conn.execute(update(webhook_outbox).where(webhook_outbox.c.id == event_id)
+                         .values(state=state, attempts=attempts, next_at=next_at, last_error=error))
 
     def claim(self, owner: str, lease_s: float, models: list[str] | None = None) -> Prediction | None:
         """Atomically take the oldest queued prediction (optionally only for `models`)."""
@@ -411,6 +472,7 @@ class Store:
                 return None
             now = time.time()
             taken = self._update(and_(predictions.c.id == candidate, predictions.c.status == QUEUED),
+                                 event=(candidate, "start"),
                                  status=PROCESSING, started_at=now, lease_owner=owner,
                                  lease_expires=now + lease_s)
             if taken:
@@ -435,7 +497,8 @@ class Store:
     def finish(self, prediction_id: str, owner: str, status: str, **values: Any) -> bool:
         """A worker's final write: terminal status, release the lease."""
         assert status in TERMINAL
-        return bool(self._update(self._held(prediction_id, owner), status=status, completed_at=time.time(),
+        return bool(self._update(self._held(prediction_id, owner), event=(prediction_id, "completed"),
+                                 status=status, completed_at=time.time(),
                                  lease_owner=None, lease_expires=None, **values))
 
     def cancel_requested(self, prediction_id: str) -> bool:
@@ -448,6 +511,7 @@ class Store:
         """Queued: canceled at once. Processing: flagged; the worker stops at the next step."""
         now = time.time()
         self._update(and_(predictions.c.id == prediction_id, predictions.c.status == QUEUED),
+                     event=(prediction_id, "completed"),
                      status=CANCELED, completed_at=now, cancel_requested=True, logs=predictions.c.logs + f"{reason}\n")
         self._update(and_(predictions.c.id == prediction_id, predictions.c.status == PROCESSING,
                           predictions.c.cancel_requested.is_(False)), cancel_requested=True)
@@ -472,8 +536,8 @@ class Store:
             ids = list(conn.execute(select(predictions.c.id).where(where)).scalars())
         for pid in ids:
             self._update(and_(predictions.c.id == pid, predictions.c.status == PROCESSING),
-                         status=FAILED, error=error, completed_at=time.time(), lease_owner=None,
-                         lease_expires=None, logs=predictions.c.logs + f"{error}\n")
+                         event=(pid, "completed"), status=FAILED, error=error, completed_at=time.time(),
+                         lease_owner=None, lease_expires=None, logs=predictions.c.logs + f"{error}\n")
         return ids
 
     def requeue_held(self, owner: str, note: str) -> list[str]:

@@ -96,3 +96,21 @@ def test_a_full_queue_stores_nothing(tmp_path: Path, queue_max: int):
         store.insert(prediction(), queue_max=queue_max)
     assert info.value.queued == queue_max
     assert len(store.page()) == queue_max
+
+
+def test_start_and_completion_enter_the_webhook_outbox_with_the_change(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    hooked = prediction()
+    hooked.webhook = "https://hooks.example/x"
+    hooked = store.insert(hooked)
+    store.insert(prediction())  # no webhook: no outbox rows
+    assert store.claim("w1", 30.0).id == hooked.id
+    assert store.finish(hooked.id, "w1", SUCCEEDED, output={"path": "outputs/x.mp4"})
+    plain = store.claim("w1", 30.0)
+    store.finish(plain.id, "w1", SUCCEEDED)
+    due = store.outbox_due(now=1e12)
+    assert [(e.prediction_id, e.event) for e in due] == [(hooked.id, "start"), (hooked.id, "completed")]
+    store.outbox_record(due[0].id, "sent", 1, due[0].next_at)
+    store.outbox_record(due[1].id, "pending", 1, next_at=5e11, error="HTTP 503")
+    assert [e.event for e in Store(store.url).outbox_due(now=1e12)] == ["completed"]  # a new process sees it
+    assert store.outbox_due(now=4e11) == [] and store.outbox_next_at() == 5e11
