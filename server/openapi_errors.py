@@ -1,0 +1,81 @@
+"""The error answers of every operation, written into the OpenAPI document from the error renderers themselves:
+each dialect answers errors in its own status codes, content types and bodies, so the document is made by
+rendering one sample of each error an operation can meet and describing what came out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vace.server.limits import PayloadTooLarge
+from vace.server.service.predictions import InvalidInput, NotFound, QueueFull, ServiceError, Unauthorized
+
+# (path, error) -> (HTTP status, media type, JSON body) as the server would answer it on that path
+ErrorSample = Callable[[str, ServiceError], "tuple[int, str, Any]"]
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def _json_type(value: Any) -> str:
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+                       (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def body_schema(body: Any) -> dict[str, Any]:
+    """A JSON schema every body of this error shape meets: an object with the sample's keys (their values vary
+    in type between errors, e.g. a message string or a list of field errors, so only presence is stated)."""
+    if isinstance(body, dict):
+        return {"type": "object", "required": sorted(body), "properties": {k: {} for k in body}}
+    return {"type": _json_type(body)}
+
+
+def possible_errors(path: str, method: str, operation: dict[str, Any], secured: bool) -> list[ServiceError]:
+    """The errors an operation can answer with, from its shape: a key check, path parameters (not found), a
+    body (too large, invalid; a JSON create may find the queue full), query parameters (invalid)."""
+    errors: list[ServiceError] = []
+    if secured:
+        errors.append(Unauthorized("the API key is not valid"))
+    if "{" in path:
+        errors.append(NotFound("not found"))
+    body = operation.get("requestBody")
+    if body is not None:
+        errors.append(PayloadTooLarge("body: over the limit", [("body", "over the limit")]))
+    if body is not None or operation.get("parameters"):
+        errors.append(InvalidInput.of("field", "message"))
+    if method == "post" and body is not None and "application/json" in body.get("content", {}):
+        errors.append(QueueFull("the queue is full", headers={"Retry-After": "5"}))
+    return errors
+
+
+def document_errors(schema: dict[str, Any], sample: ErrorSample, secured: Callable[[str], bool]) -> None:
+    """Add (or replace) each operation's 4xx responses with what `sample` renders for its path."""
+    for path, item in schema.get("paths", {}).items():
+        for method in METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = operation.setdefault("responses", {})
+            for code in [c for c in responses if c.startswith("4")]:
+                del responses[code]  # FastAPI's generic 422 describes a body this server never sends
+            by_status: dict[str, dict[str, Any]] = {}
+            for error in possible_errors(path, method, operation, secured(path)):
+                status, media_type, body = sample(path, error)
+                entry = by_status.setdefault(str(status), {"description": error.title, "content": {}})
+                if entry["description"] != error.title:
+                    entry["description"] += f" / {error.title}"
+                _merge(entry["content"].setdefault(media_type, {"schema": body_schema(body)})["schema"],
+                       body_schema(body))
+                if error.headers:
+                    entry["headers"] = {name: {"schema": {"type": "string"}} for name in error.headers}
+            responses.update(by_status)
+
+
+def _merge(schema: dict[str, Any], other: dict[str, Any]) -> None:
+    """Widen `schema` so `other`'s bodies meet it too: keys required by both, properties of either."""
+    if schema.get("type") == other.get("type") == "object":
+        schema["required"] = sorted(set(schema["required"]) & set(other["required"]))
+        schema["properties"] = {**other["properties"], **schema["properties"]}
+    elif schema != other:
+        schema.clear()  # no common shape: any JSON
