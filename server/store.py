@@ -66,7 +66,7 @@ predictions = Table(
     Column("seed", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
-    Column("completed_at", Float, nullable=True),
+    Column("completed_at", Float, nullable=True, index=True),
     Column("updated_at", Float, nullable=False, index=True),
     Column("rev", Integer, nullable=False, default=0),
     Column("webhook", Text, nullable=True),
@@ -394,6 +394,15 @@ class Store:
         with self.engine.connect() as conn:
             counts = dict(conn.execute(query).all())
         return {QUEUED: counts.get(QUEUED, 0), PROCESSING: counts.get(PROCESSING, 0)}
+
+    def recent_completions(self, limit: int = 20) -> list[float]:
+        """completed_at of the newest `limit` predictions a worker finished (succeeded or failed), newest first."""
+        query = (select(predictions.c.completed_at)
+                 .where(and_(predictions.c.status.in_((SUCCEEDED, FAILED)), predictions.c.started_at.is_not(None),
+                             predictions.c.completed_at.is_not(None)))
+                 .order_by(predictions.c.completed_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [float(v) for v in conn.execute(query).scalars()]
 
     def queue_position(self, pred: Prediction) -> int:
         """How many queued predictions are ahead of this one (0 = next)."""
