@@ -462,6 +462,13 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar()
 
+    def outbox_claim(self, event_id: int, now: float, hold_s: float) -> bool:
+        """Take a due event for `hold_s` seconds (no other API process sends it meanwhile); False if taken."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(webhook_outbox).where(and_(
+                webhook_outbox.c.id == event_id, webhook_outbox.c.state == PENDING, webhook_outbox.c.next_at <= now))
+                .values(next_at=now + hold_s)).rowcount)
+
     def outbox_record(self, event_id: int, state: str, attempts: int, next_at: float,
                       error: str | None = None) -> None:
         """The outcome of one delivery attempt: sent, given up, or pending again from `next_at`."""

@@ -114,3 +114,6 @@ def test_start_and_completion_enter_the_webhook_outbox_with_the_change(tmp_path:
     store.outbox_record(due[1].id, "pending", 1, next_at=5e11, error="HTTP 503")
     assert [e.event for e in Store(store.url).outbox_due(now=1e12)] == ["completed"]  # a new process sees it
     assert store.outbox_due(now=4e11) == [] and store.outbox_next_at() == 5e11
+    assert store.outbox_claim(due[1].id, now=6e11, hold_s=60.0)
+    assert not Store(store.url).outbox_claim(due[1].id, now=6e11, hold_s=60.0)  # another process: taken
+    assert store.outbox_next_at() == 6e11 + 60.0
