@@ -1,0 +1,63 @@
+"""What a supervisor and its worker process share, outside the database: the worker's heartbeat (the last time
+it showed it was making progress), a wake-up for new work, and a flag the worker raises after each store write
+(so the API's change feed reads the database when something changed, not on a fast timer)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+BEAT_S = 1.0  # an idle worker's heartbeat period
+
+
+class Liveness:
+    """Made by the supervisor from its multiprocessing context and handed to the worker at spawn."""
+
+    def __init__(self, ctx: Any):
+        self._beat = ctx.Value("d", time.time(), lock=False)  # one aligned double: written whole
+        self._wake = ctx.Event()
+        self._changed = ctx.Event()
+
+    # ---- worker side -------------------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """I am alive and getting on: called between denoising steps, between job phases and while idle."""
+        self._beat.value = time.time()
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        """Sleep until woken for new work (or `timeout_s`, the fallback poll), heartbeating every second."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._wake.wait(min(left, BEAT_S)):
+                self._wake.clear()
+                self.beat()
+                return
+
+    def changed(self) -> None:
+        """A store write happened: the change feed should read."""
+        self._changed.set()
+
+    # ---- supervisor / API side ---------------------------------------------------------------------------------
+
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since the last heartbeat."""
+        return (time.time() if now is None else now) - self._beat.value
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def take_changed(self) -> bool:
+        """Whether the worker wrote since the last call (and clear the flag)."""
+        if self._changed.is_set():
+            self._changed.clear()
+            return True
+        return False
+
+    def reset(self) -> None:
+        """A fresh worker starts with a fresh heartbeat."""
+        self._beat.value = time.time()
+        self._changed.clear()
