@@ -12,7 +12,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from vace.server.service.predictions import InvalidInput, ServiceError
+
+from vace.server.service.errors import InvalidInput, ServiceError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vace.server.limits import PayloadTooLarge
-from vace.server.service.predictions import InvalidInput, NotFound, QueueFull, ServiceError, Unauthorized
+from vace.server.service.errors import InvalidInput, NotFound, QueueFull, ServiceError, Unauthorized
 
 # (path, error) -> (HTTP status, media type, JSON body) as the server would answer it on that path
 ErrorSample = Callable[[str, ServiceError], "tuple[int, str, Any]"]

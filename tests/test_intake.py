@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 from vace.pipelines.engine.prompt_cache import TEXT_TOKENS
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.service.intake import Intake
-
-from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 
 
 @pytest.fixture()

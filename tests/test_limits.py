@@ -7,9 +7,10 @@ import json
 import pytest
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.testclient import TestClient
+
 from vace.server.limits import MB, Limits, RequestLimits, check_json
 from vace.server.problems import service_problem
-from vace.server.service.predictions import InvalidInput
+from vace.server.service.errors import InvalidInput
 
 LIMITS = Limits(max_body_bytes=MB, max_upload_bytes=2 * MB, max_json_depth=8)
 

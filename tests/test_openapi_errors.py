@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vace.server.openapi_errors import document_errors
-from vace.server.service.predictions import ServiceError
+from vace.server.service.errors import ServiceError
 
 
 def sample(path: str, exc: ServiceError) -> tuple[int, str, object]:

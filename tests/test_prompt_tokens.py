@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vace.pipelines.engine.prompt_cache import TEXT_TOKENS
 from vace.pipelines.engine.prompt_tokens import MAX_PROMPT_CHARS, prompt_limit_for
 from vace.pipelines.job.request import RequestError

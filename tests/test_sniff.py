@@ -6,10 +6,10 @@ import io
 
 import pytest
 from PIL import Image
-from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.sniff import IMAGE, VIDEO, inspect_media, sniff
 
 from tests.synthetic import moving_square_frames, solid_image, write_video
+from vace.pipelines.job.request import RequestError
+from vace.pipelines.media.sniff import IMAGE, VIDEO, inspect_media, sniff
 
 
 def image_bytes(fmt: str, size: tuple[int, int] = (32, 24)) -> bytes:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.store import QUEUED, SUCCEEDED, AdmissionRefused, Prediction, Store, StoredFile, new_id
 
