@@ -1,0 +1,41 @@
+"""The distribution installs one import package, `vace`, and the console script works from a wheel install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_only_vace_and_the_cli_runs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(ROOT)], check=True, timeout=600, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("vace_server-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"vace"}, top
+    packages = {str(Path(n).parent) for n in names if n.endswith("__init__.py")}
+    folders = {"vace/" + str(p.parent.relative_to(ROOT)) for f in ("server", "pipelines", "weights")
+               for p in (ROOT / f).rglob("__init__.py")}
+    assert folders <= packages, sorted(folders - packages)  # a subpackage missing from pyproject's list
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "vace = vace.server.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # An isolated environment that sees the dependencies but not this checkout's editable install.
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, timeout=600, capture_output=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import vace.server.cli as c; "
+            "print(c.__file__); sys.argv = ['vace', '--help']; c.main()")
+    result = subprocess.run([str(env_dir / "bin" / "python"), "-c", code, str(target)], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(str(target))
+    assert "serve" in result.stdout and "generate" in result.stdout
+    for generic in ("server", "pipelines", "weights"):
+        assert not (target / generic).exists()
