@@ -8,7 +8,7 @@ import torch
 
 from tests.synthetic import data_uri, mask_frames_box, moving_square_frames, save_image, solid_image, write_video
 from vace.pipelines.job.request import GenerationRequest
-from vace.pipelines.media.codec import load_video
+from vace.pipelines.media.codec import from_uint8, load_video
 
 W, H, N = 64, 48, 9
 
@@ -84,7 +84,7 @@ def test_inpainting_fills_masked_region_gray(renderer, spy, tmp_path):
     expected_mask[:, y0:y1, x0:x1] = 1
     assert np.array_equal(mask, expected_mask)
     assert np.all(video[:, y0:y1, x0:x1] == 0.5)
-    original = load_video(src, "video").frames
+    original = from_uint8(load_video(src, "video").frames)
     keep = expected_mask == 0
     assert np.array_equal(video[keep], original[keep])
 
@@ -113,7 +113,7 @@ def test_control_video_alone_keeps_frames_and_mask_all_ones(renderer, spy, tmp_p
     src = write_video(tmp_path / "ctrl.mp4", moving_square_frames(N + 4, W, H))
     video, mask = as_arrays(handed(renderer, spy, req(video=str(src))))
     assert np.all(mask == 1.0)
-    assert np.array_equal(video, load_video(src, "video").frames[:N])
+    assert np.array_equal(video, from_uint8(load_video(src, "video").frames[:N]))
 
 
 @pytest.mark.parametrize("mode", ["first", "last", "both"])

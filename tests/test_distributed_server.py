@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.server_process import Server, wait_until_denoising
-from vace.pipelines.media.codec import load_video
+from vace.pipelines.media.codec import from_uint8, load_video
 
 API_KEY = "sp-key"
 LEVELS = 3
@@ -69,7 +69,7 @@ def _render(server: Server, tmp: Path, name: str) -> np.ndarray:
     assert resp.status_code == 200
     path = tmp / f"{name}.mp4"
     path.write_bytes(resp.content)
-    return load_video(path, "video").frames
+    return from_uint8(load_video(path, "video").frames)
 
 
 def test_gpus_and_groups_become_workers():

@@ -7,7 +7,7 @@ import pytest
 
 from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.job.request import GenerationRequest
-from vace.pipelines.media.codec import load_video, probe_video
+from vace.pipelines.media.codec import from_uint8, load_video, probe_video
 
 
 def small(**kw) -> GenerationRequest:
@@ -39,7 +39,7 @@ def test_mp4_has_requested_shape_and_4n1_frames(renderer, tmp_path, frames, expe
     assert result.num_frames == expected and result.path == out
     probe = probe_video(out)
     assert probe == {"num_frames": expected, "width": 80, "height": 32, "fps": 12.0}
-    decoded = load_video(out, "video").frames
+    decoded = from_uint8(load_video(out, "video").frames)
     # H.264 is lossy, but the written video must be the rendered one.
     assert np.abs(decoded - result.frames).mean() < 0.05
 

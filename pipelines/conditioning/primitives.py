@@ -25,7 +25,7 @@ class TaskInputs:
     height: int
     num_frames: int
     video: Video | None = None
-    mask_video: np.ndarray | None = None  # (F, H, W) in [0, 1] at source size
+    mask_video: np.ndarray | None = None  # (F, H, W) uint8 (or float in [0, 1]) at decoded size
     mask_image: np.ndarray | None = None  # (H, W) in [0, 1] at source size
     reference_images: list[Image.Image] = field(default_factory=list)
     first_frame: Image.Image | None = None

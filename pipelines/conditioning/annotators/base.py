@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vace.pipelines.media.codec import to_uint8
+from vace.pipelines.media.codec import from_uint8, to_uint8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -18,7 +18,3 @@ class Annotator(Protocol):
     name: str
 
     def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray: ...
-
-
-def from_uint8(frames: np.ndarray) -> np.ndarray:
-    return frames.astype(np.float32) / 255.0

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vace.pipelines.conditioning.annotators.simple import LUMA
 from vace.pipelines.conditioning.primitives import GRAY, Conditioning, TaskInputs
 from vace.pipelines.conditioning.tasks.registry import TaskContext, task
 from vace.pipelines.conditioning.tasks.sources import references, source_frames
 from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.codec import resize_frames
+from vace.pipelines.media.codec import as_float, resize_frames
 
 BORDER_LUMA = 16 / 255  # rows/columns darker than this over the whole clip count as letterbox borders
 
@@ -67,9 +68,11 @@ def paste(frames: np.ndarray, place: Placement, out_w: int, out_h: int) -> tuple
 def border_crop(frames: np.ndarray, threshold: float = BORDER_LUMA) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) without the dark letterbox/pillarbox bars: edge rows/columns whose brightest pixel over
     the whole clip stays below threshold. The full frame when nothing (or everything) is dark."""
-    luma = frames @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    rows, cols = np.flatnonzero(luma.max(axis=(0, 2)) > threshold), np.flatnonzero(luma.max(axis=(0, 1)) > threshold)
-    h, w = luma.shape[1:]
+    brightest = np.zeros(frames.shape[1:3], np.float32)
+    for frame in frames:  # one frame in float at a time
+        np.maximum(brightest, as_float(frame) @ LUMA, out=brightest)
+    rows, cols = np.flatnonzero(brightest.max(axis=1) > threshold), np.flatnonzero(brightest.max(axis=0) > threshold)
+    h, w = brightest.shape
     if rows.size == 0 or cols.size == 0:
         return 0, 0, w, h
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -33,7 +33,7 @@ def inpaint(inputs: TaskInputs, ctx: TaskContext, default_tracking: str) -> tupl
         mask = tracker.track(video, mask_image_at_output(inputs), ctx.env.progress)
     else:
         mask = mask_video_at_output(inputs)
-    video = np.where(mask[..., None] > 0.5, np.float32(GRAY), video).astype(np.float32)
+    video[mask > 0.5] = GRAY  # source_video() returned a fresh array: fill it in place, no second copy
     return video, mask
 
 

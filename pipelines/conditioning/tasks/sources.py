@@ -12,7 +12,7 @@ from vace.pipelines.conditioning.primitives import (
     reference_canvas,
 )
 from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.codec import fit_frame_count, image_to_array, resize_frames
+from vace.pipelines.media.codec import as_float, fit_frame_count, image_to_array, resize_frames
 
 
 def source_video(inputs: TaskInputs, field: str = "video") -> np.ndarray:
@@ -21,7 +21,7 @@ def source_video(inputs: TaskInputs, field: str = "video") -> np.ndarray:
 
 
 def source_frames(inputs: TaskInputs, field: str = "video") -> np.ndarray:
-    """The input video at its own size, cut or padded to the output frame count."""
+    """The input video at its decoded size and dtype, cut or padded to the output frame count."""
     if inputs.video is None:
         raise RequestError(field, "this task needs a source video")
     return fit_frame_count(inputs.video.frames, inputs.num_frames)
@@ -38,8 +38,9 @@ def mask_video_at_output(inputs: TaskInputs) -> np.ndarray:
     """The mask video (or the mask image on every frame) at exactly the output size, binarised: (F, H, W)."""
     if inputs.mask_video is not None:
         mask = fit_frame_count(inputs.mask_video, inputs.num_frames)
-        mask = resize_frames(mask.astype(np.float32), inputs.width, inputs.height, mode="cover")
-        return (mask >= 0.5).astype(np.float32)
+        mask = resize_frames(mask, inputs.width, inputs.height, mode="cover")
+        mask[:] = mask >= 0.5  # binarised in place: the float mask is never copied
+        return mask
     if inputs.mask_image is not None:
         return np.repeat(mask_image_at_output(inputs)[None], inputs.num_frames, axis=0)
     raise RequestError("mask", "this task needs a mask video or mask image")
@@ -64,7 +65,7 @@ def still_image(inputs: TaskInputs, field: str) -> np.ndarray:
     if img is not None:
         return image_to_array(img)
     if inputs.video is not None:
-        return inputs.video.frames[0]
+        return as_float(inputs.video.frames[0])
     raise RequestError(field, "this task needs an image (first_frame) or a source video")
 
 

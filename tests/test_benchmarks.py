@@ -1,0 +1,22 @@
+"""Each memory benchmark in tests/benchmarks/ runs end to end at a toy size and reports its figures."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_decode_memory_script_runs_at_a_toy_size(tmp_path, capsys):
+    from tests.benchmarks import decode_memory
+
+    out = tmp_path / "decode.json"
+    assert decode_memory.main(["--source", "96x54", "--source-frames", "13", "--size", "32*32", "--frames", "9",
+                               "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert len(results) == 5 and "peak MiB" in capsys.readouterr().out
+    assert all(r["peak_above_baseline_bytes"] >= 0 for r in results.values())
+    # Decoded at the size covering 32x32 (16:9 -> 57x32), as uint8, cut to the job's frames unless matching.
+    assert results["decode video, job frames"]["arrays"]["video"] == {"shape": [9, 32, 57, 3], "dtype": "uint8",
+                                                                       "bytes": 9 * 32 * 57 * 3}
+    assert results["decode video, match_input_num_frames"]["arrays"]["video"]["shape"][0] == 13
+    assert results["inpainting conditioning, job frames"]["arrays"]["conditioning_video"]["shape"] == [9, 32, 32, 3]
