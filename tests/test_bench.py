@@ -94,7 +94,7 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
     from vace.pipelines.bench import benchmark as bench
-    from vace.pipelines.parallel import group as distributed
+    from vace.pipelines.engine import group as distributed
 
     def must_not_run(*a, **k):
         raise AssertionError("model built or group started for a job that is refused anyway")
