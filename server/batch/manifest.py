@@ -1,0 +1,274 @@
+"""A batch manifest: JSONL or CSV, one job per row, read and checked before anything is queued.
+
+A row holds any field of the server's own request schema (the `vace/<model>` input, i.e. GenerationRequest's
+fields) plus an optional `id` (what resume matches rows by; default `row<N>`, N the row's position) and an
+optional `output` (the file name written under the batch's output folder; default `<id>.mp4`). Media fields
+hold an http(s) URL, a data: URI or a local path (relative to the manifest's folder).
+
+CSV cells are text: numbers and booleans are parsed by the field's type, `reference_images` takes a JSON
+array or paths separated by `|`, `task_options` a JSON object; an empty cell leaves the field out.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from vace.pipelines.conditioning.tasks import TASKS, implied_task
+from vace.pipelines.conditioning.tasks.options import parse_options
+from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.server.api.replicate.schema import NATIVE_INPUT, check_input
+from vace.server.service.predictions import InvalidInput
+
+MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
+ROW_FIELDS = ("id", "output")  # the batch's own columns, not sent to the server
+URL_PREFIXES = ("http://", "https://", "data:")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+class ManifestError(Exception):
+    """The manifest as a whole cannot be read (missing file, unknown format)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    line: int
+    row_id: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} ({self.row_id}): {self.field}: {self.message}"
+
+
+@dataclass
+class Row:
+    """One job of the manifest. `input` is as written (media still local paths)."""
+
+    line: int
+    id: str
+    output: str
+    input: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+
+    def problem(self, field_name: str, message: str) -> None:
+        self.problems.append(Problem(self.line, self.id, field_name, message))
+
+    @property
+    def fingerprint(self) -> str:
+        """What the row asks for (its input and output name); a finished row whose fingerprint changed is not
+        the same job any more."""
+        blob = json.dumps([self.input, self.output], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    path: Path
+    rows: list[Row]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for row in self.rows for p in row.problems]
+
+    def media_path(self, ref: str) -> Path:
+        """A local media reference, relative to the manifest's folder."""
+        path = Path(ref).expanduser()
+        return path if path.is_absolute() else self.path.parent / path
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse every row (JSONL or CSV by the file's suffix); what a row gets wrong is in its `problems`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records = list(_jsonl_records(path))
+    elif suffix == ".csv":
+        records = list(_csv_records(path))
+    else:
+        raise ManifestError(f"{path}: a manifest is .jsonl (one JSON object a line) or .csv (a header row first)")
+    rows = [_row(position, line, data, error) for position, (line, data, error) in enumerate(records, 1)]
+    _check_unique(rows)
+    return Manifest(path, rows)
+
+
+def _jsonl_records(path: Path):
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield line, {}, ("row", f"not valid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(data, dict):
+            yield line, {}, ("row", "must be a JSON object")
+            continue
+        yield line, data, None
+
+
+def _csv_records(path: Path):
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if not header:
+            return
+        header = [name.strip() for name in header]
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) > len(header):
+                yield line, {}, ("row", f"{len(cells)} cells but the header names {len(header)} columns")
+                continue
+            data: dict[str, Any] = {}
+            errors = []
+            for name, cell in zip(header, cells, strict=False):  # a short row leaves the rest out
+                if not cell.strip():
+                    continue
+                try:
+                    data[name] = _cell(name, cell.strip())
+                except ValueError as exc:
+                    errors.append((name, str(exc)))
+            yield line, data, errors[0] if errors else None
+
+
+def _cell(name: str, text: str) -> Any:
+    """A CSV cell as the value the field's type asks for (unknown columns stay text)."""
+    kind = NATIVE_INPUT.get(name, {}).get("type", "string")
+    if kind == "integer":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+    if kind == "number":
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        return int(value) if value.is_integer() and "." not in text else value
+    if kind == "boolean":
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"must be true or false, got {text!r}")
+    if kind == "array":
+        if text.startswith("["):
+            return _json_cell(text, list, "a JSON array")
+        return [part.strip() for part in text.split("|") if part.strip()]
+    if kind == "object":
+        return _json_cell(text, dict, "a JSON object")
+    return text
+
+
+def _json_cell(text: str, kind: type, what: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"must be {what}, got {text!r}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"must be {what}, got {text!r}")
+    return value
+
+
+def _row(position: int, line: int, data: dict[str, Any], error: tuple[str, str] | None) -> Row:
+    row_id = data.pop("id", None)
+    output = data.pop("output", None)
+    row = Row(line, str(row_id) if row_id is not None else f"row{position}", "", data)
+    if error:
+        row.problem(*error)
+    if row_id is not None and not (isinstance(row_id, (str, int)) and _ID.match(str(row_id))):
+        row.problem("id", "must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    row.output = str(output) if output is not None else f"{row.id}.mp4"
+    if output is not None and not _safe_output(output):
+        row.problem("output", f"must be a relative .mp4 path inside the output folder, got {output!r}")
+    return row
+
+
+def _safe_output(name: Any) -> bool:
+    if not isinstance(name, str) or not name.lower().endswith(".mp4") or "\\" in name:
+        return False
+    parts = PurePosixPath(name).parts
+    return bool(parts) and not name.startswith("/") and ".." not in parts
+
+
+def _check_unique(rows: list[Row]) -> None:
+    first_id: dict[str, int] = {}
+    first_output: dict[str, int] = {}
+    for row in rows:
+        if row.id in first_id:
+            row.problem("id", f"{row.id!r} is already used by line {first_id[row.id]}")
+        first_id.setdefault(row.id, row.line)
+        key = row.output.lower()
+        if key in first_output:
+            row.problem("output", f"{row.output!r} is already written by line {first_output[key]}")
+        first_output.setdefault(key, row.line)
+
+
+def check_rows(manifest: Manifest, schema: dict[str, dict[str, Any]] | None = None,
+               task_check: Any = None) -> list[Problem]:
+    """Check every row: the schema's field names and types (`schema`: the server's published input schema,
+    default this package's own), the ranges GenerationRequest enforces, task name and options, and that every
+    local media file exists. `task_check(request)` replaces the task check (e.g. the full preflight with the
+    annotator weights of a local model). Returns every problem of every row."""
+    for row in manifest.rows:
+        if row.problems:  # unreadable row: nothing more to say about it
+            continue
+        try:
+            check_input(schema or NATIVE_INPUT, ["prompt"], row.input)
+        except InvalidInput as exc:
+            for field_name, message in exc.errors:
+                row.problem(field_name, message)
+            continue
+        for field_name, ref in media_refs(row.input):
+            if not isinstance(ref, str) or ref.startswith(URL_PREFIXES):
+                continue
+            path = manifest.media_path(ref)
+            if not path.is_file():
+                row.problem(field_name, f"file not found: {path}")
+        try:
+            request = GenerationRequest.from_dict(row.input).validated()
+            (task_check or check_task)(request)
+        except RequestError as exc:
+            row.problem(exc.field, exc.message)
+    return manifest.problems
+
+
+def check_task(request: GenerationRequest) -> None:
+    """Task name and task_options, as the server checks them (annotator weights are the server's to check)."""
+    name = request.task or implied_task(bool(request.video), bool(request.mask), bool(request.first_frame),
+                                        bool(request.last_frame), bool(request.reference_images))
+    if name not in TASKS:
+        raise RequestError("task", f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    parse_options(name, request.task_options)
+
+
+def media_refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(field, value) of every media reference in a row's input."""
+    refs = [(name, data[name]) for name in MEDIA_FIELDS if data.get(name)]
+    images = data.get("reference_images")
+    if isinstance(images, list):
+        refs += [(f"reference_images[{i}]", ref) for i, ref in enumerate(images)]
+    return refs
+
+
+def with_media(data: dict[str, Any], resolve: Any) -> dict[str, Any]:
+    """The input with every local media reference replaced by `resolve(ref)` (URLs and data: URIs kept)."""
+    def one(ref: Any) -> Any:
+        return ref if not isinstance(ref, str) or ref.startswith(URL_PREFIXES) else resolve(ref)
+
+    out = dict(data)
+    for name in MEDIA_FIELDS:
+        if out.get(name):
+            out[name] = one(out[name])
+    if isinstance(out.get("reference_images"), list):
+        out["reference_images"] = [one(ref) for ref in out["reference_images"]]
+    return out

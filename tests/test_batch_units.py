@@ -1,0 +1,167 @@
+"""`vace batch` without a server: manifests and their checks, the state journal, hosted prices, the report."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from vace.server.batch import command
+from vace.server.batch.execute import plan_rows
+from vace.server.batch.manifest import check_rows, read_manifest
+from vace.server.batch.prices import WAN_22_VACE_FUN_A14B, WAN_VACE_14B, hosted_quote
+from vace.server.batch.report import build_report, write_report
+from vace.server.batch.state import STATE_FILE, BatchState, StateError
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_three_bad_rows_are_all_named_with_their_line_numbers(tmp_path: Path):
+    (tmp_path / "clip.mp4").write_bytes(b"not decoded by the check")
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"id": "ok1", "prompt": "fine", "width": 32, "height": 32, "video": "clip.mp4"},
+        {"id": "unknown", "prompt": "a", "colour": "red"},
+        {"id": "size", "prompt": "b", "width": 100, "height": 32},
+        {"id": "missing", "prompt": "c", "video": "nowhere/missing.mp4"},
+        {"id": "ok2", "prompt": "fine too", "num_frames": 9},
+    ])
+    problems = check_rows(read_manifest(manifest))
+    assert [(p.line, p.row_id, p.field) for p in problems] == [
+        (2, "unknown", "colour"), (3, "size", "width"), (4, "missing", "video")]
+    assert problems[0].message == "unknown field"
+    assert problems[1].message == "must be a multiple of 16, got 100"
+    assert problems[2].message == f"file not found: {tmp_path / 'nowhere/missing.mp4'}"
+    assert str(problems[1]) == "line 3 (size): width: must be a multiple of 16, got 100"
+
+
+def test_csv_cells_take_their_fields_types(tmp_path: Path):
+    path = tmp_path / "jobs.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "prompt", "width", "height", "guidance", "reference_images", "task_options", "output"])
+        writer.writerow(["a", "a fox, running", "32", "48", "4.5", "r1.png|r2.png", "", "shots/a.mp4"])
+        writer.writerow(["", "", "", "", "", "", "", ""])
+        writer.writerow(["b", "multi\nline", "sixteen", "32", "", "", '{"expand_ratio": 0.5}', ""])
+    manifest = read_manifest(path)
+    a, b = manifest.rows
+    assert (a.line, a.id, a.output) == (2, "a", "shots/a.mp4")
+    assert a.input == {"prompt": "a fox, running", "width": 32, "height": 48, "guidance": 4.5,
+                       "reference_images": ["r1.png", "r2.png"]}
+    assert (b.line, b.output) == (4, "b.mp4")  # the blank record is skipped; lines count the file's lines
+    assert [(p.line, p.field, p.message) for p in b.problems] == [(4, "width", "must be an integer, got 'sixteen'")]
+
+
+def test_ids_and_outputs_are_unique_and_outputs_stay_inside(tmp_path: Path):
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
+        {"prompt": "a"}, {"id": "x", "prompt": "b", "output": "row1.mp4"}, {"id": "x", "prompt": "c"},
+        {"id": "y", "prompt": "d", "output": "../escape.mp4"}, {"id": "z", "prompt": "e", "output": "z.mov"}]))
+    assert manifest.rows[0].id == "row1"
+    found = [(p.line, p.field, p.message) for p in check_rows(manifest)]
+    assert found == [
+        (2, "output", "'row1.mp4' is already written by line 1"),
+        (3, "id", "'x' is already used by line 2"),
+        (4, "output", "must be a relative .mp4 path inside the output folder, got '../escape.mp4'"),
+        (5, "output", "must be a relative .mp4 path inside the output folder, got 'z.mov'"),
+    ]
+
+
+def test_the_servers_schema_decides_which_fields_exist(tmp_path: Path):
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [{"prompt": "a", "steps": 2}]))
+    found = check_rows(manifest, schema={"prompt": {"type": "string"}})
+    assert [(p.field, p.message) for p in found] == [("steps", "unknown field")]
+
+
+def test_unknown_task_options_are_refused_by_name(tmp_path: Path):
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
+        {"prompt": "a", "task": "warp"}, {"prompt": "b", "task": "t2v", "task_options": {"zoom": 1}}]))
+    found = [(p.line, p.field) for p in check_rows(manifest)]
+    assert found[0] == (1, "task") and found[1][0] == 2 and "zoom" in found[1][1]
+
+
+def test_hosted_price_of_81_frames_at_480p_is_fals_0_2025():
+    quote = hosted_quote(WAN_VACE_14B, 832, 480, 81)
+    assert (quote.tier, quote.video_seconds) == ("480p", 81 / 16)
+    assert quote.usd == pytest.approx(0.2025, abs=1e-12)
+    assert hosted_quote(WAN_VACE_14B, 1280, 720, 81).usd == pytest.approx(0.405)
+    assert hosted_quote(WAN_22_VACE_FUN_A14B, 1024, 576, 161).usd == pytest.approx(161 / 16 * 0.075)
+    small = hosted_quote(WAN_VACE_14B, 64, 64, 17)
+    assert small.tier == "480p" and "below the smallest priced tier" in small.note
+    assert hosted_quote(WAN_VACE_14B, 1920, 1088, 81).usd is None
+
+
+def test_journal_replays_rows_and_survives_a_torn_last_line(tmp_path: Path):
+    state = BatchState.open(tmp_path, mode="server")
+    state.record("a", "submitting", attempt=1, key="k1", line=1)
+    state.record("a", "submitted", prediction="p1")
+    state.record("b", "succeeded", line=2, metrics={"gpu_seconds": 1.5})
+    with open(tmp_path / STATE_FILE, "a") as fh:
+        fh.write('{"row": "a", "status": "succ')  # killed mid-write
+    again = BatchState.open(tmp_path)
+    assert again.batch_id == state.batch_id
+    assert (again.rows["a"].status, again.rows["a"].attempt, again.rows["a"].get("prediction")) == (
+        "submitted", 1, "p1")
+    again.record("a", "succeeded")
+    assert BatchState.load(tmp_path).rows["a"].status == "succeeded"
+    (tmp_path / STATE_FILE).write_text('{"not": "a batch"}\n')
+    with pytest.raises(StateError):
+        BatchState.load(tmp_path)
+
+
+def test_plan_skips_finished_rows_and_refuses_changed_ones(tmp_path: Path):
+    rows = [{"id": f"r{i}", "prompt": f"p{i}"} for i in range(5)]
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", rows))
+    out = tmp_path / "out"
+    state = BatchState.open(out)
+    fingerprints = {r.id: r.fingerprint for r in manifest.rows}
+    (out / "r0.mp4").write_bytes(b"video")
+    state.record("r0", "succeeded", fingerprint=fingerprints["r0"], prediction="p0")
+    state.record("r1", "failed", fingerprint=fingerprints["r1"])
+    state.record("r2", "submitted", fingerprint=fingerprints["r2"], prediction="p2")
+    state.record("r3", "succeeded", fingerprint=fingerprints["r3"], prediction="p3")  # output file gone
+    plan = plan_rows(manifest, state, retry_failed=False)
+    assert [r.id for r in plan.rows] == ["r2", "r3", "r4"] and (plan.done, plan.failed) == (1, 1)
+    assert [r.id for r in plan_rows(manifest, state, retry_failed=True).rows] == ["r2", "r3", "r1", "r4"]
+    changed = read_manifest(write_jsonl(tmp_path / "m2.jsonl", [{**rows[0], "prompt": "other"}, *rows[1:]]))
+    with pytest.raises(StateError, match=r"r0 \(line 1\)"):
+        plan_rows(changed, state, retry_failed=False)
+
+
+def test_report_totals_and_hosted_comparison(tmp_path: Path, capsys: pytest.CaptureFixture):
+    state = BatchState.open(tmp_path)
+    video = {"width": 832, "height": 480, "num_frames": 81, "fps": 16}
+    state.record("a", "succeeded", line=1, video=video, metrics={"gpu_seconds": 720.0, "gpus": 1})
+    state.record("b", "succeeded", line=2, video=video, metrics={"gpu_seconds": 1080.0, "gpus": 2, "experts": 2})
+    state.record("c", "failed", line=3, video=video, metrics={"gpu_seconds": 36.0, "gpus": 1}, error="boom")
+    jobs, totals = build_report(state, gpu_hour_price=2.0)
+    assert [j.hosted_endpoint for j in jobs] == [WAN_VACE_14B, WAN_22_VACE_FUN_A14B, None]
+    assert jobs[0].hosted_usd == pytest.approx(0.2025) and jobs[1].hosted_usd == pytest.approx(81 / 16 * 0.05)
+    assert totals.gpu_seconds == 1836.0 and totals.gpu_hours == pytest.approx(0.51)
+    assert totals.gpu_cost_usd == pytest.approx(1.02)
+    assert totals.hosted_usd == pytest.approx(0.2025 + 0.253125)
+    assert totals.saving_usd == pytest.approx(0.2025 + 0.253125 - 1.02)
+    assert jobs[2].note == "boom"
+    csv_path, json_path = write_report(tmp_path, jobs, totals)
+    assert [r["id"] for r in csv.DictReader(open(csv_path))] == ["a", "b", "c"]
+    assert json.loads(json_path.read_text())["totals"]["gpu_seconds"] == 1836.0
+    fixed = build_report(state, gpu_hour_price=2.0, hosted=WAN_VACE_14B)[1]
+    assert fixed.hosted_usd == pytest.approx(2 * 0.2025)
+    args = argparse.Namespace(out=tmp_path, gpu_hour_price=2.0, hosted="auto")
+    assert command._report(args) == 0
+    out = capsys.readouterr().out
+    assert "1836.0 GPU-seconds = 0.5100 GPU-hours" in out and "$1.0200" in out
+
+
+def test_batch_registers_run_check_report():
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["batch", "run", "m.jsonl", "--out", "o", "--server", "http://127.0.0.1:1",
+                              "--retry-failed", "--concurrency", "2"])
+    assert args.handler is command._run and args.retry_failed and args.concurrency == 2
+    assert parser.parse_args(["batch", "check", "m.csv", "--local"]).handler is command._check
+    report = parser.parse_args(["batch", "report", "o"])
+    assert report.handler is command._report and report.gpu_hour_price == 3.0 and report.hosted == "auto"
