@@ -165,3 +165,30 @@ def test_batch_registers_run_check_report():
     assert parser.parse_args(["batch", "check", "m.csv", "--local"]).handler is command._check
     report = parser.parse_args(["batch", "report", "o"])
     assert report.handler is command._report and report.gpu_hour_price == 3.0 and report.hosted == "auto"
+
+
+def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_model):
+    from vace.pipelines.media.codec import probe_video
+    from vace.server.batch.execute import LocalBatch
+    from vace.server.batch.progress import BatchProgress
+
+    from tests.synthetic import save_image, solid_image
+
+    save_image(solid_image(16, 16, (0, 200, 0)), tmp_path / "ref.png")
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "a", "prompt": "x", "width": 32, "height": 32, "num_frames": 5, "steps": 1, "output": "o/a.mp4"},
+        {"id": "b", "prompt": "y", "width": 32, "height": 16, "num_frames": 5, "steps": 1,
+         "reference_images": ["ref.png"]},
+    ]))
+    out = tmp_path / "out"
+    state = BatchState.open(out, mode="local")
+    batch = LocalBatch(tiny_model, state, manifest, BatchProgress(2, enabled=False))
+    outcome = batch.run(plan_rows(manifest, state, retry_failed=False).rows)
+    assert (outcome.succeeded, outcome.failed) == (2, 0), batch.errors
+    assert probe_video(out / "o/a.mp4") == {"num_frames": 5, "width": 32, "height": 32, "fps": 16.0}
+    assert probe_video(out / "b.mp4")["width"] == 32
+    for row in ("a", "b"):
+        metrics = BatchState.load(out).rows[row].get("metrics")
+        assert metrics["gpus"] == 1 and metrics["gpu_seconds"] == metrics["predict_time"] > 0
+    assert not (out / ".work").exists()
+    assert plan_rows(manifest, BatchState.load(out), retry_failed=False).done == 2

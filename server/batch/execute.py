@@ -8,6 +8,7 @@ only when asked.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import traceback
@@ -212,14 +213,17 @@ class LocalBatch:
 
     def run(self, rows: list[Row]) -> Outcome:
         outcome = Outcome()
-        for row in rows:
-            self.progress.started(row.id)
-            status = self.run_row(row)
-            self.progress.finished(row.id, status == SUCCEEDED)
-            if status == SUCCEEDED:
-                outcome.succeeded += 1
-            else:
-                outcome.failed += 1
+        try:
+            for row in rows:
+                self.progress.started(row.id)
+                status = self.run_row(row)
+                self.progress.finished(row.id, status == SUCCEEDED)
+                if status == SUCCEEDED:
+                    outcome.succeeded += 1
+                else:
+                    outcome.failed += 1
+        finally:
+            shutil.rmtree(self.renderer.work_dir, ignore_errors=True)  # decoded inputs of the rows
         return outcome
 
     def run_row(self, row: Row) -> str:
