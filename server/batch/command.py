@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import ssl
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from vace.server.batch.prices import DEFAULT_GPU_HOUR_PRICE, HOSTED_PRICES
 from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.report import AUTO, build_report, summary, write_report
-from vace.server.batch.state import BatchState, StateError
+from vace.server.batch.state import STATE_FILE, BatchState, StateError
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -60,33 +63,56 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", default="auto", help="--local: none | model | group | sequential | auto")
 
 
-def _client(args: argparse.Namespace) -> ServerClient:
+class Refused(Exception):
+    """The command cannot start (bad flags, unreadable manifest, server refusal); nothing was queued."""
+
+
+def refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print why a command was refused, as one line, and exit with EXIT_REFUSED."""
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (Refused, ManifestError, StateError, ServerError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+    return wrapped
+
+
+@contextlib.contextmanager
+def connected(args: argparse.Namespace, target_required: bool) -> Iterator[ServerClient | None]:
+    """A client for --server (None for --local or no target), closed afterwards."""
+    if args.local and args.server:
+        raise Refused("give --server URL or --local, not both")
+    if target_required and not (args.local or args.server):
+        raise Refused("give --server URL or --local")
     verify: Any = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else True
-    return ServerClient(args.server, args.api_key, verify=verify)
+    client = ServerClient(args.server, args.api_key, verify=verify) if args.server else None
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _served_model(client: ServerClient, args: argparse.Namespace) -> str:
     return args.model or client.health()["models"][0]
 
 
-def _target_error(args: argparse.Namespace) -> str | None:
-    if args.local and args.server:
-        return "give --server URL or --local, not both"
-    return None
-
-
-def _problems(manifest: Manifest, args: argparse.Namespace, client: ServerClient | None) -> list[Problem]:
-    """Every bad row: against the server's published schema, or (--local) with the local model's annotators."""
+def checked_manifest(args: argparse.Namespace, client: ServerClient | None) -> tuple[Manifest, list[Problem]]:
+    """The manifest and every bad row: against the server's published schema, or (--local) with the local
+    model's annotators, or (neither) against this package's own schema."""
+    manifest = read_manifest(args.manifest)
     if client is not None:
-        return check_rows(manifest, schema=client.input_schema(_served_model(client, args)))
+        return manifest, check_rows(manifest, schema=client.input_schema(_served_model(client, args)))
     if args.local:
         from vace.pipelines.conditioning.annotators import AnnotatorEnv
         from vace.pipelines.conditioning.tasks import preflight
         from vace.pipelines.fixtures.tiny_model import resolve_model
 
         env = AnnotatorEnv.for_model(resolve_model(args.model or "tiny"))
-        return check_rows(manifest, task_check=lambda request: preflight(request, env))
-    return check_rows(manifest)
+        return manifest, check_rows(manifest, task_check=lambda request: preflight(request, env))
+    return manifest, check_rows(manifest)
 
 
 def _print_problems(problems: list[Problem], total: int) -> None:
@@ -96,20 +122,10 @@ def _print_problems(problems: list[Problem], total: int) -> None:
     print(f"{bad} of {total} rows are invalid", file=sys.stderr)
 
 
+@refusals
 def _check(args: argparse.Namespace) -> int:
-    if error := _target_error(args):
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_REFUSED
-    client = _client(args) if args.server else None
-    try:
-        manifest = read_manifest(args.manifest)
-        problems = _problems(manifest, args, client)
-    except (ManifestError, ServerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    finally:
-        if client:
-            client.close()
+    with connected(args, target_required=False) as client:
+        manifest, problems = checked_manifest(args, client)
     if problems:
         _print_problems(problems, len(manifest.rows))
         return EXIT_ROWS_FAILED
@@ -117,31 +133,21 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@refusals
 def _run(args: argparse.Namespace) -> int:
-    if error := _target_error(args) or (None if args.local or args.server else "give --server URL or --local"):
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_REFUSED
-    client = _client(args) if args.server else None
-    try:
-        manifest = read_manifest(args.manifest)
-        problems = _problems(manifest, args, client)
+    with connected(args, target_required=True) as client:
+        manifest, problems = checked_manifest(args, client)
         if problems:
             _print_problems(problems, len(manifest.rows))
             print("nothing was queued", file=sys.stderr)
             return EXIT_REFUSED
-        if client is not None:
-            model = _served_model(client, args)
-            state = BatchState.open(args.out, mode="server", server=args.server, model=model,
-                                    manifest=str(args.manifest.resolve()))
-            return _execute(args, manifest, state, lambda progress: ServerBatch(
-                client, model, state, manifest, progress, concurrency=args.concurrency))
-        return _run_local(args, manifest)
-    except (ManifestError, StateError, ServerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    finally:
-        if client:
-            client.close()
+        if client is None:
+            return _run_local(args, manifest)
+        model = _served_model(client, args)
+        state = BatchState.open(args.out, mode="server", server=args.server, model=model,
+                                manifest=str(args.manifest.resolve()))
+        return _execute(args, manifest, state, lambda progress: ServerBatch(
+            client, model, state, manifest, progress, concurrency=args.concurrency))
 
 
 def _run_local(args: argparse.Namespace, manifest: Manifest) -> int:
@@ -176,15 +182,11 @@ def _execute(args: argparse.Namespace, manifest: Manifest, state: BatchState, ma
     return EXIT_OK if outcome.unfinished == 0 and not failed else EXIT_ROWS_FAILED
 
 
+@refusals
 def _report(args: argparse.Namespace) -> int:
-    try:
-        state = BatchState.load(args.out)
-    except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+    state = BatchState.load(args.out)
     if state is None:
-        print(f"error: {args.out} holds no batch (no batch-state.jsonl)", file=sys.stderr)
-        return EXIT_REFUSED
+        raise Refused(f"{args.out} holds no batch (no {STATE_FILE})")
     jobs, totals = build_report(state, args.gpu_hour_price, args.hosted)
     csv_path, json_path = write_report(state.out_dir, jobs, totals)
     print(summary(totals, jobs))
