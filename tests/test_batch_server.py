@@ -38,9 +38,9 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def vace_batch(server: Server, *args: str) -> subprocess.CompletedProcess:
+    quiet = ["--no-progress"] if args[0] == "run" else []
     return subprocess.run([sys.executable, "-m", "vace.server.cli", "batch", *args, "--server", server.base_url,
-                           "--api-key", API_KEY, "--no-progress"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--api-key", API_KEY, *quiet], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
