@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "vace.pipelines.bench.benchmark",
     "vace.pipelines.bench.calibrate",
     "vace.server.serve",
+    "vace.server.batch.command",
 )
 
 

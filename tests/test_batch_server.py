@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.server_process import REPO, Server
+from tests.synthetic import moving_square_frames, save_image, solid_image, write_video
 from vace.pipelines.media.codec import probe_video
 from vace.server.batch.execute import ServerBatch
 from vace.server.batch.manifest import read_manifest
 from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.state import STATE_FILE, BatchState
-
-from tests.server_process import REPO, Server
-from tests.synthetic import moving_square_frames, save_image, solid_image, write_video
 
 API_KEY = "batch-key"
 QUEUE_MAX = 2  # below the batch's concurrency, so the server answers 429 and the batch backs off

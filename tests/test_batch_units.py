@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from vace.server.batch import command
 from vace.server.batch.execute import plan_rows
 from vace.server.batch.manifest import check_rows, read_manifest
@@ -168,11 +169,10 @@ def test_batch_registers_run_check_report():
 
 
 def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_model):
+    from tests.synthetic import save_image, solid_image
     from vace.pipelines.media.codec import probe_video
     from vace.server.batch.execute import LocalBatch
     from vace.server.batch.progress import BatchProgress
-
-    from tests.synthetic import save_image, solid_image
 
     save_image(solid_image(16, 16, (0, 200, 0)), tmp_path / "ref.png")
     manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [

@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.conditioning.annotators import AnnotatorEnv
+from vace.pipelines.conditioning.tasks import preflight
+from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.fixtures.tiny_model import resolve_model
 from vace.server.batch.execute import LocalBatch, Outcome, ServerBatch, plan_rows
 from vace.server.batch.manifest import Manifest, ManifestError, Problem, check_rows, read_manifest
 from vace.server.batch.prices import DEFAULT_GPU_HOUR_PRICE, HOSTED_PRICES
@@ -18,6 +22,7 @@ from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.report import AUTO, build_report, summary, write_report
 from vace.server.batch.state import STATE_FILE, BatchState, StateError
+from vace.weights.loader import WeightsError
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -73,7 +78,7 @@ def refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (Refused, ManifestError, StateError, ServerError, OSError) as exc:
+        except (Refused, ManifestError, StateError, ServerError, WeightsError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
     return wrapped
@@ -106,10 +111,6 @@ def checked_manifest(args: argparse.Namespace, client: ServerClient | None) -> t
     if client is not None:
         return manifest, check_rows(manifest, schema=client.input_schema(_served_model(client, args)))
     if args.local:
-        from vace.pipelines.conditioning.annotators import AnnotatorEnv
-        from vace.pipelines.conditioning.tasks import preflight
-        from vace.pipelines.fixtures.tiny_model import resolve_model
-
         env = AnnotatorEnv.for_model(resolve_model(args.model or "tiny"))
         return manifest, check_rows(manifest, task_check=lambda request: preflight(request, env))
     return manifest, check_rows(manifest)
@@ -151,9 +152,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace, manifest: Manifest) -> int:
-    from vace.pipelines.fixtures.tiny_model import resolve_model
-    from vace.weights.loader import load_pipeline
-
     path = resolve_model(args.model or "tiny")
     model = load_pipeline(path, device=args.device, offload=args.offload)
     state = BatchState.open(args.out, mode="local", model=str(path), two_experts=model.two_experts,

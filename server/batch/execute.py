@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from vace.pipelines.engine.render import Renderer
 from vace.pipelines.job.request import GenerationRequest, RequestError
-from vace.server.batch.manifest import Manifest, Row, with_media
+from vace.pipelines.media.fetch import FetchPolicy
+from vace.server.batch.manifest import Manifest, Row, validated, with_media
 from vace.server.batch.progress import BatchProgress, step_of
 from vace.server.batch.remote import ServerClient, ServerError, idempotency_key
 from vace.server.batch.state import (
@@ -152,7 +155,7 @@ class ServerBatch:
         else:
             attempt = record.attempt + 1
             key = idempotency_key(self.state.batch_id, row.id, attempt)
-        request = GenerationRequest.from_dict(row.input).validated()
+        request = validated(row.input)
         payload = with_media(row.input, self._upload)
         self.state.record(row.id, SUBMITTING, attempt=attempt, key=key, line=row.line, output=row.output,
                           fingerprint=row.fingerprint, video=video_of(request), error=None)
@@ -201,14 +204,11 @@ class LocalBatch:
     """Renders rows one after another in this process on one loaded model (no server)."""
 
     def __init__(self, model: Any, state: BatchState, manifest: Manifest, progress: BatchProgress):
-        from vace.pipelines.engine.render import Renderer
-        from vace.pipelines.media.fetch import FetchPolicy
-
         self.model = model
         self.state = state
         self.manifest = manifest
         self.progress = progress
-        self.renderer = Renderer(model, work_dir=state.out_dir / ".work", fetch_policy=FetchPolicy.from_env())
+        self.renderer = Renderer(model, work_dir=state.out_dir / ".work", fetch_policy=FetchPolicy())
         self.errors: list[str] = []
 
     def run(self, rows: list[Row]) -> Outcome:
@@ -232,7 +232,7 @@ class LocalBatch:
         data = with_media(row.input, lambda ref: str(self.manifest.media_path(ref).resolve()))
         started = time.monotonic()
         try:
-            request = GenerationRequest.from_dict(data).validated()
+            request = validated(data)
             self.state.record(row.id, SUBMITTED, attempt=record.attempt + 1, line=row.line, output=row.output,
                               fingerprint=row.fingerprint, video=video_of(request), error=None)
             prepared = self.renderer.prepare(request)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.conditioning.tasks import TASKS, implied_task
 from vace.pipelines.conditioning.tasks.options import parse_options
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.server.api.replicate.schema import NATIVE_INPUT, check_input
-from vace.server.service.predictions import InvalidInput
+from vace.server.service.errors import InvalidInput
 
 MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 ROW_FIELDS = ("id", "output")  # the batch's own columns, not sent to the server
@@ -235,11 +236,16 @@ def check_rows(manifest: Manifest, schema: dict[str, dict[str, Any]] | None = No
             if not path.is_file():
                 row.problem(field_name, f"file not found: {path}")
         try:
-            request = GenerationRequest.from_dict(row.input).validated()
+            request = validated(row.input)
             (task_check or check_task)(request)
         except RequestError as exc:
             row.problem(exc.field, exc.message)
     return manifest.problems
+
+
+def validated(data: dict[str, Any]) -> GenerationRequest:
+    """A row's input as the server validates it (ranges, 4n+1 frames, preset by level name)."""
+    return resolve_preset(GenerationRequest.from_dict(data).validated())
 
 
 def check_task(request: GenerationRequest) -> None:
