@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Request
@@ -20,3 +21,12 @@ def require_api_key(request: Request) -> None:
         return
     raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'"
                        if not token else "the API key is not valid")
+
+
+def tenant(request: Request) -> str:
+    """Whose request this is: a fingerprint of the API key it carries ("" on a server without keys). Scopes what
+    a client names itself (idempotency keys) so one key's names never reach another's predictions."""
+    if not request.app.state.settings.api_keys:
+        return ""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return hashlib.sha256(token.encode()).hexdigest()[:16]

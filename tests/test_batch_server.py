@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.server_process import REPO, Server
@@ -21,6 +22,7 @@ from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.state import STATE_FILE, BatchState
 
 API_KEY = "batch-key"
+OTHER_KEY = "another-tenant"
 QUEUE_MAX = 2  # below the batch's concurrency, so the server answers 429 and the batch backs off
 
 
@@ -31,7 +33,7 @@ def job(prompt: str, **extra) -> dict:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(tmp_path_factory.mktemp("batch") / "data", api_key=API_KEY,
-                 args=["--model", "tiny", "--queue-max", str(QUEUE_MAX)])
+                 args=["--model", "tiny", "--queue-max", str(QUEUE_MAX), "--api-key", OTHER_KEY])
     srv.start()
     yield srv
     srv.stop()
@@ -206,18 +208,22 @@ def test_three_bad_rows_are_named_and_nothing_is_queued(server: Server, tmp_path
 
 
 def test_the_api_returns_the_first_prediction_for_a_repeated_key(server: Server):
-    with server.client() as http:
-        first = http.post("/v1/models/vace/tiny/predictions", json={"input": job("idem first")},
-                          headers={"Idempotency-Key": "same-key"})
-        again = http.post("/v1/models/vace/tiny/predictions", json={"input": job("idem second")},
-                          headers={"Idempotency-Key": "same-key"})
-        other = http.post("/v1/models/vace/tiny/predictions", json={"input": job("idem other")},
-                          headers={"Idempotency-Key": "other-key"})
-        for resp in (first, again, other):
-            assert resp.status_code in (201, 429), resp.text
-    assert first.status_code == 201 and again.status_code == 201
+    def create(prompt: str, key: str, api_key: str = API_KEY) -> httpx.Response:
+        with server.client() as http:
+            return http.post("/v1/models/vace/tiny/predictions", json={"input": job(prompt)},
+                             headers={"Idempotency-Key": key, "Authorization": f"Bearer {api_key}"})
+
+    first = create("idem first", "same-key")
+    again = create("idem second", "same-key")
+    assert first.status_code == 201 and again.status_code == 201, again.text
     assert again.json()["id"] == first.json()["id"] and again.json()["input"]["prompt"] == "idem first"
-    assert other.status_code == 429 or other.json()["id"] != first.json()["id"]
+    # The same key from another API key (tenant) is another prediction.
+    other_tenant = create("idem other tenant", "same-key", api_key=OTHER_KEY)
+    assert other_tenant.status_code == 201 and other_tenant.json()["id"] != first.json()["id"]
+    bad = create("idem bad key", "has spaces in it")
+    assert bad.status_code == 422
+    assert bad.json()["invalid_fields"][0]["field"] == "Idempotency-Key"
+    assert len(server_predictions(server, "idem ")) == 2
 
 
 def test_a_server_that_refuses_the_key_stops_the_batch_before_anything_is_queued(server: Server, tmp_path: Path):

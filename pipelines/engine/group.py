@@ -287,6 +287,11 @@ class RenderGroup:
         if start:
             self.start()
 
+    @property
+    def two_experts(self) -> bool:
+        """Whether the group's model has a low-noise expert (as LoadedModel.two_experts)."""
+        return any("transformer_2" in loaded for loaded in self.components)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+from vace.server.service.predictions import IDEMPOTENCY_HEADER
+
 MAX_BACKOFF_S = 60.0
 TRANSPORT_ATTEMPTS = 5
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from vace.server.store import QUEUED, Prediction, Store, new_id
 log = logging.getLogger("vace.predictions")
 
 MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 @dataclass
@@ -58,6 +61,14 @@ class Page:
     results: list[Prediction]
     next_cursor: str | None
     previous_cursor: str | None
+
+
+def scoped_idempotency_key(tenant: str, key: str) -> str:
+    """`<tenant>:<key>`: one tenant's key never finds another tenant's prediction. A key is 1-200 visible
+    ASCII characters (a UUID, or a batch's row key)."""
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidInput.of(IDEMPOTENCY_HEADER, "must be 1 to 200 visible ASCII characters (no spaces)")
+    return f"{tenant}:{key}"
 
 
 class PredictionService:
@@ -103,8 +114,14 @@ class PredictionService:
 
     def create(self, *, endpoint: str, model: str, job: Job, input: dict[str, Any], dialect: str,
                version: str = "", webhook: str | None = None, webhook_events: list[str] | None = None,
-               cancel_after_s: float | None = None, extra: dict[str, Any] | None = None) -> Prediction:
-        """Validate and enqueue. Raises InvalidInput (field names are GenerationRequest's) or QueueFull."""
+               cancel_after_s: float | None = None, extra: dict[str, Any] | None = None,
+               idempotency_key: str | None = None, tenant: str = "") -> Prediction:
+        """Validate and enqueue. Raises InvalidInput (field names are GenerationRequest's) or QueueFull.
+        With an idempotency key, a key this tenant used before returns that first prediction (whatever its
+        state; nothing new is validated, queued or counted against the queue cap)."""
+        scoped = scoped_idempotency_key(tenant, idempotency_key) if idempotency_key is not None else None
+        if scoped is not None and (first := self.store.get_by_idempotency_key(scoped)) is not None:
+            return first
         try:
             request = resolve_preset(job.request.validated())
         except RequestError as exc:
@@ -128,8 +145,9 @@ class PredictionService:
         pred = Prediction(id=new_id(), endpoint=endpoint, version=version, dialect=dialect, model=model,
                           input=input, request=Job(request, job.delivery).to_dict(), status=QUEUED, webhook=webhook,
                           webhook_events=events if webhook else None, created_at=now,
-                          cancel_at=now + cancel_after_s if cancel_after_s else None, extra=extra or {})
-        return self.store.insert(pred)
+                          cancel_at=now + cancel_after_s if cancel_after_s else None, extra=extra or {},
+                          idempotency_key=scoped)
+        return self.store.insert_once(pred)[0]
 
     def retry_after_s(self) -> int:
         """A rough wait until a queue slot frees: the mean run time of recent predictions."""

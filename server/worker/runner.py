@@ -71,6 +71,7 @@ class JobRunner:
                 self.store.report(job.id, owner, logs=_log_text(logs), **values)
 
         started = time.time()
+        model = None  # until loaded: a job that fails before has no model kind to report
         heartbeat = _Heartbeat(self.store, job.id, owner, self.config.lease_s)
         heartbeat.start()
         try:
@@ -100,7 +101,6 @@ class JobRunner:
                                      output_path=out_path)
             if (result.width, result.height) != (requested.width, requested.height):
                 result = _resize_output(result, requested.width, requested.height)
-            predict_time = time.time() - started
             output = {
                 "path": f"outputs/{out_path.name}", "content_type": "video/mp4", "file_name": out_path.name,
                 "file_size": out_path.stat().st_size, "width": result.width, "height": result.height,
@@ -109,22 +109,21 @@ class JobRunner:
             }
             output.update(self._deliver(job, result, out_dir, logs))
             output["file_size"] = out_path.stat().st_size
-            metrics = {"predict_time": round(predict_time, 3), "seed": result.seed,
-                       "timings": {k: round(v, 3) for k, v in result.timings.items()}, **result.metrics}
-            logs.append(f"done in {predict_time:.2f}s")
+            metrics = {"seed": result.seed, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+                       **result.metrics, **self.held(started, model)}
+            logs.append(f"done in {metrics['predict_time']:.2f}s")
             self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
                               logs=_log_text(logs))
             return SUCCEEDED
         except RenderCancelled as exc:
             logs.append(str(exc))
-            self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs),
-                              metrics={"predict_time": round(time.time() - started, 3)})
+            self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs), metrics=self.held(started, model))
             return CANCELED
         except RequestError as exc:
-            return self._fail(job, owner, logs, started, f"invalid input: {exc}")
+            return self._fail(job, owner, logs, self.held(started, model), f"invalid input: {exc}")
         except Exception as exc:  # noqa: BLE001 - a job failure must never take the worker down
             log.error("prediction %s failed:\n%s", job.id, traceback.format_exc())
-            return self._fail(job, owner, logs, started, f"{type(exc).__name__}: {exc}")
+            return self._fail(job, owner, logs, self.held(started, model), f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.stop()
             import shutil
@@ -141,12 +140,21 @@ class JobRunner:
                         if safety["checked"] else f"safety checker: NOT CHECKED ({safety['note']})")
         return extra
 
-    def _fail(self, job: Prediction, owner: str, logs: list[str], started: float, message: str) -> str:
+    def _fail(self, job: Prediction, owner: str, logs: list[str], metrics: dict[str, Any], message: str) -> str:
         logs.append(message)
-        self.store.finish(job.id, owner, FAILED, error=message,
-                          logs=_log_text(logs),
-                          metrics={"predict_time": round(time.time() - started, 3)})
+        self.store.finish(job.id, owner, FAILED, error=message, logs=_log_text(logs), metrics=metrics)
         return FAILED
+
+    def held(self, started: float, model: Any) -> dict[str, Any]:
+        """What the job cost in device time, whatever its outcome: the seconds this worker held its device(s)
+        for it (claim to finish), times the devices in its group (`gpus`), and the model's kind (`experts`)."""
+        seconds = time.time() - started
+        gpus = max(1, len(self.config.devices))
+        metrics: dict[str, Any] = {"predict_time": round(seconds, 3), "gpus": gpus,
+                                   "gpu_seconds": round(seconds * gpus, 3)}
+        if model is not None:
+            metrics["experts"] = 2 if model.two_experts else 1
+        return metrics
 
 
 def _log_text(lines: list[str]) -> str:

@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 from vace.pipelines.job.job import Job
 from vace.server.api.common import preflight
 from vace.server.api.replicate.schema import ReplicateModel, catalog
-from vace.server.auth import require_api_key
+from vace.server.auth import require_api_key, tenant
 from vace.server.service.errors import InvalidInput, NotFound
-from vace.server.service.predictions import PredictionService
+from vace.server.service.predictions import IDEMPOTENCY_HEADER, PredictionService
 from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
 from vace.server.store import PROCESSING, QUEUED, Prediction, StoredFile
 
@@ -26,6 +26,11 @@ DIALECT = "replicate"
 PREFIXES = ("", "/replicate")
 MAX_WAIT_S = 60
 _STATUS = {QUEUED: "starting", PROCESSING: "processing"}
+# Replicate's predict_time, the seed used, and what the job held: gpu_seconds (= seconds x gpus), the model's experts
+IDEMPOTENCY = Header(None, alias=IDEMPOTENCY_HEADER, description=(
+    "this server's own header: a create repeated with a key the same API key used before returns the first "
+    "prediction instead of creating another"))
+REPLICATE_METRICS = ("predict_time", "seed", "gpu_seconds", "gpus", "experts")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
 
@@ -58,7 +63,7 @@ def prediction_json(pred: Prediction, service: PredictionService, base: str, wai
         status = "starting"  # replicate.run() polls only when a Prefer: wait answer says `starting`
     metrics: dict[str, Any] = {}
     if pred.terminal:
-        metrics = {k: v for k, v in (pred.metrics or {}).items() if k in ("predict_time", "seed")}
+        metrics = {k: v for k, v in (pred.metrics or {}).items() if k in REPLICATE_METRICS}
         if pred.completed_at:
             metrics["total_time"] = round(pred.completed_at - pred.created_at, 3)
     get = f"{base}/v1/predictions/{pred.id}"
@@ -136,7 +141,7 @@ class ReplicateAPI:
         raise NotFound(f"version {ref!r} not found")
 
     async def create(self, request: Request, model: ReplicateModel, version: str, body: PredictionCreate,
-                     prefer: str | None, cancel_after: str | None) -> Response:
+                     prefer: str | None, cancel_after: str | None, idempotency_key: str | None) -> Response:
         wait_s = parse_prefer_wait(prefer)
         cancel_s = parse_duration(cancel_after) if cancel_after else None
         if cancel_s is not None and cancel_s < 5:
@@ -148,7 +153,7 @@ class ReplicateAPI:
             pred = await asyncio.to_thread(
                 self.service.create, endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
                 dialect=DIALECT, version=version, webhook=body.webhook, webhook_events=body.webhook_events_filter,
-                cancel_after_s=cancel_s)
+                cancel_after_s=cancel_s, idempotency_key=idempotency_key, tenant=tenant(request))
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [(model.field_name(f), m) for f, m in exc.errors]) from exc
         headers = {}
@@ -166,17 +171,19 @@ class ReplicateAPI:
         @r.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction (model)")
         async def create_by_model(owner: str, name: str, body: PredictionCreate, request: Request,
                                   prefer: str | None = Header(None),
-                                  cancel_after: str | None = Header(None, alias="Cancel-After")) -> Response:
+                                  cancel_after: str | None = Header(None, alias="Cancel-After"),
+                                  idempotency_key: str | None = IDEMPOTENCY) -> Response:
             model = self.model(owner, name)
-            return await self.create(request, model, model.versions[0], body, prefer, cancel_after)
+            return await self.create(request, model, model.versions[0], body, prefer, cancel_after, idempotency_key)
 
         @r.post("/v1/predictions", status_code=201, summary="Create a prediction (version)")
         async def create_by_version(body: PredictionCreate, request: Request, prefer: str | None = Header(None),
-                                    cancel_after: str | None = Header(None, alias="Cancel-After")) -> Response:
+                                    cancel_after: str | None = Header(None, alias="Cancel-After"),
+                                    idempotency_key: str | None = IDEMPOTENCY) -> Response:
             if not body.version:
                 raise InvalidInput.of("version", "is required")
             model, version = self.by_version(body.version)
-            return await self.create(request, model, version, body, prefer, cancel_after)
+            return await self.create(request, model, version, body, prefer, cancel_after, idempotency_key)
 
         @r.get("/v1/predictions", summary="List predictions, newest first")
         def list_predictions(request: Request, cursor: str | None = None) -> dict:
