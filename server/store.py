@@ -1,9 +1,10 @@
-"""Persistent predictions and uploaded files (SQLAlchemy Core; SQLite by default, PostgreSQL-ready).
+"""Persistent predictions and uploaded files (SQLAlchemy Core): a SQLite file by default, PostgreSQL for several
+API processes and machines (the `[postgres]` extra). The schema is migrated by alembic (server/migrations/).
 
 Statuses are dialect-free: queued -> processing -> succeeded | failed | canceled.
-A worker takes a job with `claim()` (an atomic conditional UPDATE) and holds a lease it renews with
-`heartbeat()`; every write a worker makes is guarded by its lease, so a worker whose job was taken
-away (recovery, crash) cannot overwrite the outcome.
+A worker takes a job with `claim()` (on PostgreSQL a row lock that concurrent claimers skip) and holds a
+lease it renews with `heartbeat()`; every write a worker makes is guarded by its lease, so a worker whose job
+was taken away (recovery, crash) cannot overwrite the outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -30,17 +32,17 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     literal,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from vace.pipelines.job.job import Job
+from vace.server.migrations.upgrade import upgrade_database
+from vace.server.store_listen import Listener
 
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
@@ -63,7 +65,7 @@ predictions = Table(
     Column("output", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("metrics", JSON, nullable=True),
-    Column("seed", Integer, nullable=True),
+    Column("seed", BigInteger, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("started_at", Float, nullable=True),
     Column("completed_at", Float, nullable=True, index=True),
@@ -76,7 +78,6 @@ predictions = Table(
     Column("lease_owner", String(100), nullable=True, index=True),
     Column("lease_expires", Float, nullable=True),
     Column("extra", JSON, nullable=True),  # dialect-specific bookkeeping (e.g. sync mode, endpoint path)
-    # When retention removed the outputs (added to older databases by `_add_missing_columns`).
     Column("data_removed_at", Float, nullable=True),
     # "<tenant>:<client key>" of a create sent with an idempotency key; unique, so a repeat finds the first.
     Column("idempotency_key", String(300), nullable=True),
@@ -93,7 +94,7 @@ files = Table(
     Column("id", String(32), unique=True, nullable=False, index=True),
     Column("name", String(500), nullable=False),
     Column("content_type", String(200), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("md5", String(32), nullable=False),
     Column("metadata", JSON, nullable=False),
@@ -242,29 +243,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _add_missing_columns(engine: Engine, table: Table) -> None:
-    """Columns added after a database was created: nullable, so ALTER TABLE ADD COLUMN upgrades it in place
-    (then the indexes declared on them)."""
-    existing = {c["name"] for c in inspect(engine).get_columns(table.name)}
-    for column in table.columns:
-        if column.name in existing:
-            continue
-        assert column.nullable, f"{table.name}.{column.name} must be nullable to be added to old databases"
-        ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
-        try:
-            with engine.begin() as conn:
-                conn.execute(text(ddl))
-        except DBAPIError:  # another process (a worker starting beside the server) added it first
-            if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-                raise
-    for index in table.indexes:
-        try:
-            index.create(engine, checkfirst=True)
-        except DBAPIError:  # created by another process between the check and the create
-            if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
-                raise
-
-
 def database_url(data_dir: str | Path, configured: str | None = None) -> str:
     """The configured URL (--database-url), else the SQLite file in the data dir."""
     return configured or f"sqlite:///{Path(data_dir).resolve() / 'vace.db'}"
@@ -278,17 +256,12 @@ class Store:
         kwargs: dict[str, Any] = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kwargs["pool_pre_ping"] = True  # a database server restart leaves dead connections in the pool
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine, predictions)
-        _add_missing_columns(self.engine, files)
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(counters.insert().values(name=CHANGE, value=0))
-        except IntegrityError:  # there already (or another process made it first)
-            pass
+        upgrade_database(self.engine)
 
     @property
     def single_host(self) -> bool:
@@ -297,6 +270,11 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def listener(self, channel: str, poll_s: float) -> Listener:
+        """Waits for announcements on `channel` (store_listen's QUEUE_CHANNEL / CHANGES_CHANNEL) on PostgreSQL,
+        or for `poll_s` on SQLite. One per thread: it holds a connection of its own."""
+        return Listener(self.url, channel, poll_s)
 
     # ---- predictions -------------------------------------------------------------------------------------------
 
@@ -432,20 +410,27 @@ class Store:
         return [rows[i] for i in ids if i in rows]
 
     def _update(self, where: Any, event: tuple[str, str] | None = None, **values: Any) -> int:
-        """Update the rows `where` selects as one change; `event` = (prediction id, webhook event) goes into the
-        webhook outbox in the same transaction when the update changed the row and it has a webhook."""
+        """Update the rows `where` selects as one change (its own transaction)."""
+        with self.engine.begin() as conn:
+            return self._update_in(conn, self._next_change(conn), where, event, **values)
+
+    @staticmethod
+    def _update_in(conn: Connection, change_seq: int, where: Any, event: tuple[str, str] | None = None,
+                   **values: Any) -> int:
+        """Update the rows `where` selects as change `change_seq`, inside the caller's transaction (which took that
+        number as its first statement); `event` = (prediction id, webhook event) goes into the webhook outbox in
+        the same transaction when the update changed the row and it has a webhook."""
         values["updated_at"] = now = time.time()
         values["rev"] = predictions.c.rev + 1
-        with self.engine.begin() as conn:
-            values["change_seq"] = self._next_change(conn)
-            count = conn.execute(update(predictions).where(where).values(**values)).rowcount
-            if count and event is not None:
-                pid, name = event
-                conn.execute(webhook_outbox.insert().from_select(
-                    ["prediction_id", "event", "state", "attempts", "next_at", "created_at"],
-                    select(predictions.c.id, literal(name), literal(PENDING), literal(0), literal(now), literal(now))
-                    .where(and_(predictions.c.id == pid, predictions.c.webhook.is_not(None)))))
-            return count
+        values["change_seq"] = change_seq
+        count = conn.execute(update(predictions).where(where).values(**values)).rowcount
+        if count and event is not None:
+            pid, name = event
+            conn.execute(webhook_outbox.insert().from_select(
+                ["prediction_id", "event", "state", "attempts", "next_at", "created_at"],
+                select(predictions.c.id, literal(name), literal(PENDING), literal(0), literal(now), literal(now))
+                .where(and_(predictions.c.id == pid, predictions.c.webhook.is_not(None)))))
+        return count
 
     # ---- webhook outbox ----------------------------------------------------------------------------------------
 
@@ -477,23 +462,30 @@ class Store:
                          .values(state=state, attempts=attempts, next_at=next_at, last_error=error))
 
     def claim(self, owner: str, lease_s: float, models: list[str] | None = None) -> Prediction | None:
-        """Atomically take the oldest queued prediction (optionally only for `models`)."""
-        for _ in range(5):
-            query = select(predictions.c.id).where(predictions.c.status == QUEUED)
-            if models is not None:
-                query = query.where(predictions.c.model.in_(models))
-            with self.engine.connect() as conn:
-                candidate = conn.execute(query.order_by(predictions.c.seq.asc()).limit(1)).scalar()
+        """Take the oldest queued prediction (optionally only for `models`), or None.
+
+        A plain read first, so an idle worker's poll writes nothing. Then one transaction: the change number
+        (every prediction write takes it first, so locks are always taken in the same order), the candidate row
+        locked FOR UPDATE SKIP LOCKED on PostgreSQL (a claimer never waits on a row another one holds), and the
+        update that hands it to `owner`."""
+        query = select(predictions.c.id).where(predictions.c.status == QUEUED)
+        if models is not None:
+            query = query.where(predictions.c.model.in_(models))
+        query = query.order_by(predictions.c.seq.asc()).limit(1)
+        with self.engine.connect() as conn:
+            if conn.execute(query).scalar() is None:
+                return None
+        with self.engine.begin() as conn:
+            change_seq = self._next_change(conn)
+            candidate = conn.execute(query.with_for_update(skip_locked=True)).scalar()
             if candidate is None:
                 return None
             now = time.time()
-            taken = self._update(and_(predictions.c.id == candidate, predictions.c.status == QUEUED),
-                                 event=(candidate, "start"),
-                                 status=PROCESSING, started_at=now, lease_owner=owner,
-                                 lease_expires=now + lease_s)
-            if taken:
-                return self.get(candidate)
-        return None
+            taken = self._update_in(conn, change_seq, and_(predictions.c.id == candidate,
+                                                           predictions.c.status == QUEUED),
+                                    event=(candidate, "start"), status=PROCESSING, started_at=now,
+                                    lease_owner=owner, lease_expires=now + lease_s)
+        return self.get(candidate) if taken else None
 
     def heartbeat(self, prediction_id: str, owner: str, lease_s: float) -> bool:
         with self.engine.begin() as conn:

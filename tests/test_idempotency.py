@@ -29,9 +29,9 @@ def test_a_repeated_key_returns_the_first_row(tmp_path: Path):
     assert store.insert_once(prediction(None))[1] and store.insert_once(prediction(None))[1]
 
 
-def test_concurrent_creates_with_one_key_store_one_row(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    Store(url)
+def test_concurrent_creates_with_one_key_store_one_row(database_url: str):
+    url = database_url
+    Store(url).close()
     results: list[str] = []
     barrier = threading.Barrier(6)
 
@@ -39,6 +39,7 @@ def test_concurrent_creates_with_one_key_store_one_row(tmp_path: Path):
         store = Store(url)
         barrier.wait()
         results.append(store.insert_once(prediction("t:same"))[0].id)
+        store.close()
 
     threads = [threading.Thread(target=create) for _ in range(6)]
     for t in threads:
@@ -54,9 +55,10 @@ def test_an_old_database_gains_the_column_and_its_unique_index(tmp_path: Path):
     store = Store(f"sqlite:///{path}")
     store.insert(prediction(None))
     store.close()
-    with sqlite3.connect(path) as conn:  # as a database from before the column existed
+    with sqlite3.connect(path) as conn:  # as a database from before the column existed (the revision before it)
         conn.execute("DROP INDEX ix_predictions_idempotency_key")
         conn.execute("ALTER TABLE predictions DROP COLUMN idempotency_key")
+        conn.execute("UPDATE alembic_version SET version_num = '0004'")
     upgraded = Store(f"sqlite:///{path}")
     first, _ = upgraded.insert_once(prediction("t:k"))
     assert upgraded.insert_once(prediction("t:k"))[0].id == first.id

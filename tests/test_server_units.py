@@ -1,9 +1,10 @@
-"""In-process checks of the store, the webhook signing/events and the Replicate header parsers."""
+"""In-process checks of the store (SQLite and PostgreSQL), webhook signing/events, the Replicate header parsers."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from vace.server.worker.runner import capped_request, progress_line
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
+    yield store
+    store.close()
 
 
 def queued(store: Store, n: int = 1) -> list[str]:
@@ -49,6 +52,7 @@ def test_claims_are_fifo_and_never_shared(store: Store):
         while (job := other.claim(name, 30)) is not None:
             with lock:
                 claimed.append(job.id)
+        other.close()
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
     for t in threads:
