@@ -181,14 +181,16 @@ def test_an_old_database_gains_the_column(tmp_path: Path):
     pid = store.insert(Prediction(id=new_id(), endpoint="e", version="", dialect="replicate", model="m",
                                   input={}, request={}, status=SUCCEEDED)).id
     store.close()
-    with sqlite3.connect(db) as conn:  # the schema as it was before retention
+    with sqlite3.connect(db) as conn:  # the schema as it was before retention (and before alembic)
         conn.execute("ALTER TABLE predictions DROP COLUMN data_removed_at")
+        conn.execute("DROP TABLE alembic_version")
     with sqlite3.connect(db) as conn:
         assert "data_removed_at" not in [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
     upgraded = Store(f"sqlite:///{db}")
     assert upgraded.get(pid).data_removed_at is None
     assert upgraded.mark_data_removed(pid, T0) and upgraded.get(pid).data_removed
-    Store(f"sqlite:///{db}")  # idempotent on an up-to-date database
+    upgraded.close()
+    Store(f"sqlite:///{db}").close()  # idempotent on an up-to-date database
 
 
 def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
