@@ -57,7 +57,6 @@ class Server:
     tls: TLS | None = None
     api_key: str | None = None
     port: int = 0
-    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
     proc: subprocess.Popen | None = None
     health_seen: list[tuple[int, str]] = field(default_factory=list)
 
@@ -86,8 +85,7 @@ class Server:
         if self.api_key:
             cmd += ["--api-key", self.api_key]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         self.health_seen = []
         self.wait_health(ready=wait_ready)
         return self

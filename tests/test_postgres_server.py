@@ -10,7 +10,7 @@ from tests.server_process import Server
 JOBS = 100
 
 
-def wait_all_terminal(server: Server, ids: list[str], timeout: float = 600.0) -> dict[str, dict]:
+def wait_all_terminal(server: Server, ids: list[str], timeout: float = 1500.0) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     done: dict[str, dict] = {}
     with server.client() as http:
@@ -29,8 +29,7 @@ def test_two_servers_share_one_queue_and_render_each_job_once(postgres, tiny_mod
     import replicate
 
     url = postgres.new_database()
-    servers = [Server(tmp_path / name, args=["--model", "tiny"], env={"VACE_DATABASE_URL": url})
-               for name in ("a", "b")]
+    servers = [Server(tmp_path / name, args=["--model", "tiny", "--database-url", url]) for name in ("a", "b")]
     try:
         for server in servers:
             server.start()

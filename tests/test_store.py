@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
+
 from vace.pipelines.job.request import MAX_SEED, GenerationRequest
 from vace.server.migrations.upgrade import current_revision, head_revision
 from vace.server.store import PROCESSING, QUEUED, Prediction, Store, metadata, new_id

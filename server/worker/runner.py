@@ -16,12 +16,14 @@ from vace.pipelines.media.codec import resize_frames, write_mp4
 from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
+from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.pool import ModelPool, renderer_for
 
 log = logging.getLogger("vace.worker")
 
 IDLE_POLL_S = 0.1
+IDLE_WAIT_S = 2.0  # the longest an idle worker waits between claims when the database announces new work
 
 
 def progress_line(step: int, total: int) -> str:
@@ -205,10 +207,11 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
         events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
                               "offload": getattr(model, "offload", None)}))
     runner = JobRunner(store, pool, config)
+    queued = store.listener(QUEUE_CHANNEL, poll_s=IDLE_POLL_S)  # PostgreSQL wakes it at once; SQLite is polled
     while stop is None or not stop.is_set():
         job = store.claim(config.worker_id, config.lease_s, models=list(config.models))
         if job is None:
-            time.sleep(IDLE_POLL_S)
+            queued.wait(IDLE_WAIT_S)
             continue
         log.info("running %s on %s", job.id, job.model)
         status = runner.run(job)
