@@ -31,8 +31,10 @@ def test_two_servers_share_one_queue_and_render_each_job_once(postgres, tiny_mod
     url = postgres.new_database()
     servers = [Server(tmp_path / name, args=["--model", "tiny", "--database-url", url]) for name in ("a", "b")]
     try:
+        for server in servers:  # both start together (and migrate the new database together)
+            server.start(wait_ready=False)
         for server in servers:
-            server.start()
+            server.wait_health(timeout=600)
         ids = []
         for i in range(JOBS):  # created through both servers alternately
             with servers[i % 2].client() as http:
