@@ -10,7 +10,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "vace.pipelines.cli.generate",
     "vace.pipelines.cli.weights",
-    "vace.pipelines.bench.benchmark",
+    "vace.pipelines.cli.bench",
     "vace.pipelines.bench.calibrate",
     "vace.server.serve",
     "vace.server.batch.command",

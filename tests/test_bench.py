@@ -6,19 +6,20 @@ import argparse
 import json
 
 import pytest
+import torch
 
 REPORT_KEYS = {
     "model", "device", "dtype", "preset", "step_cache", "offload", "sequence_parallel", "width", "height", "frames",
     "steps", "cfg", "latent_tokens", "flops_per_forward", "transformer_evaluations",
     "transformer_evaluations_skipped", "seconds_per_step", "seconds_per_step_mean", "setup_and_first_step_seconds",
     "stages", "peak_gpu_memory_gib", "peak_rss_gib", "achieved_tflops", "effective_tflops", "peak_tflops", "mfu",
-    "gpu_levers", "versions", "config",
+    "gpu_levers", "versions", "config", "flops_check", "text_encoder",
 }
 
 
 def main(argv: list[str]) -> int:
     """`vace bench` through its own registration (what server.cli does for every subcommand module)."""
-    from vace.pipelines.bench import benchmark as bench
+    from vace.pipelines.cli import bench
 
     parser = argparse.ArgumentParser(prog="vace")
     bench.register(parser.add_subparsers(dest="command", required=True))
@@ -68,15 +69,67 @@ def test_bench_refuses_what_it_cannot_run(tiny_home, tmp_path, capsys, args):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_real_shape_components_build_on_meta(tiny_home):
-    """The 14B build path: the real classes at the published config (no memory allocated on meta)."""
-    from vace.pipelines.bench.benchmark import random_components
+def test_the_14b_configuration_checked_on_meta(tiny_home):
+    """The 14B as the GPU suite builds it, on the meta device (no memory): shapes, parameter counts against a hand
+    count from the published config, and torch's FLOP counter over one 832x480x81 forward against flops.py."""
+    from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, transformer_flops
+    from vace.pipelines.bench.random_model import RandomSpec, random_components
+    from vace.weights.configs import VACE_14B
 
-    parts = random_components("14b", "meta")
-    count = {k: sum(p.numel() for p in parts[k].parameters()) / 1e9 for k in ("transformer", "text_encoder")}
-    assert count["transformer"] == pytest.approx(17.34, abs=0.01)
-    assert count["text_encoder"] == pytest.approx(5.68, abs=0.01)
-    assert len(parts["transformer"].blocks) == 40 and len(parts["transformer"].vace_blocks) == 8
+    parts = random_components(RandomSpec("14b"), "meta")
+    transformer = parts["transformer"]
+    assert len(transformer.blocks) == 40 and len(transformer.vace_blocks) == 8
+    assert transformer.blocks[0].ffn.net[0].proj.weight.shape == (13824, 5120)
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert transformer.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32  # kept fp32
+    main = sum(p.numel() for n, p in transformer.named_parameters() if not n.startswith("vace_"))
+    vace = sum(p.numel() for n, p in transformer.named_parameters() if n.startswith("vace_"))
+    d, f, t = 5120, 13824, 4096
+    # per block: 2 attentions (4 projections each, with bias), their q/k RMS norms, the cross-attention LayerNorm,
+    # the FFN, the modulation table; then patch embedding, time embedder + projection, text embedder, head
+    block = 8 * d * d + 8 * d + 4 * d + 2 * d + 2 * d * f + f + d + 6 * d
+    ends = (16 * 4 * d + d) + (256 * d + d + d * d + d) + (6 * d * d + 6 * d) + (t * d + d + d * d + d) \
+        + (d * 64 + 64) + 2 * d
+    assert main == 40 * block + ends
+    assert main / 1e9 == pytest.approx(14.29, abs=0.01)  # the Wan2.1 "14B" body, 2% above the round name
+    assert vace / 1e9 == pytest.approx(3.05, abs=0.01) and (main + vace) / 1e9 == pytest.approx(17.34, abs=0.01)
+    assert sum(p.numel() for p in parts["text_encoder"].parameters()) / 1e9 == pytest.approx(5.68, abs=0.01)
+    assert latent_tokens(VACE_14B, 832, 480, 81) == 32760
+    analytic = transformer_flops(VACE_14B, 832, 480, 81)
+    assert analytic == pytest.approx(2.03e15, rel=0.005)
+    assert counted_flops(VACE_14B, 832, 480, 81) == pytest.approx(analytic, rel=1e-4)
+
+
+def test_1_3b_flop_count_at_the_toy_size_agrees_with_the_counter():
+    from vace.pipelines.acceleration.flops import counted_flops, transformer_flops
+    from vace.weights.configs import VACE_1_3B
+
+    assert counted_flops(VACE_1_3B, 64, 64, 5) == pytest.approx(transformer_flops(VACE_1_3B, 64, 64, 5), rel=1e-4)
+
+
+def test_gpu_suite_dry_run_prints_the_plan_and_without_cuda_refuses_in_one_line(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["bench", "--suite", "gpu", "--dry-run", "--gpus", "8", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    names = [c["case"] for c in plan["cases"]]
+    assert names[:5] == ["correctness: tiny GPU vs CPU", "nan: 14B bf16 forward", "preset none", "preset low",
+                         "preset regular"]
+    assert {"compiled", "fp8 compiled", "offload model", "offload group", "offload sequential",
+            "sequence parallel x2", "sequence parallel x4", "sequence parallel x8"} <= set(names)
+    assert all(name in printed for name in names) and "estimated" in printed
+    presets = [c for c in plan["cases"] if c["case"].startswith("preset")]
+    assert all(c["steps"] == 5 and c["forwards"] == 10 and c["estimated_seconds"] > 0 for c in presets)
+    assert plan["flops_per_forward"] == pytest.approx(2.03e15, rel=0.005)
+    kept = [c for c in plan["cases"] if not c["skipped"]]
+    assert plan["estimated_total_seconds"] == pytest.approx(sum(c["estimated_seconds"] for c in kept), abs=0.5)
+    assert plan["estimated_total_seconds"] <= plan["budget_seconds"]
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: the refusal is for machines without one")
+    assert main(["bench", "--suite", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --suite gpu needs a CUDA GPU") and len(err.strip().splitlines()) == 1
 
 
 def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
@@ -94,13 +147,12 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
     from vace.pipelines.bench import benchmark as bench
-    from vace.pipelines.engine import group as distributed
 
     def must_not_run(*a, **k):
         raise AssertionError("model built or group started for a job that is refused anyway")
 
     monkeypatch.setattr(bench, "build_model", must_not_run)
-    monkeypatch.setattr(distributed, "RenderGroup", must_not_run)
+    monkeypatch.setattr(bench, "RenderGroup", must_not_run)
     code = main(["bench", "--device", "cpu", "--size", "64*64", "--frames", "5", "--steps", "1",
                  "--out", str(tmp_path / "r.json"), *args])
     assert code == 2 and "error:" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vace.pipelines.acceleration.flops import latent_tokens, transformer_flops
-from vace.pipelines.bench.benchmark import REAL_CONFIGS
+from vace.weights.configs import TRANSFORMERS as REAL_CONFIGS
 
 
 def _hand_count_14b(width: int, height: int, frames: int) -> float:

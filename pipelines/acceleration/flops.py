@@ -42,3 +42,25 @@ def transformer_flops(config: Mapping[str, Any], width: int, height: int, num_fr
                   + 2 * text_tokens * d * (config["text_dim"] + d))
     head = 2 * tokens * d * patch * config["out_channels"]
     return float((config["num_layers"] + n_vace) * block + vace_projections + embeddings + head)
+
+
+def counted_flops(config: Mapping[str, Any], width: int, height: int, num_frames: int,
+                  text_tokens: int = 512) -> float:
+    """The same figure counted by torch's FLOP counter over one real WanVACETransformer3DModel forward on the
+    meta device (no memory, no compute): a config or shape that transformer_flops() gets wrong shows here."""
+    import torch  # heavy optional deps, imported only when counting
+    from diffusers import WanVACETransformer3DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frames = (num_frames - 1) // VAE_TEMPORAL + 1
+    latent = (frames, height // VAE_SPATIAL, width // VAE_SPATIAL)
+    with torch.device("meta"):
+        model = WanVACETransformer3DModel(**config)
+        inputs = dict(hidden_states=torch.empty(1, config["in_channels"], *latent),
+                      control_hidden_states=torch.empty(1, config["vace_in_channels"], *latent),
+                      encoder_hidden_states=torch.empty(1, text_tokens, config["text_dim"]),
+                      timestep=torch.empty(1), control_hidden_states_scale=torch.ones(len(config["vace_layers"])))
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(**inputs, return_dict=False)
+    return float(counter.get_total_flops())

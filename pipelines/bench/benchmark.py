@@ -10,50 +10,31 @@ GPU levers are measured exactly as served. MFU counts only the transformer FLOPs
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from vace.pipelines.acceleration.flops import latent_tokens, transformer_flops
+from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, transformer_flops
 from vace.pipelines.acceleration.levers import apply_gpu_levers
 from vace.pipelines.acceleration.presets import resolve_preset
+from vace.pipelines.bench.random_model import BenchError, RandomSpec, build_model, check_fits
 from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup, plan_groups
-from vace.pipelines.engine.loading import LoadedModel, load_pipeline
-from vace.pipelines.engine.memory import apply_memory_mode, check_mode, module_bytes, resolve_offload
+from vace.pipelines.engine.loading import LoadedModel
+from vace.pipelines.engine.memory import check_mode
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.fixtures.tiny_model import resolve_model
-from vace.pipelines.job.request import GenerationRequest, RequestError, parse_size
-from vace.weights.loader import WeightsError, resolve_device
+from vace.pipelines.job.request import GenerationRequest
+from vace.weights.configs import TRANSFORMERS
+from vace.weights.loader import resolve_device
 
-REAL_CONFIGS: dict[str, dict[str, Any]] = {
-    "14b": dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
-                out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-                vace_layers=[0, 5, 10, 15, 20, 25, 30, 35], vace_in_channels=96),
-    "1.3b": dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
-                 out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-                 vace_layers=list(range(0, 30, 2)), vace_in_channels=96),
-}
-# google/umt5-xxl encoder, as shipped in text_encoder/ of the Wan checkpoints.
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 # Dense bf16 tensor-core peak (vendor datasheets, SXM parts); MFU is null on devices not listed.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "H800": 989.4, "H20": 148.0, "A100": 312.0, "A800": 312.0,
                     "L40S": 362.1, "B200": 2250.0}
 BENCH_PROMPT = "A red fox trotting through fresh snow at dawn, soft light, cinematic, detailed fur"
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run as asked."""
 
 
 @dataclass
@@ -73,60 +54,7 @@ class BenchConfig:
     compile_blocks: bool = True
     fp8: bool = False
     seed: int = 0
-
-
-def random_components(shape: str, device: str, dtype: Any = None, text_encoder: bool = True) -> dict[str, Any]:
-    """The real component classes at the `shape` config with random weights, built in place on `device`:
-    transformer and text encoder (None unless `text_encoder`) in `dtype` (default bf16 on CUDA, fp32
-    elsewhere), VAE in fp32."""
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    if shape not in REAL_CONFIGS:
-        raise BenchError(f"unknown model shape {shape!r}; known: {', '.join(REAL_CONFIGS)}")
-    big = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    previous = torch.get_default_dtype()
-    torch.manual_seed(0)
-    try:
-        torch.set_default_dtype(big)
-        with torch.device(device):
-            transformer = WanVACETransformer3DModel(**REAL_CONFIGS[shape]).eval()
-            encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL)).eval() if text_encoder else None
-        torch.set_default_dtype(torch.float32)
-        with torch.device(device):
-            vae = AutoencoderKLWan().eval()  # the default config is the Wan2.1 VAE
-    finally:
-        torch.set_default_dtype(previous)
-    return {
-        "transformer": transformer, "text_encoder": encoder, "vae": vae,
-        "tokenizer": AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer")),
-        "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                             num_train_timesteps=1000, flow_shift=3.0),
-    }
-
-
-def build_model(spec: str, device: str, offload: str, text_encoder: bool = True) -> Any:
-    """A LoadedModel: random weights at a real shape (14b, 1.3b) or loaded (tiny, tiny-a14b, a directory);
-    without a text encoder unless `text_encoder`."""
-    device = resolve_device(device)
-    if spec not in REAL_CONFIGS:
-        return load_pipeline(resolve_model(spec), device=device, offload=offload, text_encoder=text_encoder)
-    if not device.startswith("cuda"):
-        raise BenchError(f"--model {spec} builds {spec.upper()} weights at full size and needs a CUDA device; "
-                         "on CPU benchmark --model tiny")
-    import torch
-    from diffusers import WanVACEPipeline
-
-    # Offloaded modes (and `auto`, which decides from the sizes) start from the CPU; `none` allocates on the GPU.
-    components = random_components(spec, device if offload == "none" else "cpu", dtype=torch.bfloat16,
-                                   text_encoder=text_encoder)
-    mode = resolve_offload(offload, device, module_bytes(components))
-    pipe = WanVACEPipeline(boundary_ratio=None, **components)
-    pipe.set_progress_bar_config(disable=True)
-    apply_memory_mode(pipe, mode, device)
-    return LoadedModel(name=f"random-{spec}", path=Path(f"<random {spec}>"), pipeline=pipe, device=device,
-                       two_experts=False, offload=mode)
+    dtype: str | None = None  # random-weight shapes only: bfloat16 (default) or float32
 
 
 def _peak_tflops(device_name: str) -> float | None:
@@ -147,33 +75,45 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Build (or load) the model, render one job and return the report."""
     bench_request(cfg)
     check_mode(cfg.offload)
+    device = resolve_device(cfg.device)
+    random = random_spec(cfg, device)
+    if random:
+        check_fits(random, device if cfg.offload == "none" else "cpu", ranks=cfg.sequence_parallel)
     if cfg.sequence_parallel > 1:
-        return _run_sharded(cfg)
+        return _run_sharded(cfg, random)
     started = time.perf_counter()
-    model = build_model(cfg.model, cfg.device, cfg.offload)
-
+    model = build_model(random.encode() if random else cfg.model, device, cfg.offload)
     apply_gpu_levers(model, attention=cfg.attention, compile_blocks=cfg.compile_blocks, fp8=cfg.fp8)
-    load_seconds = time.perf_counter() - started
+    return bench_loaded(cfg, model, time.perf_counter() - started, random)
+
+
+def random_spec(cfg: BenchConfig, device: str) -> RandomSpec | None:
+    """What to build for a real shape (14b, 1.3b); None for a weights directory or a tiny model."""
+    if cfg.model in TRANSFORMERS:
+        return RandomSpec.default(cfg.model, device, cfg.dtype)
+    if cfg.dtype:
+        raise BenchError("--dtype applies to the random-weight shapes (14b, 1.3b); a loaded model keeps its "
+                         "serving precision")
+    return None
+
+
+def bench_loaded(cfg: BenchConfig, model: LoadedModel, load_seconds: float,
+                 random: RandomSpec | None = None) -> dict[str, Any]:
+    """Render the benchmark job on an already built model (levers applied) and report."""
     info = {"name": model.name, "device": model.device, "dtype": str(model.pipeline.transformer.dtype),
-            "offload": model.offload, "levers": model.levers, "config": dict(model.pipeline.transformer.config)}
+            "offload": model.offload, "levers": model.levers, "config": dict(model.pipeline.transformer.config),
+            "text_encoder": random.text_encoder_note() if random else "as loaded"}
     return _measure(cfg, Renderer(model), info, load_seconds)
-
-
-def rank_model(spec: str, device: str, text_encoder: bool = True) -> Any:
-    """GroupSpec.loader for sharded benches: each rank builds the model run_bench would (ranks > 0 without
-    a text encoder)."""
-    return build_model(spec, device, "none", text_encoder)
 
 
 def transformer_config(spec: str) -> dict[str, Any]:
     """The transformer config of a real shape or of a weights directory (read, not loaded)."""
-    if spec in REAL_CONFIGS:
-        return dict(REAL_CONFIGS[spec])
-
+    if spec in TRANSFORMERS:
+        return dict(TRANSFORMERS[spec])
     return json.loads((resolve_model(spec) / "transformer" / "config.json").read_text())
 
 
-def _run_sharded(cfg: BenchConfig) -> dict[str, Any]:
+def _run_sharded(cfg: BenchConfig, random: RandomSpec | None) -> dict[str, Any]:
     """The same job through a pipelines.distributed render group of cfg.sequence_parallel ranks."""
     import torch
 
@@ -188,13 +128,14 @@ def _run_sharded(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.offload != "none":
         raise BenchError("--offload applies to one-process runs; a sequence-parallel group keeps its shards resident")
     started = time.perf_counter()
-    group = RenderGroup(GroupSpec(cfg.model, devices, cfg.sp_mode, f"sharded-{cfg.model}",
-                                  loader="vace.pipelines.bench.benchmark:rank_model"))
+    group = RenderGroup(GroupSpec(random.encode() if random else cfg.model, devices, cfg.sp_mode,
+                                  f"sharded-{cfg.model}", loader="vace.pipelines.bench.random_model:rank_model"))
     try:
         group.wait_ready()
         load_seconds = time.perf_counter() - started
-        info = {"name": f"{cfg.model} x{len(devices)} ({cfg.sp_mode})", "device": devices[0],
-                "dtype": "bfloat16" if devices[0].startswith("cuda") else "float32", "offload": "none",
+        dtype = random.dtype if random else "bfloat16" if devices[0].startswith("cuda") else "float32"
+        info = {"name": f"{cfg.model} x{len(devices)} ({cfg.sp_mode})", "device": devices[0], "dtype": dtype,
+                "offload": "none", "text_encoder": random.text_encoder_note() if random else "as loaded",
                 "levers": {"notes": ["GPU levers are not applied inside a sequence-parallel group"]},
                 "config": transformer_config(cfg.model), "devices": list(devices)}
         return _measure(cfg, GroupRenderer(group), info, load_seconds)
@@ -228,6 +169,7 @@ def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds
     config = info["config"]
     num_frames = prepared.conditioning.num_frames
     flops = transformer_flops(config, cfg.width, cfg.height, num_frames)
+    counted = counted_flops(config, cfg.width, cfg.height, num_frames)
     done = result.metrics["transformer_evaluations"]
     skipped = result.metrics["transformer_evaluations_skipped"]
     achieved = flops * done / denoise / 1e12
@@ -248,6 +190,9 @@ def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds
                         "ffn_dim": config["ffn_dim"]},
         "latent_tokens": latent_tokens(config, cfg.width, cfg.height, num_frames),
         "flops_per_forward": flops,
+        # the analytic count against torch's FLOP counter over the same forward on the meta device
+        "flops_check": {"counted_on_meta": counted, "relative_difference": abs(counted - flops) / flops},
+        "text_encoder": info["text_encoder"],
         "transformer_evaluations": done,
         "transformer_evaluations_skipped": skipped,
         "seconds_per_step": statistics.median(warm),
@@ -267,46 +212,3 @@ def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds
                      "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmark one render at a real model shape; writes a JSON report")
-    bench.add_argument("--model", default="tiny", help="tiny | tiny-a14b | DIR | 14b | 1.3b (random weights)")
-    bench.add_argument("--preset", default="none", help="none | low | regular (or a speed_mode string)")
-    bench.add_argument("--size", default="832*480", help="WIDTH*HEIGHT")
-    bench.add_argument("--frames", type=int, default=81)
-    bench.add_argument("--steps", type=int, default=50)
-    bench.add_argument("--guidance", type=float, default=5.0)
-    bench.add_argument("--offload", default="none", help="none | model | group | sequential | auto")
-    bench.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
-                       help="shard the job over N ranks (N GPUs; on CPU, N gloo processes)")
-    bench.add_argument("--sp-mode", default="ulysses", choices=["ulysses", "ring"])
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--attention", default="auto", help="auto | sage | _flash_3 | flash | native")
-    bench.add_argument("--no-compile", dest="compile_blocks", action="store_false")
-    bench.add_argument("--fp8", action="store_true", help="FP8 transformer weights (Ada/Hopper, torchao)")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", required=True, help="report.json")
-    bench.set_defaults(handler=_bench_command)
-
-
-def _bench_command(args: argparse.Namespace) -> int:
-    try:
-        width, height = parse_size(args.size)
-        cfg = BenchConfig(model=args.model, preset=args.preset, width=width, height=height, frames=args.frames,
-                          steps=args.steps, guidance=args.guidance, offload=args.offload,
-                          sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode,
-                          device=args.device, attention=args.attention,
-                          compile_blocks=args.compile_blocks, fp8=args.fp8, seed=args.seed)
-        report = run_bench(cfg)
-    except (BenchError, RequestError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report["config"] = asdict(cfg)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("device", "preset", "seconds_per_step", "transformer_evaluations",
-                                             "transformer_evaluations_skipped", "achieved_tflops", "mfu",
-                                             "peak_gpu_memory_gib")}, indent=2))
-    return 0

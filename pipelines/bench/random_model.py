@@ -1,0 +1,166 @@
+"""Models of the real shape with random weights: the real classes at the published configs (weights.configs),
+built in place on the target device, so benchmarks need no checkpoint and no CPU copy.
+
+On CUDA the transformer and text encoder are bf16 (the modules diffusers keeps in fp32 stay fp32, as
+from_pretrained does) and the VAE fp32, as served. On a CPU the weights are float32 and the full UMT5-XXL
+(5.7 B parameters) does not fit a test machine, so the text encoder is reduced (one layer, the tokenizer's
+vocabulary; same class, same output width); the transformer and VAE are the real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vace.pipelines.engine.loading import LoadedModel, load_pipeline
+from vace.pipelines.engine.memory import apply_memory_mode, module_bytes, resolve_offload
+from vace.pipelines.fixtures.tiny_model import resolve_model
+from vace.weights.configs import TRANSFORMERS, UMT5_XXL, UNIPC_FLOW, WAN21_VAE
+from vace.weights.loader import resolve_device
+
+DTYPES = ("bfloat16", "float32")
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class RandomSpec:
+    """A real shape to build: `shape` (14b, 1.3b), weight dtype, full or reduced text encoder."""
+
+    shape: str
+    dtype: str = "bfloat16"
+    full_text_encoder: bool = True
+
+    def __post_init__(self) -> None:
+        if self.shape not in TRANSFORMERS:
+            raise BenchError(f"unknown model shape {self.shape!r}; known: {', '.join(TRANSFORMERS)}")
+        if self.dtype not in DTYPES:
+            raise BenchError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+
+    @classmethod
+    def default(cls, shape: str, device: str, dtype: str | None = None) -> RandomSpec:
+        """bf16 and the full text encoder on CUDA; on a CPU float32 (bf16 matmuls there are emulated: one 1.3B
+        forward at 64x64x5 took 265 s in bf16 on the 2-core test machine) and the reduced text encoder."""
+        cuda = device.startswith("cuda")
+        return cls(shape, dtype or ("bfloat16" if cuda else "float32"), full_text_encoder=cuda)
+
+    def encode(self) -> str:
+        """As one string (what a render group's rank loader receives as its model)."""
+        return f"{self.shape}|{self.dtype}|{'full' if self.full_text_encoder else 'reduced'}"
+
+    @classmethod
+    def decode(cls, text: str) -> RandomSpec:
+        shape, dtype, encoder = text.split("|")
+        return cls(shape, dtype, encoder == "full")
+
+    def text_encoder_note(self) -> str:
+        if self.full_text_encoder:
+            return "umt5-xxl (24 layers)"
+        return "umt5-xxl reduced to 1 layer and the tokenizer's vocabulary (width 4096 kept)"
+
+
+def keep_fp32_modules(model: Any) -> Any:
+    """Cast the modules the class asks to keep in fp32 (rope, time embedder, norms, ...) back to fp32."""
+    import torch
+
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.to(torch.float32)
+    return model
+
+
+def random_components(spec: RandomSpec, device: str, text_encoder: bool = True) -> dict[str, Any]:
+    """The pipeline's components at `spec` with random weights, allocated on `device` (meta works: nothing is
+    allocated). The text encoder is None unless `text_encoder`."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer"))
+    dtype = getattr(torch, spec.dtype)
+    encoder_config = dict(UMT5_XXL) if spec.full_text_encoder else dict(UMT5_XXL, num_layers=1,
+                                                                         vocab_size=len(tokenizer))
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    try:
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            transformer = keep_fp32_modules(WanVACETransformer3DModel(**TRANSFORMERS[spec.shape])).eval()
+            encoder = UMT5EncoderModel(UMT5Config(**encoder_config)).eval() if text_encoder else None
+        torch.set_default_dtype(torch.float32)
+        with torch.device(device):
+            vae = AutoencoderKLWan(**WAN21_VAE).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    return {"transformer": transformer, "text_encoder": encoder, "vae": vae, "tokenizer": tokenizer,
+            "scheduler": UniPCMultistepScheduler(**UNIPC_FLOW)}
+
+
+def weight_bytes(spec: RandomSpec) -> int:
+    """Bytes of the weights random_components(spec) allocates (counted on the meta device)."""
+    parts = random_components(spec, "meta")
+    return sum(p.numel() * p.element_size() for name in ("transformer", "text_encoder", "vae")
+               for p in parts[name].parameters())
+
+
+def available_bytes(device: str) -> int | None:
+    """Free memory where the weights will be allocated: free GPU memory, or MemAvailable of the host."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]) if torch.cuda.is_available() else None
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def check_fits(spec: RandomSpec, device: str, ranks: int = 1) -> None:
+    """Refuse, naming the sizes, a build whose weights alone exceed the free memory where they would live."""
+    need = weight_bytes(spec) * (ranks if not device.startswith("cuda") else 1)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        where = "GPU" if device.startswith("cuda") else "host"
+        raise BenchError(f"--model {spec.shape} needs {need / 2**30:.1f} GiB of {spec.dtype} weights on {device} "
+                         f"({ranks} rank(s)); only {free / 2**30:.1f} GiB of {where} memory is free"
+                         + ("" if device.startswith("cuda") else "; on a CPU use --model 1.3b or tiny"))
+
+
+def build_model(spec: str, device: str, offload: str, text_encoder: bool = True,
+                dtype: str | None = None) -> LoadedModel:
+    """A LoadedModel: random weights at a real shape (14b, 1.3b, or an encoded RandomSpec) or loaded (tiny,
+    tiny-a14b, a directory); without a text encoder unless `text_encoder`."""
+    device = resolve_device(device)
+    if "|" in spec:
+        random = RandomSpec.decode(spec)
+    elif spec in TRANSFORMERS:
+        random = RandomSpec.default(spec, device, dtype)
+    else:
+        return load_pipeline(resolve_model(spec), device=device, offload=offload, text_encoder=text_encoder)
+    from diffusers import WanVACEPipeline
+
+    # Offloaded modes (and `auto`, which decides from the sizes) start from host memory; `none` allocates in place.
+    # Random initialisation is far faster on a GPU, so weights that fit there are made there and then moved.
+    fits = device.startswith("cuda") and weight_bytes(random) < (available_bytes(device) or 0)
+    components = random_components(random, device if offload == "none" or fits else "cpu", text_encoder=text_encoder)
+    if offload != "none" and fits:
+        for module in (components["transformer"], components["text_encoder"], components["vae"]):
+            if module is not None:
+                module.to("cpu")
+    mode = resolve_offload(offload, device, module_bytes(components))
+    pipe = WanVACEPipeline(boundary_ratio=None, **components)
+    pipe.set_progress_bar_config(disable=True)
+    apply_memory_mode(pipe, mode, device)
+    return LoadedModel(name=f"random-{random.shape}", path=Path(f"<random {random.shape}>"), pipeline=pipe,
+                       device=device, two_experts=False, offload=mode)
+
+
+def rank_model(spec: str, device: str, text_encoder: bool = True) -> LoadedModel:
+    """GroupSpec.loader for sharded benches: each rank builds what a one-process bench would (ranks > 0
+    without a text encoder)."""
+    return build_model(spec, device, "none", text_encoder)
