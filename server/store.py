@@ -86,6 +86,8 @@ predictions = Table(
     Column("owner", String(64), nullable=True, index=True),
     # Where its latest change stands in the one change sequence (see Store._next_change).
     Column("change_seq", Integer, nullable=True, index=True),
+    # The latest live preview while it denoises: {step, total, image (a JPEG data: URI), width, height}.
+    Column("preview", JSON, nullable=True),
 )
 
 files = Table(
@@ -191,6 +193,7 @@ class Prediction:
     idempotency_key: str | None = None
     owner: str | None = None
     change_seq: int | None = None
+    preview: dict[str, Any] | None = None
     seq: int = 0
 
     @property
@@ -347,14 +350,17 @@ class Store:
                 predictions.c.id == prediction_id, predictions.c.status.in_(TERMINAL)))).rowcount)
 
     def page(self, before_seq: int | None = None, after_seq: int | None = None, limit: int = 100,
-             endpoint_prefix: str | None = None, owner: str | None = None) -> list[Prediction]:
+             endpoint_prefix: str | None = None, owner: str | None = None,
+             statuses: tuple[str, ...] | None = None) -> list[Prediction]:
         """Newest first. `before_seq` pages towards older rows, `after_seq` towards newer ones; with `owner`,
-        only that tenant's predictions."""
+        only that tenant's predictions; with `statuses`, only those in one of them."""
         query = select(predictions)
         if owner is not None:
             query = query.where(predictions.c.owner == owner)
         if endpoint_prefix:
             query = query.where(predictions.c.endpoint.startswith(endpoint_prefix))
+        if statuses is not None:
+            query = query.where(predictions.c.status.in_(statuses))
         if after_seq is not None:
             query = query.where(predictions.c.seq > after_seq).order_by(predictions.c.seq.asc()).limit(limit)
             with self.engine.connect() as conn:
@@ -363,6 +369,13 @@ class Store:
         if before_seq is not None:
             query = query.where(predictions.c.seq < before_seq)
         query = query.order_by(predictions.c.seq.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [Prediction.from_row(r) for r in conn.execute(query).all()]
+
+    def active(self, limit: int = 1000) -> list[Prediction]:
+        """Queued and processing predictions, oldest first (the order workers take them)."""
+        query = (select(predictions).where(predictions.c.status.in_((QUEUED, PROCESSING)))
+                 .order_by(predictions.c.seq.asc()).limit(limit))
         with self.engine.connect() as conn:
             return [Prediction.from_row(r) for r in conn.execute(query).all()]
 

@@ -1,0 +1,1 @@
+"""The operator's web page, its live feed, /metrics and the offline API docs."""
