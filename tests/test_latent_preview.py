@@ -90,22 +90,26 @@ def test_previewer_uses_the_estimate_once_it_has_the_step_before():
     clean = np.broadcast_to(np.array([0.4, -0.2, 0.1], np.float32)[None, :, None, None, None], (1, 3, 1, 8, 8))
     noise = rng.standard_normal((1, 3, 1, 8, 8)).astype(np.float32)
     sigmas = [1.0, 0.95, 0.9]
-    previewer = LatentPreviewer(3, total_steps=2, sigmas=np.array(sigmas), frame_height=8)
-    first = previewer(1, (1 - sigmas[1]) * clean + sigmas[1] * noise)
-    second = previewer(2, (1 - sigmas[2]) * clean + sigmas[2] * noise)
+    previewer = LatentPreviewer(3, total_steps=2, frame_height=8)
+    first = previewer(1, (1 - sigmas[1]) * clean + sigmas[1] * noise, sigmas)
+    second = previewer(2, (1 - sigmas[2]) * clean + sigmas[2] * noise, sigmas)
     target = latent_to_rgb(clean[0], *rgb_projection(3))[0].astype(np.float32)
     error = [np.abs(np.asarray(_decode(p), dtype=np.float32) - target).mean() for p in (first, second)]
     assert error[1] < 4 < error[0]  # the noisy x_t first, then the clean picture up to JPEG rounding
 
 
+def previewer_steps(previewer: LatentPreviewer, latents, sigmas) -> list[int]:
+    return [step for step in range(1, 4) if previewer(step, latents, sigmas) is not None]
+
+
 def test_torch_bfloat16_latents_and_skipped_steps():
     torch = pytest.importorskip("torch")
     latents = torch.zeros((1, 16, 3, 4, 4), dtype=torch.bfloat16)
-    previewer = LatentPreviewer(16, total_steps=30, sigmas=torch.linspace(1, 0, 31))
-    assert previewer(1, latents) is None and previewer(2, latents) is None
-    assert previewer._previous is not None  # kept before a due step, for the estimate
-    preview = previewer(3, latents)
-    assert preview.step == 3 and _decode(preview).size == (3 * 96, 96)
+    sigmas = torch.linspace(1, 0, 31)
+    assert previewer_steps(previewer := LatentPreviewer(16, total_steps=30), latents, sigmas) == [3]
     assert previewer._previous is None
+    assert previewer(2, latents, sigmas) is None and previewer._previous is not None  # kept for the estimate
+    preview = previewer(3, latents, sigmas)
+    assert preview.step == 3 and _decode(preview).size == (3 * 96, 96)
     with pytest.raises(ValueError, match="reference frames"):
         LatentPreviewer(16, total_steps=1, skip_frames=3)(1, latents)

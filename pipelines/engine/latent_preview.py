@@ -126,15 +126,13 @@ class LatentPreviewer:
     """Called after every denoising step with the pipeline's latents; returns a Preview on the due steps.
 
     `skip_frames` leading latent frames are the reference images (not part of the video) and are left out.
-    `sigmas` are the scheduler's noise levels (steps + 1 values; None previews x_t as it is).
     """
 
-    def __init__(self, channels: int, total_steps: int, skip_frames: int = 0, sigmas: Any = None,
+    def __init__(self, channels: int, total_steps: int, skip_frames: int = 0,
                  max_frames: int = MAX_PREVIEW_FRAMES, frame_height: int = FRAME_HEIGHT):
         self.factors, self.bias = rgb_projection(channels)
         self.total = total_steps
         self.skip = skip_frames
-        self.sigmas = None if sigmas is None else [float(s) for s in _to_numpy(sigmas).reshape(-1)]
         self.max_frames = max_frames
         self.frame_height = frame_height
         self._previous: np.ndarray | None = None  # the selected frames before the last step
@@ -147,13 +145,14 @@ class LatentPreviewer:
         picked = np.unique(np.linspace(0, count - 1, min(count, self.max_frames)).round().astype(int)) + self.skip
         return _to_numpy(latents[0][:, picked.tolist()])
 
-    def _denoised(self, current: np.ndarray, step: int) -> np.ndarray:
-        if self._previous is None or self.sigmas is None or step >= len(self.sigmas):
+    def _denoised(self, current: np.ndarray, step: int, sigmas: Any) -> np.ndarray:
+        if self._previous is None or sigmas is None or step >= len(sigmas):
             return current
-        return denoised_estimate(current, self._previous, self.sigmas[step - 1], self.sigmas[step])
+        return denoised_estimate(current, self._previous, float(sigmas[step - 1]), float(sigmas[step]))
 
-    def __call__(self, step: int, latents: Any) -> Preview | None:
-        """`step` is 1-based (the step that just ran); `latents` the pipeline's (1, C, T, H, W) latents."""
+    def __call__(self, step: int, latents: Any, sigmas: Any = None) -> Preview | None:
+        """`step` is 1-based (the step that just ran); `latents` the pipeline's (1, C, T, H, W) latents;
+        `sigmas` the scheduler's noise levels (steps + 1 values; None previews x_t as it is)."""
         due, before_due = preview_due(step, self.total), step < self.total and preview_due(step + 1, self.total)
         if not (due or before_due):
             self._previous = None
@@ -161,7 +160,7 @@ class LatentPreviewer:
         current = self._frames(latents)
         preview = None
         if due:
-            rgb = latent_to_rgb(self._denoised(current, step), self.factors, self.bias)
+            rgb = latent_to_rgb(self._denoised(current, step, sigmas), self.factors, self.bias)
             jpeg, width, height = strip_image(rgb, self.frame_height)
             preview = Preview(step, self.total, jpeg, width, height)
         self._previous = current if before_due else None
