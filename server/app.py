@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vace.server.api.common import DIALECTS
+from vace.server.metrics import ServerMetrics, WorkerState
 from vace.server.problems import problem, service_problem
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import InvalidInput, NotFound, ServiceError
@@ -23,8 +24,9 @@ from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.service.webhooks import DeliveryPolicy
 from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Store, database_url
+from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
-from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor, make_supervisor
+from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor, make_supervisor, worker_states
 
 log = logging.getLogger("vace.server")
 
@@ -35,13 +37,19 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The app for resolved settings (see serve.resolve): `model` holds NAME=DIR specs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(settings.data_dir, settings.database_url))
+    supervisor = make_supervisor(store, WorkerConfig(settings=settings, database_url=store.url))
+    run_worker = not settings.no_worker
+
+    def workers() -> list[WorkerState]:
+        return worker_states(supervisor, store.lease_owners()) if run_worker else []
+
+    metrics = ServerMetrics(store.count_active, workers)
     service = PredictionService(store, ServiceConfig(
         data_dir=settings.data_dir, public_url=settings.public_url or "", queue_max=settings.queue_max,
         fetch_policy=settings.fetch_policy(), own_netlocs=settings.own_netlocs(),
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
-        retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)))
-    supervisor = make_supervisor(store, WorkerConfig(settings=settings, database_url=store.url))
-    run_worker = not settings.no_worker
+        retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)),
+        metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,18 +73,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await service.stop()
             store.close()
 
-    app = FastAPI(title="VACE server", version="0.1.0", lifespan=lifespan,
+    # docs_url/redoc_url None: FastAPI's own pages load their scripts from a CDN; server.web serves them offline
+    app = FastAPI(title="VACE server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="VACE video generation with Replicate-compatible (and other) APIs")
     app.state.settings = settings
     app.state.store = store
     app.state.service = service
     app.state.supervisor = supervisor
+    app.state.metrics = metrics
     app.state.error_renderers = []  # (path prefix, renderer) pairs a dialect adds for its own error bodies
     app.state.openapi_input_schemas = {}
     _add_error_handlers(app)
     _add_core_routes(app)
     for name in DIALECTS:
         importlib.import_module(name).install(app)
+    web.install(app)
     _add_openapi(app)
     return app
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
 from vace.server.store import FAILED, PROCESSING, QUEUED, TERMINAL, Prediction
 
 INPUT_FETCH = "input_fetch"  # metrics["error_kind"] of a prediction whose input could not be fetched

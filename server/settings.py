@@ -93,6 +93,8 @@ class ServeSettings(BaseSettings):
     file_retention_hours: float = Field(24.0, ge=0, description=(
         "uploaded files expire H hours after upload and are deleted (0 = keep forever; fractions allowed)"),
         json_schema_extra=_flag(metavar="H"))
+    metrics_public: bool = Field(False, description=(
+        "serve GET /metrics without the API key (for a Prometheus that cannot send one)"))
     log_level: str = Field("info", description="debug | info | warning | error")
 
     @field_validator("api_keys", mode="before")

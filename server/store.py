@@ -379,6 +379,13 @@ class Store:
         with self.engine.connect() as conn:
             return [Prediction.from_row(r) for r in conn.execute(query).all()]
 
+    def lease_owners(self) -> set[str]:
+        """The workers holding a running prediction."""
+        query = select(predictions.c.lease_owner).where(and_(predictions.c.status == PROCESSING,
+                                                             predictions.c.lease_owner.is_not(None)))
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
     def count_active(self) -> dict[str, int]:
         query = (select(predictions.c.status, func.count())
                  .where(predictions.c.status.in_((QUEUED, PROCESSING))).group_by(predictions.c.status))

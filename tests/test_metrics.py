@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from prometheus_client.parser import text_string_to_metric_families
+
 from vace.server.metrics import INPUT_FETCH, ServerMetrics, WorkerState
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction
 

@@ -37,9 +37,10 @@ def test_summary_of_a_running_prediction(tmp_path: Path):
     body = summary(pred, service, position=None)
     assert (body["step"], body["steps"], body["status"]) == (8, 20, "processing")
     assert body["input"]["video"] == "data:video/mp4;base64,... (5022 characters)"
-    assert body["rerun"] == {"prompt": "fox", "steps": 20, "width": 64, "height": 48,
-                             "video": "data:video/mp4;base64,... (5022 characters)",
-                             "mask": "http://127.0.0.1:8000/v1/files/f00"}
+    expected = {"prompt": "fox", "steps": 20, "width": 64, "height": 48, "sampler": "unipc",
+                "video": "data:video/mp4;base64,... (5022 characters)", "mask": "http://127.0.0.1:8000/v1/files/f00"}
+    assert expected.items() <= body["rerun"].items()  # every request field, defaults included
+    assert "model" not in body["rerun"] and "reference_images" not in body["rerun"]
     assert body["preview"]["step"] == 8 and body["output"] is None
     assert body["page"] == "http://127.0.0.1:8000/predictions/p1"
     full = summary(pred, service, full=True, preview=False)

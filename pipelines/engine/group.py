@@ -34,10 +34,12 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.engine.latent_preview import Preview
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.render import (
     CancelFn,
     Prepared,
+    PreviewFn,
     ProgressFn,
     RenderCancelled,
     Renderer,
@@ -235,6 +237,9 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
     def on_progress(step: int, total: int) -> None:
         conn.send(("progress", step, total))
 
+    def on_preview(preview: Preview) -> None:
+        conn.send(("preview", preview))
+
     while True:
         message = conn.recv()
         if message[0] == "stop":
@@ -244,7 +249,8 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
             dist.broadcast_object_list(job, src=0, device=device if device.type == "cuda" else None)
             prepared, output_path = job
             result = renderer.render(prepared, on_progress=on_progress if rank == 0 else None,
-                                     should_cancel=should_cancel, output_path=output_path)
+                                     should_cancel=should_cancel, output_path=output_path,
+                                     on_preview=on_preview if rank == 0 else None)
             result.metrics.update(sp_mode=spec.sp_mode, sp_group_size=spec.size)
             conn.send(("done", result))
         except _ShardDone:
@@ -381,7 +387,8 @@ class RenderGroup:
     # -- jobs -------------------------------------------------------------------------------------
 
     def render(self, prepared: Prepared, on_progress: ProgressFn | None = None,
-               should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:
+               should_cancel: CancelFn | None = None, output_path: str | Path | None = None,
+               on_preview: PreviewFn | None = None) -> RenderResult:
         """Run one prepared job on the group (same contract as Renderer.render, plus GroupFailed)."""
         with self._lock:
             if not self.alive:
@@ -392,9 +399,10 @@ class RenderGroup:
             self.cancel.clear()
             for rank, conn in enumerate(self.conns):
                 conn.send(("job", prepared, str(output_path) if output_path else None) if rank == 0 else ("job",))
-            return self._collect(on_progress, should_cancel)
+            return self._collect(on_progress, should_cancel, on_preview)
 
-    def _collect(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None) -> RenderResult:
+    def _collect(self, on_progress: ProgressFn | None, should_cancel: CancelFn | None,
+                 on_preview: PreviewFn | None = None) -> RenderResult:
         outcomes: dict[int, tuple] = {}
         first_error_at: float | None = None
         while len(outcomes) < self.spec.size:
@@ -409,6 +417,9 @@ class RenderGroup:
                             on_progress(message[1], message[2])
                         if should_cancel and should_cancel():
                             self.cancel.set()
+                    elif message[0] == "preview":
+                        if on_preview:
+                            on_preview(message[1])
                     else:
                         outcomes[rank] = message
             errors = {r: m for r, m in outcomes.items() if m[0] in ("error", "request_error")}
@@ -478,11 +489,12 @@ class GroupRenderer:
         return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0])
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
-               should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:
+               should_cancel: CancelFn | None = None, output_path: str | Path | None = None,
+               on_preview: PreviewFn | None = None) -> RenderResult:
         prepared = request if isinstance(request, Prepared) else self.prepare(request)
         if output_path is None:
             output_path = self.work_dir / f"render-{prepared.request.seed}-{time.time_ns()}.mp4"
-        return self.group.render(prepared, on_progress, should_cancel, output_path)
+        return self.group.render(prepared, on_progress, should_cancel, output_path, on_preview)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from vace.pipelines.conditioning import tasks
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.inputs import load_inputs
 from vace.pipelines.conditioning.primitives import Conditioning
+from vace.pipelines.engine.latent_preview import LatentPreviewer, Preview
 from vace.pipelines.engine.prompt_cache import prompt_cache_for
 from vace.pipelines.engine.schedulers import make_scheduler
 from vace.pipelines.job.request import GenerationRequest
@@ -26,6 +27,7 @@ from vace.pipelines.media.fetch import FetchPolicy
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
+PreviewFn = Callable[[Preview], None]
 
 
 class RenderCancelled(Exception):
@@ -108,18 +110,24 @@ class Renderer:
         return kwargs
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
-               should_cancel: CancelFn | None = None, output_path: str | Path | None = None) -> RenderResult:
-        """Render one request to an mp4; raises RequestError (bad input) or RenderCancelled."""
+               should_cancel: CancelFn | None = None, output_path: str | Path | None = None,
+               on_preview: PreviewFn | None = None) -> RenderResult:
+        """Render one request to an mp4; raises RequestError (bad input) or RenderCancelled. `on_preview` gets a
+        live preview of the video every few steps (latent_preview)."""
         import torch
 
         prepared = request if isinstance(request, Prepared) else self.prepare(request)
         req, cond = prepared.request, prepared.conditioning
         timings = {"load_inputs": prepared.load_seconds}
         metrics: dict[str, Any] = {}
+        previewer = LatentPreviewer(self.pipe.vae.config.z_dim, req.steps, len(cond.reference_images)) \
+            if on_preview else None
 
         def step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
             if on_progress:
                 on_progress(i + 1, req.steps)
+            if previewer and (preview := previewer(i + 1, kwargs["latents"], pipe.scheduler.sigmas)):
+                on_preview(preview)
             if should_cancel and should_cancel():
                 raise RenderCancelled(f"cancelled after step {i + 1}/{req.steps}")
             return {}

@@ -25,6 +25,10 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+class FetchError(RequestError):
+    """An input URL that could not be fetched: no answer, an HTTP error status, or a type or size refused."""
+
+
 @dataclass
 class FetchPolicy:
     """Limits for user-given URLs. Non-global addresses are refused unless their host is allowed.
@@ -150,31 +154,31 @@ def _download(url: str, policy: FetchPolicy, field_name: str, dest: Path) -> Non
                     if i == len(targets) - 1 or time.monotonic() > deadline:
                         raise
     except httpx.TimeoutException:
-        raise RequestError(field_name, f"fetching {url} timed out (limit {policy.timeout_s:g} s)") from None
+        raise FetchError(field_name, f"fetching {url} timed out (limit {policy.timeout_s:g} s)") from None
     except httpx.HTTPError as exc:
-        raise RequestError(field_name, f"could not fetch {url}: {exc}") from exc
+        raise FetchError(field_name, f"could not fetch {url}: {exc}") from exc
 
 
 def _save(resp: Any, url: str, policy: FetchPolicy, field_name: str, dest: Path, deadline: float) -> None:
     if resp.status_code != 200:
-        raise RequestError(field_name, f"fetching {url} answered HTTP {resp.status_code}")
+        raise FetchError(field_name, f"fetching {url} answered HTTP {resp.status_code}")
     ctype = resp.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
     if not ctype.startswith(MEDIA_TYPES):
-        raise RequestError(field_name, f"{url} has content type {ctype!r}, not an image or video")
+        raise FetchError(field_name, f"{url} has content type {ctype!r}, not an image or video")
     try:
         declared = int(resp.headers.get("content-length") or 0)
     except ValueError:
         declared = 0
     if declared > policy.max_bytes:
-        raise RequestError(field_name, f"{url} is {declared} bytes, over the {policy.max_bytes} limit")
+        raise FetchError(field_name, f"{url} is {declared} bytes, over the {policy.max_bytes} limit")
     size = 0
     with open(dest, "wb") as fh:
         for chunk in resp.iter_bytes():
             size += len(chunk)
             if size > policy.max_bytes:
-                raise RequestError(field_name, f"{url} is over the {policy.max_bytes} byte limit")
+                raise FetchError(field_name, f"{url} is over the {policy.max_bytes} byte limit")
             if time.monotonic() > deadline:
-                raise RequestError(field_name, f"fetching {url} took longer than {policy.timeout_s:g} s")
+                raise FetchError(field_name, f"fetching {url} took longer than {policy.timeout_s:g} s")
             fh.write(chunk)
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from vace.server.service.errors import NotFound
 from vace.server.store import Prediction, Store
@@ -26,6 +26,7 @@ class ChangeFeed:
         self.on_change = on_change
         self.on_tick = on_tick
         self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
+        self._subscribers: set[asyncio.Queue[Prediction]] = set()
         self._seen: dict[str, Prediction] = {}
         self._task: asyncio.Task | None = None
 
@@ -79,6 +80,16 @@ class ChangeFeed:
                 if not listeners:
                     self._listeners.pop(prediction_id, None)
 
+    @contextlib.contextmanager
+    def subscription(self) -> Iterator[asyncio.Queue[Prediction]]:
+        """Every new or changed prediction from now on, whichever API created it (the operator's page)."""
+        queue: asyncio.Queue[Prediction] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)
+
     def read(self, since: float, now: float) -> list[Prediction]:
         """The database side of one watch tick: Cancel-After deadlines, then the rows changed since `since`
         (re-reading one more second: a write stamped just before `now` may commit after this read, and workers
@@ -116,7 +127,9 @@ class ChangeFeed:
         if prev is not None and prev.rev >= pred.rev:
             return
         self._seen[pred.id] = pred
-        if prev is None and pred.rev == 0:
+        for queue in self._subscribers:
+            queue.put_nowait(pred)
+        if prev is None and pred.rev == 0:  # just created: not a change (no webhook, no waiter to wake)
             return
         for queue in self._listeners.get(pred.id, ()):
             queue.put_nowait(pred)

@@ -22,6 +22,7 @@ from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy
+from vace.server.metrics import ServerMetrics
 from vace.server.retention import RetentionPolicy, SweepReport, sweep
 from vace.server.service.cursor import decode_cursor, encode_cursor
 from vace.server.service.errors import InvalidInput, NotFound, QueueFull
@@ -74,18 +75,19 @@ def scoped_idempotency_key(tenant: str, key: str) -> str:
 class PredictionService:
     """One per server process. Call `start()` inside the event loop and `stop()` on shutdown."""
 
-    def __init__(self, store: Store, config: ServiceConfig):
+    def __init__(self, store: Store, config: ServiceConfig, metrics: ServerMetrics | None = None):
         self.store = store
         self.config = config
+        self.metrics = metrics or ServerMetrics(store.count_active, list)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "outputs").mkdir(exist_ok=True)
         self.fetch_policy = config.fetch_policy
         self.files = FileStorage(store, config.data_dir, config.retention, config.clock)
         self.urls = MediaUrls(config.public_url, config.own_netlocs, config.data_dir / "outputs", self.files,
                               self.fetch_policy)
-        self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy)
+        self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy, self.metrics.webhook_delivered)
         self.webhook_secret = load_secret(config.data_dir)
-        self.feed = ChangeFeed(store, self.webhooks.on_change, self.webhooks.flush_throttled)
+        self.feed = ChangeFeed(store, self._on_change, self.webhooks.flush_throttled)
         self._retention_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -101,6 +103,10 @@ class PredictionService:
                 await self._retention_task
         await self.webhooks.stop()
 
+    def _on_change(self, prev: Prediction | None, pred: Prediction) -> None:
+        self.webhooks.on_change(prev, pred)
+        self.metrics.observe(prev, pred)
+
     def url(self, path: str) -> str:
         return self.urls.url(path)
 
@@ -115,10 +121,11 @@ class PredictionService:
     def create(self, *, endpoint: str, model: str, job: Job, input: dict[str, Any], dialect: str,
                version: str = "", webhook: str | None = None, webhook_events: list[str] | None = None,
                cancel_after_s: float | None = None, extra: dict[str, Any] | None = None,
-               idempotency_key: str | None = None, tenant: str = "") -> Prediction:
+               idempotency_key: str | None = None, tenant: str = "", previews: bool = False) -> Prediction:
         """Validate and enqueue. Raises InvalidInput (field names are GenerationRequest's) or QueueFull.
         With an idempotency key, a key this tenant used before returns that first prediction (whatever its
-        state; nothing new is validated, queued or counted against the queue cap)."""
+        state; nothing new is validated, queued or counted against the queue cap). `previews` opts in to live
+        preview events (SSE and the `preview` webhook event)."""
         scoped = scoped_idempotency_key(tenant, idempotency_key) if idempotency_key is not None else None
         if scoped is not None and (first := self.store.get_by_idempotency_key(scoped)) is not None:
             return first
@@ -136,6 +143,8 @@ class PredictionService:
         bad = [e for e in events if e not in WEBHOOK_EVENTS]
         if bad:
             raise InvalidInput.of("webhook_events_filter", f"unknown event {bad[0]!r}; use {', '.join(WEBHOOK_EVENTS)}")
+        if "preview" in events and not previews:
+            raise InvalidInput.of("webhook_events_filter", "the preview event needs previews: true on the prediction")
         queued = self.store.count_active()[QUEUED]
         if queued >= self.config.queue_max:
             retry = self.retry_after_s()
@@ -145,8 +154,8 @@ class PredictionService:
         pred = Prediction(id=new_id(), endpoint=endpoint, version=version, dialect=dialect, model=model,
                           input=input, request=Job(request, job.delivery).to_dict(), status=QUEUED, webhook=webhook,
                           webhook_events=events if webhook else None, created_at=now,
-                          cancel_at=now + cancel_after_s if cancel_after_s else None, extra=extra or {},
-                          idempotency_key=scoped)
+                          cancel_at=now + cancel_after_s if cancel_after_s else None,
+                          extra={**(extra or {}), **({"previews": True} if previews else {})}, idempotency_key=scoped)
         return self.store.insert_once(pred)[0]
 
     def retry_after_s(self) -> int:

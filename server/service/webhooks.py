@@ -28,9 +28,9 @@ from vace.server.store import PROCESSING, QUEUED, TERMINAL, Prediction, new_id
 
 log = logging.getLogger("vace.webhooks")
 
-WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed", "preview")  # preview: opted in per prediction
 DEFAULT_WEBHOOK_EVENTS = ("output", "completed")
-THROTTLED_EVENTS = ("output", "logs")
+THROTTLED_EVENTS = ("output", "logs", "preview")
 THROTTLE_S = 0.5
 
 
@@ -43,6 +43,7 @@ class WebhookMessage:
 
 
 WebhookFormatter = Callable[[Prediction, str], "WebhookMessage | None"]
+DeliveryResult = Callable[[str, int], None]  # (delivered | refused | gave_up | not_sent, failed attempts)
 
 
 @dataclass
@@ -86,6 +87,8 @@ def webhook_events_between(prev: Prediction | None, cur: Prediction) -> list[str
         events.append("logs")
     if cur.output is not None and cur.output != (prev.output if prev else None):
         events.append("output")
+    if cur.preview and cur.preview != (prev.preview if prev else None) and cur.status not in TERMINAL:
+        events.append("preview")
     if cur.status in TERMINAL and prev_status not in TERMINAL:
         events.append("completed")
     return events
@@ -103,9 +106,10 @@ def as_started(pred: Prediction) -> Prediction:
 class WebhookDispatcher:
     """Throttles `output`/`logs` events per prediction and delivers in order. Lives on the event loop."""
 
-    def __init__(self, policy: DeliveryPolicy, fetch_policy: FetchPolicy):
+    def __init__(self, policy: DeliveryPolicy, fetch_policy: FetchPolicy, on_result: DeliveryResult):
         self.policy = policy
         self.fetch_policy = fetch_policy
+        self.on_result = on_result
         self.formatters: dict[str, WebhookFormatter] = {}
         self._last_sent: dict[tuple[str, str], float] = {}
         self._pending: dict[str, tuple[list[str], Prediction]] = {}
@@ -175,6 +179,12 @@ class WebhookDispatcher:
             self._deliveries.pop(prediction_id, None)
 
     async def deliver(self, url: str, message: WebhookMessage, event: str, prediction_id: str) -> bool:
+        outcome, failed = await self._attempts(url, message, event, prediction_id)
+        self.on_result(outcome, failed)
+        return outcome == "delivered"
+
+    async def _attempts(self, url: str, message: WebhookMessage, event: str, prediction_id: str) -> tuple[str, int]:
+        """POST with retries -> (outcome, attempts that failed)."""
         headers = {"content-type": "application/json", "user-agent": "vace-server-webhooks", **message.headers}
         for attempt in range(self.policy.attempts):
             if attempt:
@@ -183,15 +193,15 @@ class WebhookDispatcher:
                 await asyncio.to_thread(check_url, url, self.fetch_policy, "webhook")
                 resp = await self._http.post(url, content=message.body, headers=headers)
                 if resp.status_code < 300:
-                    return True
+                    return "delivered", attempt
                 if 400 <= resp.status_code < 500 and resp.status_code not in (408, 409, 429):
                     log.warning("webhook %s for %s refused with HTTP %s", event, prediction_id, resp.status_code)
-                    return False
+                    return "refused", attempt + 1
                 log.info("webhook %s for %s: HTTP %s, will retry", event, prediction_id, resp.status_code)
             except RequestError as exc:
                 log.warning("webhook %s for %s not sent: %s", event, prediction_id, exc)
-                return False
+                return "not_sent", attempt
             except httpx.HTTPError as exc:
                 log.info("webhook %s for %s failed (%s), will retry", event, prediction_id, exc)
         log.warning("webhook %s for %s gave up after %d attempts", event, prediction_id, self.policy.attempts)
-        return False
+        return "gave_up", self.policy.attempts

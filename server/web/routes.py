@@ -16,11 +16,13 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+
 from vace.pipelines.acceleration.presets import PRESETS
 from vace.pipelines.conditioning.tasks import TASKS
 from vace.pipelines.job.request import SAMPLERS, GenerationRequest
 from vace.server.auth import require_api_key
-from vace.server.service.predictions import InvalidInput, PredictionService
+from vace.server.service.errors import InvalidInput
+from vace.server.service.predictions import PredictionService
 from vace.server.store import QUEUED, TERMINAL, Prediction, Store
 from vace.server.web.docs import install_docs
 from vace.server.web.summary import summary
@@ -81,7 +83,7 @@ class WebAPI:
 
     async def feed(self, request: Request, only: str | None) -> AsyncIterator[str]:
         """A snapshot, then every change (a preview only when it moved on), with keep-alive comments."""
-        with self.service.subscription() as changes:  # subscribed before the snapshot: no change falls between
+        with self.service.feed.subscription() as changes:  # subscribed before the snapshot: no change falls between
             snapshot = await asyncio.to_thread(self.snapshot, only)
             yield event("snapshot", snapshot)
             shown = {p["id"]: (p.get("preview") or {}).get("step") for p in snapshot["active"]}
@@ -103,8 +105,8 @@ def page_context(app: FastAPI, prediction_id: str | None) -> dict[str, Any]:
     settings = app.state.settings
     return {"title": f"VACE server{' - ' + prediction_id if prediction_id else ''}", "static": STATIC,
             "auth_required": bool(settings.api_keys), "prediction_id": prediction_id,
-            "models": list(settings.models), "tasks": list(TASKS), "presets": list(PRESETS), "samplers": SAMPLERS,
-            "defaults": GenerationRequest(prompt=""), "media": MEDIA}
+            "models": list(settings.served_models()), "tasks": list(TASKS), "presets": list(PRESETS),
+            "samplers": SAMPLERS, "defaults": GenerationRequest(prompt=""), "media": MEDIA}
 
 
 def install(app: FastAPI) -> None:

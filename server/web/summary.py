@@ -38,9 +38,9 @@ def _elide(value: Any) -> Any:
     return value
 
 
-def rerun_input(service: PredictionService, pred: Prediction) -> dict[str, Any]:
-    """The native input (vace/<model>) that renders this prediction again: its request, with media as URLs."""
-    data = {k: v for k, v in pred.request.items() if k != "model" and v not in (None, [], {})}
+def rerun_input(service: PredictionService, request: dict[str, Any]) -> dict[str, Any]:
+    """The native input (vace/<model>) that renders a request again, with media as URLs."""
+    data = {k: v for k, v in request.items() if k != "model" and v not in (None, [], {})}
     for name in MEDIA_FIELDS:
         if data.get(name):
             data[name] = media_url(service, data[name])
@@ -52,7 +52,8 @@ def rerun_input(service: PredictionService, pred: Prediction) -> dict[str, Any]:
 def summary(pred: Prediction, service: PredictionService, position: int | None = None,
             full: bool = False, preview: bool = True) -> dict[str, Any]:
     """`full` keeps data: URIs whole (one prediction's page); `preview` False leaves the preview image out."""
-    steps = int(pred.request.get("steps") or 0)
+    request = pred.job.request.to_dict()
+    steps = int(request.get("steps") or 0)
     metrics = pred.metrics or {}
     output = pred.output or {}
     url = service.output_url(pred)
@@ -69,7 +70,7 @@ def summary(pred: Prediction, service: PredictionService, position: int | None =
         "output": {"url": url, **{k: output.get(k) for k in ("width", "height", "fps", "num_frames", "duration")}}
         if url else None,
         "data_removed": pred.data_removed,
-        "input": trim(pred.input), "rerun": trim(rerun_input(service, pred)),
+        "input": trim(pred.input), "rerun": trim(rerun_input(service, request)),
         "page": service.url(f"/predictions/{pred.id}"),
     }
     if preview:

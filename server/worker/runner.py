@@ -10,11 +10,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.engine.latent_preview import Preview
 from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.codec import resize_frames, write_mp4
+from vace.pipelines.media.fetch import FetchError
 from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.parallel.processes import exit_with_parent
+from vace.server.metrics import INPUT_FETCH
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
@@ -91,16 +94,26 @@ class JobRunner:
             logs.append(f"model: {job.model}; seed: {requested.seed}")
             write_logs(force=True, seed=requested.seed, progress=0.0)
 
+            step_seconds: list[float] = []
+            last_step = [0.0]
+
             def on_progress(step: int, total: int) -> None:
+                now = time.perf_counter()
+                if step > 1:  # the first step's time also holds the pipeline's set-up (conditioning encode)
+                    step_seconds.append(round(now - last_step[0], 4))
+                last_step[0] = now
                 logs.append(progress_line(step, total))
                 write_logs(force=step == total, progress=100.0 * step / max(total, 1))
+
+            def on_preview(preview: Preview) -> None:
+                self.store.report(job.id, owner, preview=preview.to_dict())
 
             out_dir = self.data_dir / "outputs"
             out_dir.mkdir(parents=True, exist_ok=True)
             out_path = out_dir / f"{job.id}.mp4"
             result = renderer.render(prepared, on_progress=on_progress,
                                      should_cancel=lambda: self.store.cancel_requested(job.id),
-                                     output_path=out_path)
+                                     output_path=out_path, on_preview=on_preview)
             if (result.width, result.height) != (requested.width, requested.height):
                 result = _resize_output(result, requested.width, requested.height)
             output = {
@@ -111,7 +124,8 @@ class JobRunner:
             }
             output.update(self._deliver(job, result, out_dir, logs))
             output["file_size"] = out_path.stat().st_size
-            metrics = {"seed": result.seed, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            metrics = {"seed": result.seed, "step_seconds": step_seconds,
+                       "timings": {k: round(v, 3) for k, v in result.timings.items()},
                        **result.metrics, **self.held(started, model)}
             logs.append(f"done in {metrics['predict_time']:.2f}s")
             self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
@@ -121,6 +135,9 @@ class JobRunner:
             logs.append(str(exc))
             self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs), metrics=self.held(started, model))
             return CANCELED
+        except FetchError as exc:
+            return self._fail(job, owner, logs, {**self.held(started, model), "error_kind": INPUT_FETCH},
+                              f"invalid input: {exc}")
         except RequestError as exc:
             return self._fail(job, owner, logs, self.held(started, model), f"invalid input: {exc}")
         except Exception as exc:  # noqa: BLE001 - a job failure must never take the worker down
@@ -205,7 +222,7 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
         return
     if events is not None:
         events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
-                              "offload": getattr(model, "offload", None)}))
+                              "offload": getattr(model, "offload", None), "device": str(getattr(model, "device", ""))}))
     runner = JobRunner(store, pool, config)
     queued = store.listener(QUEUE_CHANNEL, poll_s=IDLE_POLL_S)  # PostgreSQL wakes it at once; SQLite is polled
     while stop is None or not stop.is_set():

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from vace.server.metrics import WorkerState
 from vace.server.store import Store
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.devices import worker_configs, worker_device_sets
@@ -177,3 +178,11 @@ def make_supervisor(store: Store, config: WorkerConfig) -> WorkerSupervisor | Su
     if sets == [(s.device,)]:
         return WorkerSupervisor(store, dataclasses.replace(config, device=s.device))
     return SupervisorSet(store, worker_configs(config, sets))
+
+
+def worker_states(supervisor: WorkerSupervisor | SupervisorSet, busy_owners: set[str]) -> list[WorkerState]:
+    """Each started worker as /metrics reports it: up while loaded and alive, busy while it holds a job."""
+    members = supervisor.members if isinstance(supervisor, SupervisorSet) else [supervisor]
+    return [WorkerState(m.worker_id, list(m.config.devices) or [str((m.loaded or {}).get("device") or m.config.device)],
+                        up=m.state == READY and m.pid is not None, busy=m.worker_id in busy_owners)
+            for m in members if m.worker_id]

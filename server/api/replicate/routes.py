@@ -43,6 +43,9 @@ class PredictionCreate(BaseModel):
     webhook: str | None = None
     webhook_events_filter: list[str] | None = None
     stream: bool | None = None
+    previews: bool = Field(False, description=(
+        "this server's extension: send `preview` events (a small JPEG data: URI of the video so far, every few "
+        "denoising steps) on the prediction's stream, and as webhooks when webhook_events_filter lists `preview`"))
 
 
 def iso(ts: float | None) -> str | None:
@@ -72,7 +75,8 @@ def prediction_json(pred: Prediction, service: PredictionService, base: str, wai
         "logs": pred.logs, "output": service.output_url(pred), "data_removed": pred.data_removed, "error": pred.error,
         "status": status, "created_at": iso(pred.created_at), "started_at": iso(pred.started_at),
         "completed_at": iso(pred.completed_at), "metrics": metrics,
-        "urls": {"get": get, "cancel": f"{get}/cancel", "stream": f"{get}/stream", "web": get},
+        "urls": {"get": get, "cancel": f"{get}/cancel", "stream": f"{get}/stream",
+                 "web": service.url(f"/predictions/{pred.id}")},
     }
 
 
@@ -86,7 +90,10 @@ def file_json(record: StoredFile, base: str) -> dict:
 
 
 def webhook_message(pred: Prediction, event: str, service: PredictionService) -> WebhookMessage:
-    body = json.dumps(prediction_json(pred, service, service.url("").rstrip("/"))).encode()
+    payload = prediction_json(pred, service, service.url("").rstrip("/"))
+    if event == "preview":
+        payload["preview"] = pred.preview
+    body = json.dumps(payload).encode()
     return WebhookMessage(body, standard_webhook_headers(service.webhook_secret, body))
 
 
@@ -153,7 +160,8 @@ class ReplicateAPI:
             pred = await asyncio.to_thread(
                 self.service.create, endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
                 dialect=DIALECT, version=version, webhook=body.webhook, webhook_events=body.webhook_events_filter,
-                cancel_after_s=cancel_s, idempotency_key=idempotency_key, tenant=tenant(request))
+                cancel_after_s=cancel_s, idempotency_key=idempotency_key, tenant=tenant(request),
+                previews=body.previews)
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [(model.field_name(f), m) for f, m in exc.errors]) from exc
         headers = {}
@@ -280,10 +288,12 @@ class ReplicateAPI:
         }
 
     async def events(self, prediction_id: str, request: Request):
-        """SSE: `output`, `logs`, `error`, `done`; every event carries an id (the client drops those without)."""
+        """SSE: `output`, `logs`, `error`, `done` (and `preview`, JSON, when the prediction opted in); every event
+        carries an id (the client drops those without)."""
         counter = 0
         sent_logs = 0
         sent_output = None
+        sent_preview = None
 
         def event(kind: str, data: str) -> str:
             nonlocal counter
@@ -297,6 +307,9 @@ class ReplicateAPI:
             if len(pred.logs) > sent_logs:
                 yield event("logs", pred.logs[sent_logs:].rstrip("\n"))
                 sent_logs = len(pred.logs)
+            if pred.extra.get("previews") and pred.preview and pred.preview != sent_preview:
+                yield event("preview", json.dumps(pred.preview))
+                sent_preview = pred.preview
             url = self.service.output_url(pred)
             if url and url != sent_output:
                 yield event("output", url)

@@ -1,0 +1,112 @@
+"""The page's routes in-process (no worker): the server-rendered page, offline docs, /metrics auth, the page's
+JSON, Replicate's urls.web, the preview opt-in, and the change feed's subscription for the whole farm."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vace.server.app import create_app
+from vace.server.service.events import ChangeFeed
+from vace.server.service.webhooks import webhook_events_between
+from vace.server.settings import ServeSettings
+from vace.server.store import PROCESSING, QUEUED, SUCCEEDED, Prediction, Store
+
+KEY = "routes-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TINY_INPUT = {"prompt": "x", "width": 32, "height": 32, "num_frames": 5, "steps": 1}
+
+
+@pytest.fixture()
+def client(tiny_model_dir: Path, tmp_path: Path):
+    settings = ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path, public_url="http://127.0.0.1:9",
+                             no_worker=True, api_keys=[KEY], allow_host=["127.0.0.1"])
+    with TestClient(create_app(settings)) as http:
+        yield http
+
+
+def _urls(html: str) -> list[str]:
+    return re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+
+
+def test_page_and_docs_load_nothing_from_elsewhere(client: TestClient):
+    page = client.get("/")
+    assert page.status_code == 200 and 'data-auth-required="true"' in page.text
+    assert '<option value="tiny">vace/tiny</option>' in page.text and 'value="inpainting"' in page.text
+    for path in ("/", "/predictions/abc", "/docs", "/redoc"):
+        html = client.get(path).text
+        links = _urls(html) + re.findall(r"""url: ?['"]([^'"]+)['"]""", html)
+        assert links and all(u.startswith(("/", "#", "data:")) for u in links), (path, links)
+        assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html, path
+        for url in links:
+            if url.startswith("/") and not url.startswith(("/v1", "/openapi")) and "." in url.rsplit("/", 1)[-1]:
+                assert client.get(url).status_code == 200, url  # every script, style and icon is served here
+
+
+def test_metrics_need_the_key_unless_public(client: TestClient, tiny_model_dir: Path, tmp_path: Path):
+    assert client.get("/metrics").status_code == 401
+    scrape = client.get("/metrics", headers=AUTH)
+    assert scrape.status_code == 200 and 'vace_queue_depth{state="queued"} 0.0' in scrape.text
+    public = ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path / "public", public_url="http://h:1",
+                           no_worker=True, api_keys=[KEY], metrics_public=True)
+    with TestClient(create_app(public)) as http:
+        assert http.get("/metrics").status_code == 200
+        assert http.get("/web/api/predictions").status_code == 401  # only the metrics are public
+
+
+def test_page_json_lists_the_queue_and_replicate_links_the_page(client: TestClient):
+    created = [client.post("/v1/models/vace/tiny/predictions", json={"input": TINY_INPUT}, headers=AUTH).json()
+               for _ in range(3)]
+    assert created[0]["urls"]["web"] == f"http://127.0.0.1:9/predictions/{created[0]['id']}"
+    client.post(f"/v1/predictions/{created[1]['id']}/cancel", headers=AUTH)
+    active = client.get("/web/api/predictions", headers=AUTH).json()["results"]
+    assert [(p["id"], p["position"], p["status"]) for p in active] == [
+        (created[0]["id"], 0, QUEUED), (created[2]["id"], 1, QUEUED)]
+    finished = client.get("/web/api/predictions?state=finished", headers=AUTH).json()
+    assert [p["id"] for p in finished["results"]] == [created[1]["id"]] and finished["next"] is None
+    one = client.get(f"/web/api/predictions/{created[2]['id']}", headers=AUTH).json()
+    assert one["rerun"]["prompt"] == "x" and one["position"] == 1 and one["steps"] == 1
+    assert client.get("/web/api/predictions?state=finished&cursor=x", headers=AUTH).status_code == 422
+    assert client.get("/web/api/predictions?state=later", headers=AUTH).status_code == 422
+    assert client.get("/web/api/events?id=nope", headers=AUTH).status_code == 404
+
+
+def test_preview_webhooks_need_the_opt_in(client: TestClient):
+    body = {"input": TINY_INPUT, "webhook": "http://127.0.0.1:9/hook", "webhook_events_filter": ["preview"]}
+    refused = client.post("/v1/models/vace/tiny/predictions", json=body, headers=AUTH)
+    assert refused.status_code == 422
+    assert refused.json()["invalid_fields"][0]["field"] == "webhook_events_filter"
+    accepted = client.post("/v1/models/vace/tiny/predictions", json={**body, "previews": True}, headers=AUTH)
+    assert accepted.status_code == 201
+
+
+def _row(**values) -> Prediction:
+    fields = {"id": "p1", "endpoint": "vace/tiny", "version": "", "dialect": "replicate", "model": "tiny",
+              "input": {}, "request": {}, "status": PROCESSING, "started_at": 1.0, **values}
+    return Prediction(**fields)
+
+
+def test_a_new_preview_is_a_webhook_event_while_running():
+    shown = {"step": 2, "total": 8, "image": "data:image/jpeg;base64,AA"}
+    assert "preview" in webhook_events_between(_row(), _row(preview=shown, rev=2))
+    assert "preview" not in webhook_events_between(_row(preview=shown), _row(preview=shown, rev=3))
+    assert "preview" not in webhook_events_between(_row(preview=shown), _row(
+        preview={**shown, "step": 8}, status=SUCCEEDED, rev=4))  # finished: `completed` says it
+
+
+def test_a_subscription_sees_new_and_changed_predictions(tmp_path: Path):
+    feed = ChangeFeed(Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), lambda prev, cur: None, lambda: None)
+
+    async def run() -> list[tuple[str, int]]:
+        with feed.subscription() as changes:
+            feed.apply(_row(status=QUEUED, rev=0))  # just created
+            feed.apply(_row(rev=1))
+            feed.apply(_row(rev=1))  # the same revision again: nothing new
+            return [(p.status, p.rev) for p in [changes.get_nowait() for _ in range(changes.qsize())]]
+
+    assert asyncio.run(run()) == [(QUEUED, 0), (PROCESSING, 1)]
+    assert not feed._subscribers
