@@ -110,3 +110,12 @@ def test_a_subscription_sees_new_and_changed_predictions(tmp_path: Path):
 
     assert asyncio.run(run()) == [(QUEUED, 0), (PROCESSING, 1)]
     assert not feed._subscribers
+
+
+def test_pages_tell_the_browser_to_reach_this_server_only(client: TestClient):
+    for path in ("/docs", "/redoc"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert policy.startswith("default-src 'self'") and "http" not in policy, path
+    for path in ("/", "/predictions/abc"):  # and the server's public URL, which output URLs use
+        policy = client.get(path).headers["content-security-policy"]
+        assert policy.startswith("default-src 'self'") and "media-src 'self' http://127.0.0.1:9;" in policy

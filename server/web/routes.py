@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,15 @@ class WebAPI:
                 yield event("prediction", summary(pred, self.service, preview=fresh))
 
 
+def page_csp(public_url: str) -> str:
+    """The page talks to this server only; videos and API calls may name it by its public URL."""
+    parsed = urllib.parse.urlparse(public_url)
+    public = f" {parsed.scheme}://{parsed.netloc}" if parsed.scheme and parsed.netloc else ""
+    return (f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"media-src 'self'{public}; connect-src 'self'{public}; object-src 'none'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'")
+
+
 def page_context(app: FastAPI, prediction_id: str | None) -> dict[str, Any]:
     settings = app.state.settings
     return {"title": f"VACE server{' - ' + prediction_id if prediction_id else ''}", "static": STATIC,
@@ -116,13 +126,15 @@ def install(app: FastAPI) -> None:
     app.mount(STATIC, StaticFiles(directory=str(HERE / "static")), name="web-static")
     install_docs(app)
 
+    headers = {"Content-Security-Policy": page_csp(app.state.settings.public_url or "")}
+
     @app.get("/", include_in_schema=False)
     def home(request: Request) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, None))
+        return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, None), headers=headers)
 
     @app.get("/predictions/{prediction_id}", include_in_schema=False)
     def prediction_page(prediction_id: str, request: Request) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, prediction_id))
+        return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, prediction_id), headers=headers)
 
     api = APIRouter(prefix="/web/api", tags=["web"], dependencies=[Depends(require_api_key)])
 

@@ -215,7 +215,9 @@ function fillCard(card, p) {
   fact(dl, "GPU seconds", p.gpu_seconds);
   if (p.timings) fact(dl, "timings", Object.entries(p.timings).map(([k, v]) => `${k} ${v} s`).join(", "));
   const inputs = Object.entries(p.input || {}).filter(([, v]) => v !== null && v !== "");
-  fact(dl, "input", inputs.map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join("; "));
+  const shown = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+  const short = (v) => (shown(v).length > 80 ? `${shown(v).slice(0, 77)}...` : shown(v));
+  fact(dl, "input", inputs.map(([k, v]) => `${k}=${short(v)}`).join("; "));
   if (p.data_removed) fact(dl, "output", "removed (retention)");
   $(".error", card).textContent = p.error || "";
   $(".cancel", card).hidden = !active || p.cancel_requested;
