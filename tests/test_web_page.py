@@ -73,7 +73,8 @@ def _metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 @pytest.fixture()
 def server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path / "data", api_key=API_KEY, args=["--model", "tiny", "--allow-host", "127.0.0.1"])
-    srv.start()
+    srv.start(wait_ready=False)
+    srv.wait_health(timeout=600)  # the worker loads the model first; a busy machine takes a while
     yield srv
     srv.stop()
 
