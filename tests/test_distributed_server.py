@@ -73,7 +73,7 @@ def _render(server: Server, tmp: Path, name: str) -> np.ndarray:
 
 
 def test_gpus_and_groups_become_workers():
-    from vace.server.worker.pool import worker_device_sets
+    from vace.server.worker.devices import worker_device_sets
 
     assert worker_device_sets("auto", "0,1,2,3", 1) == [("cuda:0",), ("cuda:1",), ("cuda:2",), ("cuda:3",)]
     assert worker_device_sets("auto", "0,1,2,3,4,5,6,7", 4) == [
