@@ -1,0 +1,290 @@
+"""LoRAs: request field parsing, the three key formats, fit checks, the library (names, paths, URLs) and hot
+swap on the tiny models (scale 1 differs, scale 0 and no LoRA are bit-identical, no leak between jobs)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from vace.pipelines.engine.loras import (
+    ActiveLora,
+    LoraAdapters,
+    LoraLibrary,
+    LoraSpec,
+    adapters_for,
+    check_request_loras,
+    describe_base,
+    linear_shapes_from_module,
+    linear_shapes_from_weights,
+    lora_shapes,
+    parse_loras,
+    read_lora,
+)
+from vace.pipelines.engine.render import Renderer
+from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_lora, write_tiny_loras
+from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.pipelines.media.fetch import FetchPolicy
+from vace.weights.loader import load_pipeline
+
+STYLE_FILES = (TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya")
+
+
+@pytest.fixture(scope="module")
+def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loras")
+    write_tiny_loras(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def library(library_dir: Path) -> LoraLibrary:
+    return LoraLibrary(library_dir)
+
+
+@pytest.fixture(scope="module")
+def other_base_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA for a wider Wan transformer (width 48): the tiny models must refuse it."""
+    return write_lora(tmp_path_factory.mktemp("other") / "wide.safetensors", "comfy", seed=3, dim=48)
+
+
+def small(**kw) -> GenerationRequest:
+    base = dict(prompt="a red fox in the snow", width=32, height=32, num_frames=5, steps=2, seed=11)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+# --- the request field -------------------------------------------------------------------------------------
+
+def test_loras_field_parses_and_names_the_bad_entry():
+    specs = parse_loras([{"name": "tiny-style", "scale": 0.5}, {"url": "https://x.test/a.safetensors"},
+                         {"path": "/tmp/a.safetensors", "expert": "low_noise"}])
+    assert specs[0] == LoraSpec(name="tiny-style", scale=0.5)
+    assert specs[1].source == "url" and specs[1].scale == 1.0
+    assert specs[2].expert == "low_noise" and specs[2].to_dict() == {"path": "/tmp/a.safetensors", "scale": 1.0,
+                                                                     "expert": "low_noise"}
+    cases = [
+        ("x", "loras"),
+        ([{"name": "a", "url": "https://x.test/a"}], "loras[0]"),
+        ([{}], "loras[0]"),
+        ([{"name": "ok"}, {"name": "../etc/passwd"}], "loras[1].name"),
+        ([{"name": "a", "scale": 9}], "loras[0].scale"),
+        ([{"name": "a", "scale": True}], "loras[0].scale"),
+        ([{"name": "a", "expert": "middle"}], "loras[0].expert"),
+        ([{"name": "a", "weight": 1}], "loras[0].weight"),
+        ([{"name": "a"}] * 9, "loras"),
+    ]
+    for value, field in cases:
+        with pytest.raises(RequestError) as err:
+            parse_loras(value)
+        assert err.value.field == field, (value, err.value)
+
+
+def test_cli_form_path_name_or_url_with_scale(tmp_path):
+    file = tmp_path / "mine.safetensors"
+    file.write_bytes(b"")
+    assert LoraSpec.parse("tiny-style") == LoraSpec(name="tiny-style")
+    assert LoraSpec.parse("tiny-style:0.7") == LoraSpec(name="tiny-style", scale=0.7)
+    assert LoraSpec.parse(f"{file}:-1") == LoraSpec(path=str(file), scale=-1.0)
+    assert LoraSpec.parse("https://h.test/x.safetensors") == LoraSpec(url="https://h.test/x.safetensors")
+    assert LoraSpec.parse("https://h.test/x.safetensors:2") == LoraSpec(url="https://h.test/x.safetensors", scale=2)
+
+
+# --- key formats and fit -----------------------------------------------------------------------------------
+
+def test_three_key_formats_convert_to_the_same_tensors(library_dir):
+    converted = [read_lora(library_dir / f"{name}.safetensors", "loras[0]")[0] for name in STYLE_FILES]
+    peft = converted[0]
+    assert len(peft) == 3 * 10 * 2  # 3 blocks x (4 self + 4 cross + 2 ffn) layers x (A, B)
+    for other in converted[1:]:
+        assert set(other) == set(peft)
+        assert all(torch.equal(other[k], peft[k]) for k in peft)
+
+
+def test_header_only_shapes_match_the_loaded_tensors(library_dir):
+    for name in (*STYLE_FILES, TINY_DISTILL):
+        path = library_dir / f"{name}.safetensors"
+        shapes, fmt = lora_shapes(path, "loras[0]")
+        tensors, _ = read_lora(path, "loras[0]")
+        assert shapes == {k: tuple(v.shape) for k, v in tensors.items()}
+        assert fmt == {"tiny-style": "peft", "tiny-style-kohya": "kohya"}.get(name, "comfy")
+    assert describe_base(shapes) == {"model": "the tiny test model", "width": 24, "blocks": 3, "rank": 4,
+                                     "image_to_video": False, "vace_blocks": False}
+
+
+def test_lora_for_another_base_model_is_refused_naming_the_field(library, library_dir, other_base_lora,
+                                                                  tiny_model_dir, tiny_model):
+    shapes, _ = lora_shapes(other_base_lora, "x")
+    assert describe_base(shapes)["width"] == 48
+    assert linear_shapes_from_weights(tiny_model_dir) == linear_shapes_from_module(tiny_model.pipeline.transformer)
+    lib = LoraLibrary(library_dir)
+    check_request_loras(parse_loras([{"name": TINY_STYLE}]), lib, tiny_model_dir, False, "tiny")
+    with pytest.raises(RequestError) as err:
+        check_request_loras(parse_loras([{"name": TINY_STYLE}, {"path": str(other_base_lora)}]), lib,
+                            tiny_model_dir, False, "tiny")
+    assert err.value.field == "loras[1].path"
+    assert "does not fit model tiny" in err.value.message and "width 48" in err.value.message
+    assert "24->24" in err.value.message
+
+
+def test_not_a_lora_and_wrong_expert_are_refused(library, tmp_path, tiny_model_dir):
+    from safetensors.torch import save_file
+
+    save_file({"blocks.0.attn1.to_q.weight": torch.zeros(24, 24)}, str(tmp_path / "full.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    lib = LoraLibrary(tmp_path)
+    for name in ("full", "junk"):
+        with pytest.raises(RequestError) as err:
+            check_request_loras([LoraSpec(name=name)], lib, tiny_model_dir, False, "tiny")
+        assert err.value.field == "loras[0].name"
+    with pytest.raises(RequestError) as err:
+        check_request_loras([LoraSpec(name=TINY_STYLE, expert="low_noise")], library, tiny_model_dir, False, "tiny")
+    assert err.value.field == "loras[0].expert"
+
+
+# --- the library ---------------------------------------------------------------------------------------------
+
+def test_library_names_paths_and_listing(library, library_dir, tiny_model_dir):
+    assert library.names() == sorted([*STYLE_FILES, TINY_DISTILL])
+    file = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
+    assert file.path == library_dir / "tiny-style.safetensors" and len(file.sha256) == 64
+    with pytest.raises(RequestError) as err:
+        library.resolve(LoraSpec(name="nope"), "loras[2]")
+    assert err.value.field == "loras[2].name" and "tiny-style" in err.value.message
+    no_paths = LoraLibrary(library_dir, allow_paths=False)
+    with pytest.raises(RequestError) as err:
+        no_paths.resolve(LoraSpec(path=str(file.path)), "loras[0]")
+    assert err.value.field == "loras[0].path" and "not accepted" in err.value.message
+    with pytest.raises(RequestError) as err:
+        LoraLibrary().resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
+    assert "--lora-dir" in err.value.message
+
+    entries = {e["name"]: e for e in library.entries({"tiny": linear_shapes_from_weights(tiny_model_dir)})}
+    assert entries[TINY_STYLE]["sha256"] == file.sha256
+    assert entries[TINY_STYLE]["size"] == file.path.stat().st_size
+    assert entries[f"{TINY_STYLE}-kohya"]["format"] == "kohya"
+    assert entries[TINY_DISTILL]["base_model"]["model"] == "the tiny test model"
+    assert all(e["fits"] == ["tiny"] for e in entries.values())
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    body = b""
+    hits = 0
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        type(self).hits += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_model_dir):
+    _Files.body = (library_dir / "tiny-style-comfy.safetensors").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/style.safetensors"
+        refused = LoraLibrary(cache_dir=tmp_path / "cache")
+        with pytest.raises(RequestError) as err:
+            refused.resolve(LoraSpec(url=url), "loras[0]")
+        assert err.value.field == "loras[0].url" and "loopback/private" in err.value.message
+        lib = LoraLibrary(cache_dir=tmp_path / "cache", fetch_policy=FetchPolicy(allow_private=True))
+        assert lib.resolve(LoraSpec(url=url), "loras[0]", fetch=False) is None
+        first = lib.resolve(LoraSpec(url=url), "loras[0]")
+        again = LoraLibrary(cache_dir=tmp_path / "cache").resolve(LoraSpec(url=url), "loras[0]", fetch=False)
+        assert _Files.hits == 1
+        assert first == again and first.path.name == f"{first.sha256}.safetensors"
+        check_request_loras([LoraSpec(url=url)], lib, tiny_model_dir, False, "tiny")
+        with pytest.raises(RequestError) as err:
+            LoraLibrary().resolve(LoraSpec(url=url), "loras[0]")
+        assert "fetches no LoRA URLs" in err.value.message
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- hot swap on the loaded model ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_tiny(tiny_model_dir):
+    """A tiny model of this module's own: adapters loaded here never reach the session's shared model."""
+    return load_pipeline(tiny_model_dir, device="cpu")
+
+
+def test_scale_one_differs_scale_zero_identical_and_no_leak(own_tiny, library, tmp_path):
+    renderer = Renderer(own_tiny, work_dir=tmp_path)
+    adapters = adapters_for(own_tiny)
+    style = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
+
+    def render(*loras: ActiveLora) -> np.ndarray:
+        with adapters.applied(loras):
+            return renderer.render(small()).frames
+
+    base = render()
+    styled = render(ActiveLora(style, 1.0))
+    assert np.abs(styled - base).max() > 1e-3
+    assert np.array_equal(render(ActiveLora(style, 0.0)), base)
+    # alternating jobs reproduce their own outputs exactly
+    assert np.array_equal(render(), base)
+    assert np.array_equal(render(ActiveLora(style, 1.0)), styled)
+    assert np.array_equal(renderer.render(small()).frames, base)  # outside applied(): base weights
+    # the same weights in ComfyUI and kohya keys give the same frames
+    for name in STYLE_FILES[1:]:
+        other = library.resolve(LoraSpec(name=name), "loras[0]")
+        assert np.array_equal(render(ActiveLora(other, 1.0)), styled), name
+    # two LoRAs at once
+    distill = library.resolve(LoraSpec(name=TINY_DISTILL), "loras[1]")
+    assert not np.array_equal(render(ActiveLora(style, 1.0), ActiveLora(distill, 1.0)), styled)
+
+
+def test_lru_evicts_least_recently_used_and_reloads_exactly(tiny_model_dir, library, tmp_path):
+    model = load_pipeline(tiny_model_dir, device="cpu")
+    renderer = Renderer(model, work_dir=tmp_path)
+    adapters = LoraAdapters(model.pipeline, model.name, capacity=2)
+    files = [library.resolve(LoraSpec(name=n), "loras[0]") for n in (TINY_STYLE, TINY_DISTILL, f"{TINY_STYLE}-kohya")]
+
+    def use(file) -> list[dict]:
+        with adapters.applied([ActiveLora(file, 1.0)]) as records:
+            return records
+
+    with adapters.applied([ActiveLora(files[0], 1.0)]) as records:
+        first = renderer.render(small()).frames
+    assert records[0]["cached"] is False and records[0]["lora"] == TINY_STYLE
+    use(files[1])
+    assert use(files[0])[0]["cached"] is True
+    use(files[2])  # evicts files[1], the least recently used
+    assert adapters.loaded() == [files[0].sha256, files[2].sha256]
+    assert set(model.pipeline.transformer.peft_config) == {f"lora_{f.sha256[:16]}" for f in (files[0], files[2])}
+    assert use(files[1])[0]["cached"] is False and adapters.loaded() == [files[2].sha256, files[1].sha256]
+    with adapters.applied([ActiveLora(files[0], 1.0)]) as records:  # evicted and loaded again
+        assert records[0]["cached"] is False
+        assert np.array_equal(renderer.render(small()).frames, first)
+
+
+def test_two_experts_take_a_lora_each_or_both(tiny_a14b_dir, library, tmp_path):
+    model = load_pipeline(tiny_a14b_dir, device="cpu")
+    renderer = Renderer(model, work_dir=tmp_path)
+    adapters = adapters_for(model)
+    style = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
+    request = small(shift=1.0)  # boundary 0.875: step 1 (t=1000) runs the high-noise expert, step 2 (t=500) the low
+
+    def render(*loras: ActiveLora) -> np.ndarray:
+        with adapters.applied(loras):
+            return renderer.render(request).frames
+
+    base = render()
+    high, low, both = (render(ActiveLora(style, 1.0, e)) for e in ("high_noise", "low_noise", "both"))
+    frames = [base, high, low, both]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(frames) for b in frames[i + 1:])
+    assert "lora_" + style.sha256[:16] in model.pipeline.transformer.peft_config
+    assert np.array_equal(render(), base)
+    assert np.array_equal(render(ActiveLora(style, 1.0, "high_noise")), high)
