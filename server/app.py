@@ -9,17 +9,19 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vace.server.api.common import DIALECTS
+from vace.server.auth import require_api_key
 from vace.server.metrics import ServerMetrics, WorkerState
 from vace.server.problems import problem, service_problem
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import InvalidInput, NotFound, ServiceError
+from vace.server.service.loras import library_listing
 from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.service.webhooks import DeliveryPolicy
 from vace.server.settings import ServeSettings
@@ -48,8 +50,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         data_dir=settings.data_dir, public_url=settings.public_url or "", queue_max=settings.queue_max,
         fetch_policy=settings.fetch_policy(), own_netlocs=settings.own_netlocs(),
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
-        retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)),
-        metrics)
+        retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
+        models=settings.served_models(), loras=settings.lora_config()), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +133,14 @@ def _add_core_routes(app: FastAPI) -> None:
         if state == SETUP_FAILED:
             body["error"] = supervisor.error
         return JSONResponse(body, status_code=200 if state == READY else 503)
+
+    lora_config = settings.lora_config()
+    lora_library = lora_config.library(allow_paths=False)  # one instance: it remembers each file's sha256
+
+    @app.get("/v1/loras", tags=["server"], summary="The LoRA library (--lora-dir) and the turbo distill",
+             dependencies=[Depends(require_api_key)])
+    def loras() -> dict[str, Any]:
+        return library_listing(lora_library, lora_config.distill, settings.served_models())
 
     @app.get("/outputs/{name}", tags=["server"], summary="A rendered video")
     def output(name: str) -> FileResponse:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
 from vace.server.app import create_app
 from vace.server.retention import RetentionPolicy
@@ -43,12 +44,16 @@ def resolve_models(specs: list[str]) -> list[str]:
     return [f"{name}={path}" for name, path in models.items()]
 
 
+def serves_only_tiny(model_specs: list[str]) -> bool:
+    """Whether every `[NAME=]tiny|DIR` spec (none = tiny) names a built-in tiny model."""
+    return all((spec.partition("=")[2] or spec) in TINY_MODELS for spec in (model_specs or ["tiny"]))
+
+
 def default_render_side(model_specs: list[str], requested: int | None) -> int:
     """--max-render-side as given (0 = no cap); unset: TINY_RENDER_SIDE when every served model is a tiny one."""
     if requested is not None:
         return requested
-    paths = [spec.partition("=")[2] or spec for spec in (model_specs or ["tiny"])]
-    if all(path in TINY_MODELS for path in paths):
+    if serves_only_tiny(model_specs):
         logging.getLogger("vace.server").info(
             "serving only tiny test models: renders are capped at %d px on the longer side and resized to "
             "the requested size (--max-render-side)", TINY_RENDER_SIDE)
@@ -81,8 +86,12 @@ def resolve(settings: ServeSettings) -> ServeSettings:
     scheme = "https" if settings.ssl_certfile else "http"
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     shown = f"[{shown}]" if ":" in shown else shown
+    tiny_only = serves_only_tiny(settings.model)
     return settings.model_copy(update={
         "model": resolve_models(settings.model),
+        # only tiny models: their tiny LoRAs and tiny distill, so the demo server runs every feature
+        "lora_dir": settings.lora_dir or (resolve_tiny_loras() if tiny_only else None),
+        "distill_lora": settings.distill_lora or (TINY_DISTILL if tiny_only else None),
         "max_render_side": default_render_side(settings.model, settings.max_render_side),
         "public_url": (settings.public_url or f"{scheme}://{shown}:{settings.port}").rstrip("/"),
         "data_dir": settings.data_dir.resolve(),

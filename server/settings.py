@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.engine.loras import ADAPTER_CAPACITY, LoraConfig
 from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.outputs.safety import SafetyConfig
@@ -73,6 +75,19 @@ class ServeSettings(BaseSettings):
         "with no classifier installed, refuse requests that ask for the check, or serve them marked unchecked"))
     annotators_dir: Path | None = Field(None, description=(
         "annotator weights root (default: `annotators/` beside the first served model)"))
+    lora_dir: Path | None = Field(None, description=(
+        "LoRA library folder: requests name its *.safetensors files (by stem); GET /v1/loras lists them "
+        "(default with only tiny models served: the tiny LoRAs)"), json_schema_extra=_flag(metavar="DIR"))
+    lora_cache: int = Field(ADAPTER_CAPACITY, ge=1, le=64, description=(
+        "LoRA adapters kept loaded on the model; the least recently used one beyond this is unloaded"),
+        json_schema_extra=_flag(metavar="N"))
+    distill_lora: str | None = Field(None, description=(
+        "step-distillation LoRA preset turbo runs: a name in --lora-dir or a path, [:SCALE] (default with only "
+        "tiny models served: tiny-distill)"), json_schema_extra=_flag(metavar="PATH_OR_NAME[:SCALE]"))
+    distill_steps: int = Field(DistillRecipe.steps, ge=1, le=100, description="steps of the distill recipe")
+    distill_shift: float = Field(DistillRecipe.shift, ge=0, le=30, description="flow shift of the distill recipe")
+    distill_sampler: Literal["unipc", "dpm++", "euler"] = Field(DistillRecipe.sampler, description=(
+        "sampler of the distill recipe"))
     queue_max: int = Field(100, ge=1, description="queued predictions before answering 429")
     allow_host: list[str] = Field(default_factory=list, description=(
         "host on a loopback/private address that input URLs and webhooks may reach (repeatable)"),
@@ -111,6 +126,12 @@ class ServeSettings(BaseSettings):
         spec = (self.safety_checker or "").strip()
         checker = resolve_safety_checker() if spec == "tiny" else Path(spec) if spec else None
         return SafetyConfig(checker=checker, policy=self.safety_unavailable)
+
+    def lora_config(self) -> LoraConfig:
+        """The LoRA library, the URL LoRA cache (<data dir>/loras) and the distill recipe of preset turbo."""
+        distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler) \
+            if self.distill_lora else None
+        return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
 
     def served_models(self) -> dict[str, str]:
         """{served name: weights directory} from resolved `NAME=DIR` specs (see serve.resolve_models)."""

@@ -10,25 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.loras import (
     ActiveLora,
     LoraAdapters,
     LoraLibrary,
-    LoraSpec,
     adapters_for,
     check_request_loras,
     describe_base,
     linear_shapes_from_module,
     linear_shapes_from_weights,
     lora_shapes,
-    parse_loras,
     read_lora,
 )
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_lora, write_tiny_loras
+from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
-from vace.weights.loader import load_pipeline
 
 STYLE_FILES = (TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya")
 
@@ -196,7 +196,7 @@ def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_mo
         refused = LoraLibrary(cache_dir=tmp_path / "cache")
         with pytest.raises(RequestError) as err:
             refused.resolve(LoraSpec(url=url), "loras[0]")
-        assert err.value.field == "loras[0].url" and "loopback/private" in err.value.message
+        assert err.value.field == "loras[0].url" and "not allowed to fetch" in err.value.message
         lib = LoraLibrary(cache_dir=tmp_path / "cache", fetch_policy=FetchPolicy(allow_private=True))
         assert lib.resolve(LoraSpec(url=url), "loras[0]", fetch=False) is None
         first = lib.resolve(LoraSpec(url=url), "loras[0]")

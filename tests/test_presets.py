@@ -42,7 +42,7 @@ def calibrated_model(calibrated_tiny_dir: Path):
 
 
 def test_table_and_hosted_names():
-    assert set(PRESETS) == {"none", "low", "regular"}
+    assert set(PRESETS) == {"none", "low", "regular", "turbo"}
     assert [preset_for_speed_mode(s) for s in SPEED_MODES] == ["none", "low", "regular"]
     assert preset_for_acceleration("regular") == "regular"
     assert get_preset("Juiced 🔥 (more speed)").name == "low"
@@ -53,7 +53,8 @@ def test_table_and_hosted_names():
     with pytest.raises(RequestError):
         preset_for_acceleration("high")
     with pytest.raises(RequestError):
-        get_preset("turbo")
+        get_preset("ludicrous")
+    assert get_preset("turbo").distill and not get_preset("turbo").step_cache
 
 
 def test_none_is_bit_identical_to_no_hooks(renderer, tiny_model):

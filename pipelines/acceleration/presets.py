@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.pipelines.job.loras import LoraSpec
+from vace.pipelines.job.request import SAMPLERS, GenerationRequest, RequestError
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Preset:
     fbc_threshold: float = 0.0
     fbc_max_skip_steps: int = 0
     retention_ratio: float = 0.2
+    distill: bool = False  # runs the configured step-distillation LoRA with its own recipe (DistillRecipe)
 
     def warmup_steps(self, num_steps: int) -> int:
         """Steps computed unconditionally at the start (MagCache's retention ratio); at least one."""
@@ -49,6 +51,8 @@ PRESETS: dict[str, Preset] = {
         Preset("regular", "MagCache 0.24 / K=6 (calibrated) or First Block Cache 0.07 / K=4",
                step_cache=True, mag_threshold=0.24, mag_max_skip_steps=6,
                fbc_threshold=0.07, fbc_max_skip_steps=4),
+        Preset("turbo", "the step-distillation LoRA (--distill-lora) with its recipe: its steps, guidance 1 "
+               "(no CFG pass), its shift and sampler", step_cache=False, distill=True),
     )
 }
 
@@ -91,3 +95,43 @@ def resolve_preset(request: GenerationRequest) -> GenerationRequest:
     """The request with its preset given by level name (a speed_mode string or fal acceleration resolved);
     RequestError naming `preset` if unknown."""
     return dataclasses.replace(request, preset=get_preset(request.preset).name)
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    """A step-distillation LoRA and the recipe it was distilled for, which preset turbo runs. The defaults are
+    LightX2V's 4-step Wan recipe: timesteps 1000/937/833/625 at shift 5 (what dpm++ and unipc pick on the
+    flow-sigma schedule), no classifier-free guidance."""
+
+    lora: str  # PATH_OR_NAME[:SCALE], as `--lora` reads it
+    steps: int = 4
+    shift: float = 5.0
+    sampler: str = "dpm++"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 100:
+            raise ValueError(f"distill steps must be between 1 and 100, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"distill sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        LoraSpec.parse(self.lora)
+
+    @property
+    def spec(self) -> LoraSpec:
+        return LoraSpec.parse(self.lora)
+
+
+def check_distill(request: GenerationRequest, recipe: DistillRecipe | None) -> None:
+    """RequestError naming `preset` when the request asks for turbo and no distill LoRA is configured."""
+    if get_preset(request.preset).distill and recipe is None:
+        raise RequestError("preset", "preset turbo needs a step-distillation LoRA, and none is configured here "
+                                     "(start the server, or vace generate, with --distill-lora PATH_OR_NAME)")
+
+
+def apply_distill(request: GenerationRequest, recipe: DistillRecipe | None) -> GenerationRequest:
+    """A turbo request rewritten to the distill's recipe: its LoRA first, its steps, shift and sampler, guidance 1
+    on every expert; any other preset unchanged."""
+    check_distill(request, recipe)
+    if not get_preset(request.preset).distill or recipe is None:
+        return request
+    return dataclasses.replace(request, steps=recipe.steps, guidance=1.0, guidance_2=1.0, shift=recipe.shift,
+                               sampler=recipe.sampler, loras=[recipe.spec.to_dict(), *request.loras])

@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 
+from vace.pipelines.acceleration.presets import DistillRecipe
 from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import Renderer
-from vace.pipelines.fixtures.tiny_model import resolve_model
+from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
+from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
+from vace.pipelines.job.loras import LoraSpec
 from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, RequestError, parse_size
 from vace.weights.loader import WeightsError
 
@@ -31,8 +35,10 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default="unipc", help="unipc | dpm++ | euler")
     parser.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed)")
     parser.add_argument("--conditioning-scale", type=float, default=1.0)
-    parser.add_argument("--preset", default="none",
-                        help="acceleration preset: none | low | regular (or a prunaai speed_mode / fal acceleration)")
+    parser.add_argument("--preset", default="none", help="acceleration preset: none | low | regular | turbo (or a "
+                        "prunaai speed_mode / fal acceleration); turbo runs the --distill-lora recipe")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH_OR_NAME[:SCALE]",
+                        help="LoRA to apply (repeatable): a .safetensors path, a name in --lora-dir or a URL")
     parser.add_argument("--task", default=None, help="task name (default: inferred from the inputs); "
                         "see pipelines/tasks: t2v r2v firstframe lastframe firstlastframe extension firstclip "
                         "lastclip inpainting outpainting reframe control depth pose face flow gray scribble layout "
@@ -91,7 +97,17 @@ def request_from_args(args: argparse.Namespace):
         conditioning_scale=args.conditioning_scale, video=args.video, mask=args.mask,
         reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
         task=args.task, task_options=task_options_from_args(args), preset=args.preset,
+        loras=[LoraSpec.parse(text).to_dict() for text in args.lora],
     )
+
+
+def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
+    """--lora-dir and --distill-*; the tiny models get their tiny LoRA library and tiny distill by default."""
+    tiny = args.model in TINY_MODELS
+    lora_dir = args.lora_dir or (resolve_tiny_loras() if tiny else None)
+    distill = args.distill_lora or (TINY_DISTILL if tiny else None)
+    recipe = DistillRecipe(distill, args.distill_steps, args.distill_shift, args.distill_sampler) if distill else None
+    return LoraConfig(library_dir=lora_dir, distill=recipe)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,6 +116,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     gen.add_argument("--offload", default="auto", help="memory mode: none | model | group | sequential | auto")
     gen.add_argument("--out", required=True, help="output .mp4 path")
+    gen.add_argument("--lora-dir", default=None, metavar="DIR",
+                     help="LoRA library that --lora names refer to (default for the tiny models: the tiny LoRAs)")
+    gen.add_argument("--distill-lora", default=None, metavar="PATH_OR_NAME[:SCALE]",
+                     help="step-distillation LoRA of --preset turbo (default for the tiny models: tiny-distill)")
+    gen.add_argument("--distill-steps", type=int, default=DistillRecipe.steps)
+    gen.add_argument("--distill-shift", type=float, default=DistillRecipe.shift)
+    gen.add_argument("--distill-sampler", default=DistillRecipe.sampler, help="unipc | dpm++ | euler")
     add_generation_flags(gen)
     gen.set_defaults(handler=_generate)
 
@@ -110,7 +133,7 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         request = request_from_args(args)
         model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
-        renderer = Renderer(model)
+        renderer = Renderer(model, loras=lora_config_from_args(args))
         prepared = renderer.prepare(request)
     except (RequestError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -124,7 +147,8 @@ def _generate(args: argparse.Namespace) -> int:
     bar.close()
     print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
                       "width": result.width, "height": result.height, "fps": result.fps,
-                      "preset": result.metrics.get("preset"),
+                      "preset": result.metrics.get("preset"), "steps": result.metrics.get("steps"),
+                      "loras": result.metrics.get("loras", []),
                       "transformer_evaluations": result.metrics.get("transformer_evaluations"),
                       "transformer_evaluations_skipped": result.metrics.get("transformer_evaluations_skipped"),
                       "timings": {k: round(v, 3) for k, v in result.timings.items()}}, indent=2))

@@ -36,6 +36,7 @@ from typing import Any
 
 from vace.pipelines.engine.latent_preview import Preview
 from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import (
     CancelFn,
     Prepared,
@@ -479,14 +480,17 @@ class GroupRenderer:
     """
 
     def __init__(self, group: RenderGroup, work_dir: str | Path | None = None,
-                 fetch_policy: FetchPolicy | None = None):
+                 fetch_policy: FetchPolicy | None = None, loras: LoraConfig | None = None):
         self.group = group
         self.work_dir = Path(work_dir or group.work_dir / "prepare")
         self.fetch_policy = fetch_policy
+        self.loras = loras
 
     def prepare(self, request: GenerationRequest) -> Prepared:
+        """As Renderer.prepare; the LoRAs resolve here to local files, which every rank then loads."""
         spec = self.group.spec
-        return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0])
+        return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0],
+                               self.loras)
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -29,104 +28,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, materialize
 
-EXPERTS = ("both", "high_noise", "low_noise")  # Wan2.2: transformer = high-noise expert, transformer_2 = low-noise
-MAX_LORAS = 8
-MAX_SCALE = 4.0
 LORA_MAX_BYTES = 4 * 1024**3
 ADAPTER_CAPACITY = 8
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
-_SPEC_FIELDS = ("name", "path", "url", "scale", "expert")
 # Transformer width -> the Wan model it belongs to (for listings and refusals).
 WAN_WIDTHS = {1536: "Wan2.1 1.3B", 3072: "Wan2.2 TI2V 5B", 5120: "Wan 14B (Wan2.1 14B, Wan2.2 A14B)",
               24: "the tiny test model"}
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """One requested LoRA: exactly one of name (the LoRA library), path or url; a scale; the expert(s) it is for."""
-
-    name: str | None = None
-    path: str | None = None
-    url: str | None = None
-    scale: float = 1.0
-    expert: str = "both"
-
-    @property
-    def source(self) -> str:
-        """Which of name/path/url names the file."""
-        return "name" if self.name is not None else "path" if self.path is not None else "url"
-
-    @property
-    def reference(self) -> str:
-        return self.name or self.path or self.url or ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {self.source: self.reference, "scale": self.scale}
-        if self.expert != "both":
-            out["expert"] = self.expert
-        return out
-
-    @classmethod
-    def from_value(cls, value: Any, field_name: str) -> LoraSpec:
-        """One entry of a request's `loras`; RequestError naming the offending field."""
-        if isinstance(value, LoraSpec):
-            value = value.to_dict()
-        if not isinstance(value, dict):
-            raise RequestError(field_name, "must be an object {name | path | url, scale, expert}")
-        for key in value:
-            if key not in _SPEC_FIELDS:
-                raise RequestError(f"{field_name}.{key}", f"unknown field; known: {', '.join(_SPEC_FIELDS)}")
-        given = [k for k in ("name", "path", "url") if value.get(k) is not None]
-        if len(given) != 1:
-            raise RequestError(field_name, "give exactly one of name, path or url")
-        ref = value[given[0]]
-        if not isinstance(ref, str) or not ref:
-            raise RequestError(f"{field_name}.{given[0]}", "must be a non-empty string")
-        if given[0] == "name" and not NAME_PATTERN.fullmatch(ref):
-            raise RequestError(f"{field_name}.name", f"{ref!r} is not a LoRA name (letters, digits, '.', '_', '-')")
-        scale = value.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-                or not -MAX_SCALE <= scale <= MAX_SCALE:
-            raise RequestError(f"{field_name}.scale", f"must be a number between {-MAX_SCALE} and {MAX_SCALE}, "
-                                                      f"got {scale!r}")
-        expert = value.get("expert", "both")
-        if expert not in EXPERTS:
-            raise RequestError(f"{field_name}.expert", f"must be one of {', '.join(EXPERTS)}, got {expert!r}")
-        return cls(**{given[0]: ref}, scale=float(scale), expert=expert)
-
-    @classmethod
-    def parse(cls, text: str) -> LoraSpec:
-        """The CLI form PATH_OR_NAME_OR_URL[:SCALE]: a URL if it has a scheme, a name if it is one and is no
-        existing file, otherwise a path."""
-        ref, sep, tail = text.rpartition(":")
-        try:
-            scale = float(tail) if sep else 1.0
-        except ValueError:
-            ref, scale = text, 1.0
-        if not sep:
-            ref = text
-        if "://" in ref:
-            key = "url"
-        elif NAME_PATTERN.fullmatch(ref) and not Path(ref).is_file():
-            key = "name"
-        else:
-            key = "path"
-        return cls.from_value({key: ref, "scale": scale}, "--lora")
-
-
-def parse_loras(value: Any, field_name: str = "loras") -> list[LoraSpec]:
-    """A request's `loras` list -> LoraSpecs; RequestError naming the offending entry."""
-    if value is None:
-        return []
-    if not isinstance(value, (list, tuple)):
-        raise RequestError(field_name, "must be a list of {name | path | url, scale} objects")
-    if len(value) > MAX_LORAS:
-        raise RequestError(field_name, f"at most {MAX_LORAS} LoRAs per job, got {len(value)}")
-    return [LoraSpec.from_value(v, f"{field_name}[{i}]") for i, v in enumerate(value)]
 
 
 @dataclass(frozen=True)
@@ -421,12 +333,33 @@ def check_request_loras(specs: Sequence[LoraSpec], library: LoraLibrary, model_d
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """A server's (or vace generate's) LoRA settings: the library folder, the folder URL LoRAs are cached in,
+    how many adapters stay loaded, and the step-distillation recipe preset turbo runs."""
+
+    library_dir: Path | None = None
+    cache_dir: Path | None = None
+    capacity: int = ADAPTER_CAPACITY
+    distill: DistillRecipe | None = None
+
+    def library(self, fetch_policy: FetchPolicy | None = None, allow_paths: bool = True) -> LoraLibrary:
+        return LoraLibrary(self.library_dir, self.cache_dir, fetch_policy, allow_paths)
+
+
+@dataclass(frozen=True)
 class ActiveLora:
     """A resolved LoRA with the scale and expert one job uses it at."""
 
     file: LoraFile
     scale: float = 1.0
     expert: str = "both"
+
+
+def resolve_loras(loras: Sequence[dict[str, Any]], library: LoraLibrary,
+                  field_name: str = "loras") -> list[ActiveLora]:
+    """A request's `loras` as local files (URLs fetched) with their scales and experts."""
+    return [ActiveLora(library.resolve(spec, f"{field_name}[{i}]"), spec.scale, spec.expert)  # type: ignore[arg-type]
+            for i, spec in enumerate(parse_loras(list(loras), field_name))]
 
 
 @dataclass

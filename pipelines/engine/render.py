@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from vace.pipelines.acceleration.levers import preset_applied
-from vace.pipelines.acceleration.presets import resolve_preset
+from vace.pipelines.acceleration.presets import apply_distill, resolve_preset
 from vace.pipelines.conditioning import tasks
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.inputs import load_inputs
 from vace.pipelines.conditioning.primitives import Conditioning
 from vace.pipelines.engine.latent_preview import LatentPreviewer, Preview
+from vace.pipelines.engine.loras import ActiveLora, LoraConfig, adapters_for, resolve_loras
 from vace.pipelines.engine.prompt_cache import prompt_cache_for
 from vace.pipelines.engine.schedulers import make_scheduler
 from vace.pipelines.job.request import GenerationRequest
@@ -54,33 +55,41 @@ class Prepared:
     request: GenerationRequest
     conditioning: Conditioning
     load_seconds: float
+    loras: list[ActiveLora] = field(default_factory=list)  # resolved to local files: every group rank reads them
 
 
 def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
-                    weights_path: Path | None, device: str | None) -> Prepared:
+                    weights_path: Path | None, device: str | None, loras: LoraConfig | None = None) -> Prepared:
     """Validate, resolve the seed, decode the inputs and build the conditioning (annotators included) -- no
     transformer work. Annotator weights live beside the model (<weights>/../annotators) unless
-    $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Raises RequestError on bad input."""
+    $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Preset turbo becomes the distill recipe of
+    `loras`, and the request's LoRAs resolve to local files (URLs fetched). Raises RequestError on bad input."""
     started = time.perf_counter()
-    request = resolve_preset(request.validated()).with_seed()
+    loras = loras or LoraConfig()
+    request = apply_distill(resolve_preset(request.validated()), loras.distill).with_seed()
+    library = loras.library(fetch_policy, allow_paths=fetch_policy.allow_local_paths if fetch_policy else True)
+    active = resolve_loras(request.loras, library)
     inputs = load_inputs(request, work_dir / "inputs", fetch_policy)
     cond = tasks.build(request.task, inputs, AnnotatorEnv.for_model(weights_path, device))
-    return Prepared(request, cond, time.perf_counter() - started)
+    return Prepared(request, cond, time.perf_counter() - started, active)
 
 
 class Renderer:
     """Renders requests on one loaded model (weights.loader.LoadedModel)."""
 
-    def __init__(self, model: Any, work_dir: str | Path | None = None, fetch_policy: FetchPolicy | None = None):
+    def __init__(self, model: Any, work_dir: str | Path | None = None, fetch_policy: FetchPolicy | None = None,
+                 loras: LoraConfig | None = None):
         self.model = model
         self.pipe = model.pipeline
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vace-render-"))
         self.fetch_policy = fetch_policy
+        self.loras = loras or LoraConfig()
         self.prompt_cache = prompt_cache_for(self.pipe)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
-        return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device)
+        return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device,
+                               self.loras)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
         """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
@@ -142,10 +151,15 @@ class Renderer:
         self.pipe.scheduler = make_scheduler(req.sampler, req.shift,
                                              self.pipe.scheduler.config.get("num_train_timesteps", 1000))
         started = time.perf_counter()
-        with self.denoise_context(req, metrics), torch.inference_mode():
+        adapters = adapters_for(self.model, self.loras.capacity)
+        with adapters.applied(prepared.loras) as lora_records, self.denoise_context(req, metrics), \
+                torch.inference_mode():
             latents = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                                 callback_on_step_end=step_end, **self.pipeline_kwargs(prepared)).frames
         timings["denoise"] = time.perf_counter() - started
+        metrics.update(steps=req.steps, guidance=req.guidance, sampler=req.sampler, shift=req.shift)
+        if lora_records:
+            metrics["loras"] = lora_records
 
         started = time.perf_counter()
         frames = self.decode(latents, len(cond.reference_images))

@@ -7,6 +7,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from vace.pipelines.job.errors import RequestError
+from vace.pipelines.job.loras import parse_loras
+
 SAMPLERS = ("unipc", "dpm++", "euler")
 MIN_FRAMES = 5
 MAX_FRAMES = 241
@@ -21,15 +24,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
     "picture, messy background, three legs, many people in the background, walking backwards"
 )
-
-
-class RequestError(ValueError):
-    """Invalid generation input; `field` names the offending request field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 def snap_frames(num_frames: int) -> int:
@@ -79,6 +73,7 @@ class GenerationRequest:
     task: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     preset: str = "none"
+    loras: list[dict[str, Any]] = field(default_factory=list)  # {name | path | url, scale, expert}: job.loras
     model: str | None = None
 
     def validated(self) -> GenerationRequest:
@@ -123,7 +118,8 @@ class GenerationRequest:
 
         if not isinstance(self.preset, str) or not self.preset:
             raise RequestError("preset", f"expected a preset name, got {self.preset!r}")
-        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames))
+        loras = [spec.to_dict() for spec in parse_loras(self.loras)]
+        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames), loras=loras)
 
     def with_seed(self) -> GenerationRequest:
         """Resolve seed -1 to a concrete random seed."""

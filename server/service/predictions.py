@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vace.pipelines.acceleration.presets import resolve_preset
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy
@@ -28,6 +29,7 @@ from vace.server.service.cursor import decode_cursor, encode_cursor
 from vace.server.service.errors import InvalidInput, NotFound, QueueFull
 from vace.server.service.events import ChangeFeed
 from vace.server.service.files import FileStorage
+from vace.server.service.loras import check_loras
 from vace.server.service.urls import MediaUrls
 from vace.server.service.webhooks import (
     DEFAULT_WEBHOOK_EVENTS,
@@ -55,6 +57,8 @@ class ServiceConfig:
     webhooks: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # default: keep everything
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
+    models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (LoRA fit checks)
+    loras: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -131,6 +135,7 @@ class PredictionService:
             return first
         try:
             request = resolve_preset(job.request.validated())
+            check_loras(request, model, self.config.models.get(model), self.config.loras, self.config.fetch_policy)
         except RequestError as exc:
             raise InvalidInput.of(exc.field, exc.message) from exc
         resolve = self.urls.resolve_media

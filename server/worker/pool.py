@@ -9,6 +9,7 @@ from typing import Any
 from vace.pipelines.acceleration.levers import apply_gpu_levers
 from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup
 from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.worker.config import WorkerConfig
@@ -34,12 +35,12 @@ def release(model: Any) -> None:
         model.stop()
 
 
-def renderer_for(model: Any, work_dir: Path, fetch_policy: FetchPolicy) -> Any:
+def renderer_for(model: Any, work_dir: Path, fetch_policy: FetchPolicy, loras: LoraConfig | None = None) -> Any:
     """Renderer or GroupRenderer: the same prepare / render interface for JobRunner."""
     if isinstance(model, RenderGroup):
-        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy)
+        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras)
 
-    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy)
+    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras)
 
 
 

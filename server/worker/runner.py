@@ -84,7 +84,7 @@ class JobRunner:
             request = stored.request
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
-            renderer = renderer_for(model, work_dir, self.fetch_policy)
+            renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config())
             prepared = renderer.prepare(capped_request(request, self.config.settings.max_render_side))
             requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
             if prepared.request.width != request.width or prepared.request.height != request.height:
@@ -92,6 +92,9 @@ class JobRunner:
                             f"(--max-render-side {self.config.settings.max_render_side}), "
                             f"resized to {request.width}x{request.height}")
             logs.append(f"model: {job.model}; seed: {requested.seed}")
+            if prepared.loras:
+                logs.append("loras: " + ", ".join(f"{a.file.label} x{a.scale:g}" + (
+                    f" ({a.expert})" if a.expert != "both" else "") for a in prepared.loras))
             write_logs(force=True, seed=requested.seed, progress=0.0)
 
             step_seconds: list[float] = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vace.pipelines.acceleration.presets import SPEED_MODES
+from vace.pipelines.job.loras import EXPERTS, MAX_LORAS, MAX_SCALE
 from vace.pipelines.job.request import GenerationRequest, parse_size
 from vace.server.service.errors import InvalidInput
 
@@ -62,6 +63,13 @@ PRUNAAI_FIELD_NAMES = {
     "shift": "sample_shift", "sampler": "sample_solver", "preset": "speed_mode",
 }
 
+_LORA = {"type": "object", "properties": {
+    "name": {"type": "string", "description": "a LoRA in the server's library (GET /v1/loras)"},
+    "url": {**_URI, "description": "a .safetensors LoRA to fetch (cached by sha256)"},
+    "scale": {"type": "number", "default": 1.0, "minimum": -MAX_SCALE, "maximum": MAX_SCALE},
+    "expert": {"type": "string", "enum": list(EXPERTS), "default": "both",
+               "description": "two-expert models: the high-noise or low-noise expert, or both"}}}
+
 _NATIVE_DOCS = {
     "prompt": "Text prompt", "negative_prompt": "What to avoid", "width": "Width (multiple of 16)",
     "height": "Height (multiple of 16)", "num_frames": "Frame count (snapped to 4n+1)", "fps": "Frames per second",
@@ -71,7 +79,8 @@ _NATIVE_DOCS = {
     "video": "Source / control video URL", "mask": "Mask video or image URL (white = generate)",
     "reference_images": "Reference image URLs", "first_frame": "First frame image URL",
     "last_frame": "Last frame image URL", "task": "Task name (default: inferred from the inputs)",
-    "task_options": "Task-specific options", "preset": "Acceleration preset",
+    "task_options": "Task-specific options", "preset": "Acceleration preset (none | low | regular | turbo)",
+    "loras": "LoRAs to apply: [{name | url, scale, expert}] (ComfyUI, kohya or diffusers keys)",
 }
 
 
@@ -88,6 +97,8 @@ def _native_schema() -> dict[str, dict[str, Any]]:
             prop: dict[str, Any] = dict(_URI)
         elif f.name == "reference_images":
             prop = {"type": "array", "items": _URI}
+        elif f.name == "loras":
+            prop = {"type": "array", "maxItems": MAX_LORAS, "items": _LORA}
         elif f.name == "task_options":
             prop = {"type": "object"}
         elif f.name == "conditioning_scale":
@@ -127,7 +138,9 @@ def check_input(schema: dict[str, dict[str, Any]], required: list[str], data: An
         elif prop["type"] == "array":
             if "maxItems" in prop and len(value) > prop["maxItems"]:
                 errors.append((name, f"at most {prop['maxItems']} items are allowed, got {len(value)}"))
-            errors += [(f"{name}[{i}]", "must be a string") for i, v in enumerate(value) if not isinstance(v, str)]
+            item = prop["items"]["type"]
+            errors += [(f"{name}[{i}]", f"must be {'a string' if item == 'string' else 'an object'}")
+                       for i, v in enumerate(value) if not checks[item](v)]
     if errors:
         raise InvalidInput("; ".join(f"{f}: {m}" for f, m in errors), errors)
     return data

@@ -1,0 +1,48 @@
+"""LoRAs at submit: every LoRA a request names resolves and fits the model it runs on, before anything is stored;
+and the listing of the LoRA library (GET /v1/loras)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vace.pipelines.acceleration.presets import DistillRecipe, check_distill, get_preset
+from vace.pipelines.engine.loras import LoraConfig, LoraLibrary, check_request_loras, linear_shapes_from_weights
+from vace.pipelines.job.loras import parse_loras
+from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.pipelines.media.fetch import FetchPolicy
+from vace.weights.loader import has_two_experts
+
+
+def check_loras(request: GenerationRequest, model: str, model_dir: str | None, config: LoraConfig,
+                policy: FetchPolicy) -> None:
+    """RequestError naming the field: a local path from a client, a name not in the library, a LoRA (or the
+    distill of preset turbo) that does not fit the model, or turbo with no distill configured. A URL not
+    fetched before is checked by the worker once fetched."""
+    check_distill(request, config.distill)
+    specs = parse_loras(request.loras)
+    for i, spec in enumerate(specs):
+        if spec.path is not None:
+            raise RequestError(f"loras[{i}].path", "local paths are not accepted by the server; use name (a LoRA "
+                                                   "in its library, GET /v1/loras) or url")
+    if model_dir is None:
+        return
+    two_experts = has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
+    if specs:
+        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, two_experts, model)
+    if get_preset(request.preset).distill and config.distill is not None:
+        try:
+            check_request_loras([config.distill.spec], config.library(policy), model_dir, two_experts, model)
+        except RequestError as exc:
+            raise RequestError("preset", f"the distill LoRA of preset turbo (--distill-lora): {exc.message}") \
+                from None
+
+
+def library_listing(library: LoraLibrary, distill: DistillRecipe | None, models: dict[str, str]) -> dict[str, Any]:
+    """The library's LoRAs (name, size, sha256, key format, detected base model, served models it fits) and
+    the distill preset turbo runs."""
+    fits = {name: linear_shapes_from_weights(path) for name, path in models.items()}
+    return {"loras": library.entries(fits),
+            "distill": None if distill is None else {"lora": distill.lora, "steps": distill.steps, "guidance": 1.0,
+                                                      "shift": distill.shift, "sampler": distill.sampler}}
