@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.engine.group import GroupRenderer, render_group
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.loras import (
     ActiveLora,
     LoraAdapters,
+    LoraConfig,
     LoraLibrary,
     adapters_for,
     check_request_loras,
@@ -288,3 +291,41 @@ def test_two_experts_take_a_lora_each_or_both(tiny_a14b_dir, library, tmp_path):
     assert "lora_" + style.sha256[:16] in model.pipeline.transformer.peft_config
     assert np.array_equal(render(), base)
     assert np.array_equal(render(ActiveLora(style, 1.0, "high_noise")), high)
+
+
+# --- preset turbo --------------------------------------------------------------------------------------------
+
+def test_turbo_runs_the_distill_recipe_and_is_refused_without_one(own_tiny, library_dir, tmp_path):
+    recipe = DistillRecipe(TINY_DISTILL, steps=4, shift=5.0, sampler="dpm++")
+    renderer = Renderer(own_tiny, work_dir=tmp_path, loras=LoraConfig(library_dir, distill=recipe))
+    steps: list[int] = []
+    result = renderer.render(small(preset="turbo", steps=30, guidance=5.0, loras=[{"name": TINY_STYLE}]),
+                             on_progress=lambda i, n: steps.append(n))
+    m = result.metrics
+    assert steps == [4] * 4 and m["steps"] == 4 and m["guidance"] == 1.0 and m["shift"] == 5.0
+    assert m["preset"] == "turbo" and m["sampler"] == "dpm++"
+    assert m["transformer_evaluations"] == 4 and m["transformer_evaluations_skipped"] == 0  # no CFG pass
+    assert [(r["lora"], r["scale"]) for r in m["loras"]] == [(TINY_DISTILL, 1.0), (TINY_STYLE, 1.0)]
+    # the recipe by hand (same LoRAs, steps, guidance, shift, sampler) gives the same frames
+    by_hand = renderer.render(small(steps=4, guidance=1.0, guidance_2=1.0, shift=5.0, sampler="dpm++",
+                                    loras=[{"name": TINY_DISTILL}, {"name": TINY_STYLE}]))
+    assert np.array_equal(by_hand.frames, result.frames)
+
+    with pytest.raises(RequestError) as err:
+        Renderer(own_tiny, work_dir=tmp_path, loras=LoraConfig(library_dir)).prepare(small(preset="turbo"))
+    assert err.value.field == "preset" and "--distill-lora" in err.value.message
+
+
+# --- a sequence-parallel group -------------------------------------------------------------------------------
+
+def test_two_rank_group_applies_the_same_loras(tiny_model_dir, own_tiny, library_dir, tmp_path):
+    config = LoraConfig(library_dir)
+    request = small(loras=[{"name": f"{TINY_STYLE}-comfy", "scale": 1.0}])
+    single = Renderer(own_tiny, work_dir=tmp_path / "one", loras=config).render(request).frames
+    with render_group(tiny_model_dir, ["cpu", "cpu"]) as group:
+        renderer = GroupRenderer(group, work_dir=tmp_path / "group", loras=config)
+        styled = renderer.render(request)
+        plain = renderer.render(small())
+    assert styled.metrics["loras"][0]["lora"] == f"{TINY_STYLE}-comfy" and styled.metrics["sp_group_size"] == 2
+    assert np.abs(styled.frames - single).max() < 1e-4  # sharded attention: float rounding only
+    assert np.abs(styled.frames - plain.frames).max() > 1e-3

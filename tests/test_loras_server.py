@@ -1,0 +1,83 @@
+"""LoRAs through the live server with the official replicate client on vace/tiny: a library LoRA, preset turbo
+with the tiny distill, GET /v1/loras, and a LoRA for another model refused at submit with nothing queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import Server
+from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_lora, write_tiny_loras
+
+API_KEY = "lora-key-1"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("lora-server")
+    write_tiny_loras(root / "loras")
+    write_lora(root / "loras" / "wide.safetensors", "comfy", seed=3, dim=48)  # made for a wider model
+    srv = Server(root / "data", api_key=API_KEY,
+                 args=["--model", "tiny", "--max-render-side", "64", "--lora-dir", str(root / "loras")])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server):
+    import replicate
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPLICATE_API_TOKEN", API_KEY)
+        mp.setenv("REPLICATE_POLL_INTERVAL", "0.2")
+        yield replicate.Client(base_url=server.base_url)
+
+
+def small(**extra) -> dict:
+    return {"prompt": "a red square", "width": 32, "height": 32, "num_frames": 5, "steps": 2, "seed": 3, **extra}
+
+
+def test_library_is_listed_with_auth(server: Server):
+    with server.client() as http:
+        listing = http.get("/v1/loras").json()
+        del http.headers["Authorization"]
+        assert http.get("/v1/loras").status_code == 401
+    entries = {e["name"]: e for e in listing["loras"]}
+    assert set(entries) == {TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya", TINY_DISTILL, "wide"}
+    assert entries[TINY_STYLE]["fits"] == ["tiny"] and entries["wide"]["fits"] == []
+    assert entries["wide"]["base_model"]["width"] == 48 and len(entries["wide"]["sha256"]) == 64
+    assert entries[f"{TINY_STYLE}-kohya"]["format"] == "kohya" and entries[TINY_STYLE]["size"] > 0
+    assert listing["distill"] == {"lora": TINY_DISTILL, "steps": 4, "guidance": 1.0, "shift": 5.0,
+                                  "sampler": "dpm++"}
+
+
+def test_lora_and_turbo_jobs_run(client):
+    styled = client.predictions.create(model="vace/tiny", input=small(loras=[{"name": TINY_STYLE, "scale": 0.8}]))
+    turbo = client.predictions.create(model="vace/tiny", input=small(preset="turbo", steps=30))
+    styled.wait()
+    turbo.wait()
+    assert styled.status == "succeeded", styled.error
+    assert f"loras: {TINY_STYLE} x0.8" in styled.logs and "2/2" in styled.logs
+    assert turbo.status == "succeeded", turbo.error
+    assert f"loras: {TINY_DISTILL} x1" in turbo.logs and "4/4" in turbo.logs and "30" not in turbo.logs
+
+
+def test_lora_for_another_model_or_a_server_path_is_refused_at_submit(server: Server, client):
+    import replicate
+
+    before = len(client.predictions.list().results)
+    details = {}
+    for lora, field in (({"name": "wide"}, "loras[0].name"), ({"path": "/etc/passwd"}, "loras[0].path"),
+                        ({"name": "missing"}, "loras[0].name"), ({"name": TINY_STYLE, "expert": "low_noise"},
+                                                                 "loras[0].expert")):
+        with pytest.raises(replicate.exceptions.ReplicateError) as err:
+            client.predictions.create(model="vace/tiny", input=small(loras=[lora]))
+        assert err.value.status == 422
+        with server.client() as http:
+            body = http.post("/v1/models/vace/tiny/predictions", json={"input": small(loras=[lora])}).json()
+        assert body["invalid_fields"][0]["field"] == field, body
+        details[lora.get("name") or lora.get("path")] = body["invalid_fields"][0]["description"]
+    assert "does not fit model tiny" in details["wide"] and "width 48" in details["wide"]
+    assert len(client.predictions.list().results) == before
