@@ -90,3 +90,34 @@ AUXILIARY: dict[str, Auxiliary] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class LoraEntry(HubEntry):
+    """A published step-distillation LoRA: one file (or folder) of a Hub repository and its recipe."""
+
+    path: str
+    recipe: str
+
+    def fetch_hint(self) -> str:
+        what = f'--include "{self.path}"' if self.path.endswith("/*") else self.path
+        return f"huggingface-cli download {self.repo_id} {what} --local-dir <LORA_DIR>   (on a connected machine)"
+
+
+DISTILL_LORAS: dict[str, LoraEntry] = {
+    e.name: e
+    for e in (
+        LoraEntry("lightx2v-t2v-14b-rank32", "Kijai/WanVideo_comfy",
+                  "Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank32.safetensors",
+                  "Wan2.1 14B (VACE-14B): 4 steps, guidance 1, shift 5, scale 1"),
+        LoraEntry("lightx2v-t2v-14b-rank64", "lightx2v/Wan2.1-T2V-14B-StepDistill-CfgDistill-Lightx2v",
+                  "loras/Wan21_T2V_14B_lightx2v_cfg_step_distill_lora_rank64.safetensors",
+                  "Wan2.1 14B (VACE-14B): 4 steps, guidance 1, shift 5, scale 1"),
+        LoraEntry("causvid-t2v-14b-rank32", "Kijai/WanVideo_comfy", "Wan21_CausVid_14B_T2V_lora_rank32.safetensors",
+                  "Wan2.1 14B (VACE-14B): guidance 1, 4-8 steps (community usage; no official recipe)"),
+        LoraEntry("wan22-lightning-t2v-a14b", "lightx2v/Wan2.2-Lightning",
+                  "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/*",
+                  "Wan2.2 A14B: 4 steps, guidance 1, shift 5; high_noise_model on expert high_noise, "
+                  "low_noise_model on low_noise"),
+    )
+}

@@ -7,7 +7,7 @@ import sys
 
 from vace.pipelines.fixtures.tiny_model import write_tiny_bundle
 from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
-from vace.weights.catalog import AUXILIARY, CHECKPOINTS
+from vace.weights.catalog import AUXILIARY, CHECKPOINTS, DISTILL_LORAS
 from vace.weights.integrity import verify_manifest, write_manifest
 
 
@@ -77,6 +77,10 @@ def _list(args: argparse.Namespace) -> int:
 
     for aux in AUXILIARY.values():
         print(f"{aux.name}\n  {aux.description}\n  use it: {aux.server_option}\n  get it: {aux.fetch_hint()}")
+
+    print("\nstep-distillation LoRAs (put them in --lora-dir; preset turbo with --distill-lora NAME):")
+    for lora in DISTILL_LORAS.values():
+        print(f"{lora.name}\n  recipe: {lora.recipe}\n  get it: {lora.fetch_hint()}")
     return 0
 
 

@@ -15,7 +15,6 @@ unfusing does not restore the base weights bit for bit in bf16, so jobs after it
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from vace.pipelines.acceleration.presets import DistillRecipe
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, materialize
+from vace.weights.integrity import sha256_file
 
 LORA_MAX_BYTES = 4 * 1024**3
 ADAPTER_CAPACITY = 8
@@ -48,14 +48,6 @@ class LoraFile:
     path: Path
     sha256: str
     label: str
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LoraLibrary:
@@ -81,7 +73,7 @@ class LoraLibrary:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._digests:
-            self._digests[key] = _sha256(path)
+            self._digests[key] = sha256_file(path)
         return self._digests[key]
 
     def resolve(self, spec: LoraSpec, field_name: str, fetch: bool = True) -> LoraFile | None:
@@ -125,7 +117,7 @@ class LoraLibrary:
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
             downloaded = materialize(url, where, Path(tmp), self.fetch_policy)
             _check_safetensors(downloaded, where)
-            sha = _sha256(downloaded)
+            sha = sha256_file(downloaded)
             target = self.cache_dir / f"{sha}.safetensors"
             os.replace(downloaded, target)
         index = self._url_index() | {url: sha}
