@@ -16,7 +16,6 @@ from vace.pipelines.engine.group import GroupRenderer, render_group
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.loras import (
     ActiveLora,
-    LoraAdapters,
     LoraConfig,
     LoraLibrary,
     adapters_for,
@@ -223,74 +222,67 @@ def own_tiny(tiny_model_dir):
     return load_pipeline(tiny_model_dir, device="cpu")
 
 
-def test_scale_one_differs_scale_zero_identical_and_no_leak(own_tiny, library, tmp_path):
-    renderer = Renderer(own_tiny, work_dir=tmp_path)
-    adapters = adapters_for(own_tiny)
-    style = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
+def test_scale_one_differs_scale_zero_identical_and_no_leak(own_tiny, library_dir, tmp_path):
+    renderer = Renderer(own_tiny, work_dir=tmp_path, loras=LoraConfig(library_dir))
 
-    def render(*loras: ActiveLora) -> np.ndarray:
-        with adapters.applied(loras):
-            return renderer.render(small()).frames
+    def render(*loras: tuple[str, float]) -> np.ndarray:
+        return renderer.render(small(loras=[{"name": n, "scale": s} for n, s in loras])).frames
 
     base = render()
-    styled = render(ActiveLora(style, 1.0))
+    styled = render((TINY_STYLE, 1.0))
     assert np.abs(styled - base).max() > 1e-3
-    assert np.array_equal(render(ActiveLora(style, 0.0)), base)
+    assert np.array_equal(render((TINY_STYLE, 0.0)), base)
     # alternating jobs reproduce their own outputs exactly
     assert np.array_equal(render(), base)
-    assert np.array_equal(render(ActiveLora(style, 1.0)), styled)
-    assert np.array_equal(renderer.render(small()).frames, base)  # outside applied(): base weights
+    assert np.array_equal(render((TINY_STYLE, 1.0)), styled)
+    assert np.array_equal(render(), base)
     # the same weights in ComfyUI and kohya keys give the same frames
     for name in STYLE_FILES[1:]:
-        other = library.resolve(LoraSpec(name=name), "loras[0]")
-        assert np.array_equal(render(ActiveLora(other, 1.0)), styled), name
+        assert np.array_equal(render((name, 1.0)), styled), name
     # two LoRAs at once
-    distill = library.resolve(LoraSpec(name=TINY_DISTILL), "loras[1]")
-    assert not np.array_equal(render(ActiveLora(style, 1.0), ActiveLora(distill, 1.0)), styled)
+    assert not np.array_equal(render((TINY_STYLE, 1.0), (TINY_DISTILL, 1.0)), styled)
 
 
-def test_lru_evicts_least_recently_used_and_reloads_exactly(tiny_model_dir, library, tmp_path):
+def test_lru_evicts_least_recently_used_and_reloads_exactly(tiny_model_dir, library, library_dir, tmp_path):
     model = load_pipeline(tiny_model_dir, device="cpu")
-    renderer = Renderer(model, work_dir=tmp_path)
-    adapters = LoraAdapters(model.pipeline, model.name, capacity=2)
+    renderer = Renderer(model, work_dir=tmp_path, loras=LoraConfig(library_dir, capacity=2))
+    request = small(loras=[{"name": TINY_STYLE}])
+    first = renderer.render(request)
+    adapters = adapters_for(model)
+    assert adapters.capacity == 2 and first.metrics["loras"][0]["cached"] is False
     files = [library.resolve(LoraSpec(name=n), "loras[0]") for n in (TINY_STYLE, TINY_DISTILL, f"{TINY_STYLE}-kohya")]
 
     def use(file) -> list[dict]:
         with adapters.applied([ActiveLora(file, 1.0)]) as records:
             return records
 
-    with adapters.applied([ActiveLora(files[0], 1.0)]) as records:
-        first = renderer.render(small()).frames
-    assert records[0]["cached"] is False and records[0]["lora"] == TINY_STYLE
     use(files[1])
     assert use(files[0])[0]["cached"] is True
     use(files[2])  # evicts files[1], the least recently used
     assert adapters.loaded() == [files[0].sha256, files[2].sha256]
     assert set(model.pipeline.transformer.peft_config) == {f"lora_{f.sha256[:16]}" for f in (files[0], files[2])}
     assert use(files[1])[0]["cached"] is False and adapters.loaded() == [files[2].sha256, files[1].sha256]
-    with adapters.applied([ActiveLora(files[0], 1.0)]) as records:  # evicted and loaded again
-        assert records[0]["cached"] is False
-        assert np.array_equal(renderer.render(small()).frames, first)
+    again = renderer.render(request)  # files[0] was evicted: loaded again, same frames
+    assert again.metrics["loras"][0]["cached"] is False and np.array_equal(again.frames, first.frames)
 
 
-def test_two_experts_take_a_lora_each_or_both(tiny_a14b_dir, library, tmp_path):
+def test_two_experts_take_a_lora_each_or_both(tiny_a14b_dir, library, library_dir, tmp_path):
     model = load_pipeline(tiny_a14b_dir, device="cpu")
-    renderer = Renderer(model, work_dir=tmp_path)
-    adapters = adapters_for(model)
+    renderer = Renderer(model, work_dir=tmp_path, loras=LoraConfig(library_dir))
     style = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
-    request = small(shift=1.0)  # boundary 0.875: step 1 (t=1000) runs the high-noise expert, step 2 (t=500) the low
 
-    def render(*loras: ActiveLora) -> np.ndarray:
-        with adapters.applied(loras):
-            return renderer.render(request).frames
+    def render(expert: str | None = None) -> np.ndarray:
+        # boundary 0.875 at shift 1: step 1 (t=1000) runs the high-noise expert, step 2 (t=500) the low-noise
+        loras = [{"name": TINY_STYLE, "expert": expert}] if expert else []
+        return renderer.render(small(shift=1.0, loras=loras)).frames
 
     base = render()
-    high, low, both = (render(ActiveLora(style, 1.0, e)) for e in ("high_noise", "low_noise", "both"))
+    high, low, both = (render(e) for e in ("high_noise", "low_noise", "both"))
     frames = [base, high, low, both]
     assert all(not np.array_equal(a, b) for i, a in enumerate(frames) for b in frames[i + 1:])
     assert "lora_" + style.sha256[:16] in model.pipeline.transformer.peft_config
     assert np.array_equal(render(), base)
-    assert np.array_equal(render(ActiveLora(style, 1.0, "high_noise")), high)
+    assert np.array_equal(render("high_noise"), high)
 
 
 # --- preset turbo --------------------------------------------------------------------------------------------
