@@ -120,6 +120,8 @@ def test_gpu_suite_dry_run_prints_the_plan_and_without_cuda_refuses_in_one_line(
     assert all(name in printed for name in names) and "estimated" in printed
     presets = [c for c in plan["cases"] if c["case"].startswith("preset")]
     assert all(c["steps"] == 5 and c["forwards"] == 10 and c["estimated_seconds"] > 0 for c in presets)
+    turbo = next(c for c in plan["cases"] if c["case"].startswith("turbo"))
+    assert turbo["preset"] == "turbo" and turbo["steps"] == 4 and turbo["forwards"] == 4  # no CFG pass
     assert plan["flops_per_forward"] == pytest.approx(2.03e15, rel=0.005)
     kept = [c for c in plan["cases"] if not c["skipped"]]
     assert plan["estimated_total_seconds"] == pytest.approx(sum(c["estimated_seconds"] for c in kept), abs=0.5)

@@ -14,18 +14,22 @@ import json
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, transformer_flops
 from vace.pipelines.acceleration.levers import apply_gpu_levers
-from vace.pipelines.acceleration.presets import resolve_preset
+from vace.pipelines.acceleration.presets import DistillRecipe, get_preset, resolve_preset
 from vace.pipelines.bench.random_model import BenchError, RandomSpec, build_model, check_fits
 from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup, plan_groups
 from vace.pipelines.engine.loading import LoadedModel
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.memory import check_mode
 from vace.pipelines.engine.render import Renderer
+from vace.pipelines.fixtures.tiny_loras import write_lora
 from vace.pipelines.fixtures.tiny_model import resolve_model
 from vace.pipelines.job.request import GenerationRequest
 from vace.weights.configs import TRANSFORMERS
@@ -55,6 +59,7 @@ class BenchConfig:
     fp8: bool = False
     seed: int = 0
     dtype: str | None = None  # random-weight shapes only: bfloat16 (default) or float32
+    distill_lora: str | None = None  # preset turbo; None = a random rank-32 distill shaped for the model
 
 
 def _peak_tflops(device_name: str) -> float | None:
@@ -69,6 +74,20 @@ def bench_request(cfg: BenchConfig) -> Any:
     return resolve_preset(GenerationRequest(prompt=BENCH_PROMPT, width=cfg.width, height=cfg.height,
                                             num_frames=cfg.frames, steps=cfg.steps, guidance=cfg.guidance,
                                             seed=cfg.seed, preset=cfg.preset).validated())
+
+
+def bench_loras(cfg: BenchConfig) -> LoraConfig:
+    """Preset turbo's distill: --distill-lora, else a random rank-32 LoRA (ComfyUI keys, bf16) on every block of
+    the benchmarked transformer, so `vace bench --preset turbo` measures the recipe without a download."""
+    if not get_preset(cfg.preset).distill:
+        return LoraConfig()
+    if cfg.distill_lora:
+        return LoraConfig(distill=DistillRecipe(cfg.distill_lora))
+    config = transformer_config(cfg.model)
+    path = Path(tempfile.mkdtemp(prefix="vace-bench-distill-")) / "random-distill.safetensors"
+    write_lora(path, "comfy", seed=cfg.seed, dtype="bfloat16", dim=config["num_attention_heads"] *
+               config["attention_head_dim"], ffn=config["ffn_dim"], blocks=config["num_layers"], rank=32)
+    return LoraConfig(distill=DistillRecipe(str(path)))
 
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
@@ -103,7 +122,7 @@ def bench_loaded(cfg: BenchConfig, model: LoadedModel, load_seconds: float,
     info = {"name": model.name, "device": model.device, "dtype": str(model.pipeline.transformer.dtype),
             "offload": model.offload, "levers": model.levers, "config": dict(model.pipeline.transformer.config),
             "text_encoder": random.text_encoder_note() if random else "as loaded"}
-    return _measure(cfg, Renderer(model), info, load_seconds)
+    return _measure(cfg, Renderer(model, loras=bench_loras(cfg)), info, load_seconds)
 
 
 def transformer_config(spec: str) -> dict[str, Any]:
@@ -138,7 +157,7 @@ def _run_sharded(cfg: BenchConfig, random: RandomSpec | None) -> dict[str, Any]:
                 "offload": "none", "text_encoder": random.text_encoder_note() if random else "as loaded",
                 "levers": {"notes": ["GPU levers are not applied inside a sequence-parallel group"]},
                 "config": transformer_config(cfg.model), "devices": list(devices)}
-        return _measure(cfg, GroupRenderer(group), info, load_seconds)
+        return _measure(cfg, GroupRenderer(group, loras=bench_loras(cfg)), info, load_seconds)
     finally:
         group.stop()
 

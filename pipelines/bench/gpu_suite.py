@@ -7,7 +7,7 @@ unless said otherwise, so the numbers are what a served job gets):
    difference of the decoded frames;
 2. nan: one 14B bf16 transformer forward at full size on random inputs has no NaN / inf;
 3. presets none / low / regular, eager (no compilation), PRESET_STEPS steps: past the 20% warm-up, so the step
-   cache reaches its cached phase;
+   cache reaches its cached phase; preset turbo: a random rank-32 distill LoRA, its 4 steps without CFG;
 4. compiled: preset none with regional compilation (the first step pays the compilation; s/step is the median
    of the warm steps);
 5. fp8: preset none, compiled, FP8 block weights (skipped with the reason where unsupported);
@@ -44,6 +44,7 @@ WIDTH, HEIGHT, FRAMES = 832, 480, 81
 PRESET_STEPS = 5  # warm-up max(1, round(0.2 * 5)) = 1 step, then 4 steps where the cache may skip
 LEVER_STEPS = 2  # the first pays the compilation; s/step is the second
 SP_STEPS = 3
+TURBO_STEPS = 4  # the distill recipe's own steps
 BUDGET_S = 480.0  # 8 minutes on an H100/H200
 FORWARD_TOLERANCE = 3e-2  # relative L2, bf16 GPU vs fp32 CPU, tiny model
 FRAMES_TOLERANCE = 3e-2  # mean absolute difference of [0, 1] frames after a 4-step render
@@ -73,13 +74,17 @@ class Case:
 
     def forwards(self) -> int:
         """Transformer forwards at most (CFG: two a step; a step cache only lowers it)."""
-        return {"nan": 1, "render": 2 * self.steps, "sequence_parallel": 2 * self.steps}.get(self.kind, 0)
+        per_step = 1 if self.preset == "turbo" else 2  # turbo runs guidance 1: no CFG pass
+        return {"nan": 1, "render": per_step * self.steps, "sequence_parallel": 2 * self.steps}.get(self.kind, 0)
 
 
 def plan(gpus: int) -> list[Case]:
     cases = [Case("correctness: tiny GPU vs CPU", "correctness"),
              Case("nan: 14B bf16 forward", "nan", fresh_build=True)]
     cases += [Case(f"preset {p}", "render", preset=p, steps=PRESET_STEPS) for p in ("none", "low", "regular")]
+    # its own model: the distill's PEFT layers stay (disabled) in a model once loaded, later cases must not see them
+    cases += [Case("turbo: random rank-32 distill", "render", preset="turbo", steps=TURBO_STEPS,
+                   fresh_build=True)]
     cases += [Case("compiled", "render", steps=LEVER_STEPS, compile_blocks=True),
               Case("fp8 compiled", "render", steps=LEVER_STEPS, compile_blocks=True, fp8=True, fresh_build=True)]
     cases += [Case(f"offload {m}", "render", steps=1, offload=m, fresh_build=True)

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--budget-s", type=float, default=gpu_suite.BUDGET_S,
                        help="with --suite: skip cases whose estimate would pass this many seconds")
     bench.add_argument("--model", default="tiny", help="tiny | tiny-a14b | DIR | 14b | 1.3b (random weights)")
-    bench.add_argument("--preset", default="none", help="none | low | regular (or a speed_mode string)")
+    bench.add_argument("--preset", default="none", help="none | low | regular | turbo (or a speed_mode string)")
+    bench.add_argument("--distill-lora", default=None, metavar="PATH[:SCALE]",
+                       help="preset turbo's distill LoRA (default: a random rank-32 one shaped for --model)")
     bench.add_argument("--size", default="832*480", help="WIDTH*HEIGHT")
     bench.add_argument("--frames", type=int, default=81)
     bench.add_argument("--steps", type=int, default=50)
@@ -60,7 +62,7 @@ def _bench_command(args: argparse.Namespace) -> int:
                           sequence_parallel=args.sequence_parallel, sp_mode=args.sp_mode,
                           device=args.device, attention=args.attention,
                           compile_blocks=args.compile_blocks, fp8=args.fp8, seed=args.seed,
-                          dtype=args.dtype)
+                          dtype=args.dtype, distill_lora=args.distill_lora)
         report = run_bench(cfg)
     except (BenchError, RequestError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
