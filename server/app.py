@@ -28,7 +28,8 @@ from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Store, database_url
 from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
-from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor, make_supervisor, worker_states
+from vace.server.worker.executor import make_executor, worker_states
+from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor
 
 log = logging.getLogger("vace.server")
 
@@ -39,7 +40,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The app for resolved settings (see serve.resolve): `model` holds NAME=DIR specs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(settings.data_dir, settings.database_url))
-    supervisor = make_supervisor(store, WorkerConfig(settings=settings, database_url=store.url))
+    supervisor = make_executor(store, WorkerConfig(settings=settings, database_url=store.url))
     run_worker = not settings.no_worker
 
     def workers() -> list[WorkerState]:

@@ -52,6 +52,12 @@ class ServeSettings(BaseSettings):
         json_schema_extra=_flag(flag="api-key", metavar="KEY"))
     allow_insecure_no_auth: bool = Field(False, description=(
         "allow serving a non-loopback address without any API key"))
+    executor: Literal["local", "ray"] = Field("local", description=(
+        "where the GPU workers run: local (supervised processes on this machine) or ray (actors across a Ray "
+        "cluster, the [ray] extra; see README \"Many machines\")"))
+    ray_address: str = Field("auto", description=(
+        "the Ray cluster --executor ray joins: auto (the one `ray start` runs on this machine) or HOST:PORT of "
+        "its head"), json_schema_extra=_flag(metavar="ADDR"))
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     gpus: str | None = Field(None, description=(
         "GPUs to use: one worker per GPU (or per --sequence-parallel group), all fed by one queue"),

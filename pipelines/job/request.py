@@ -16,6 +16,8 @@ MAX_FRAMES = 241
 MAX_REFERENCE_IMAGES = 5
 MAX_SEED = 2**32 - 1
 MIN_SIDE = 16
+# The fields that hold one media reference (a URL, a data: URI or a server-side path); reference_images holds a list.
+MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 MAX_SIDE = 2048
 
 DEFAULT_NEGATIVE_PROMPT = (

@@ -21,7 +21,7 @@ from typing import Any
 from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.job.job import Job
-from vace.pipelines.job.request import RequestError
+from vace.pipelines.job.request import MEDIA_FIELDS, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.metrics import ServerMetrics
 from vace.server.retention import RetentionPolicy, SweepReport, sweep
@@ -42,7 +42,6 @@ from vace.server.store import QUEUED, Prediction, Store, new_id
 
 log = logging.getLogger("vace.predictions")
 
-MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 

@@ -1,0 +1,24 @@
+"""The executor `vace serve --executor` chose: local supervised processes, or actors on a Ray cluster."""
+
+from __future__ import annotations
+
+from vace.server.metrics import WorkerState
+from vace.server.store import Store
+from vace.server.worker import supervisor as local
+from vace.server.worker.config import WorkerConfig
+from vace.server.worker.ray_executor import RayExecutor
+
+Executor = local.WorkerSupervisor | local.SupervisorSet | RayExecutor
+
+
+def make_executor(store: Store, config: WorkerConfig) -> Executor:
+    if config.settings.executor == "ray":
+        return RayExecutor(store, config, config.settings.ray_address)
+    return local.make_supervisor(store, config)
+
+
+def worker_states(executor: Executor, busy_owners: set[str]) -> list[WorkerState]:
+    """Each worker as /metrics reports it (see supervisor.worker_states)."""
+    if isinstance(executor, RayExecutor):
+        return executor.states()
+    return local.worker_states(executor, busy_owners)

@@ -1,0 +1,300 @@
+"""The `ray` executor (`vace serve --executor ray`): every GPU worker is a Ray actor anywhere in the cluster.
+
+One actor per GPU (`num_gpus=1`), or with `--sequence-parallel N` one actor per placement group of N GPUs packed
+on one node (STRICT_PACK) whose rank processes form the usual torch.distributed group. The API process keeps
+the store: for each actor a feeder thread here claims a job, sends it to the actor and applies the events the
+actor streams back (logs, progress, heartbeats, the final write with its output files), forwarding a cancel to
+the actor. Ray restarts an actor whose node died on a healthy GPU; the job it was running fails with a clear
+error. Same interface as the local supervisors (start / poll / read_reports / stop, state, workers).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import logging
+import mimetypes
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from vace.pipelines.job.request import MEDIA_FIELDS
+from vace.server.metrics import WorkerState
+from vace.server.store import Prediction, Store
+from vace.server.store_listen import QUEUE_CHANNEL
+from vace.server.worker.config import WorkerConfig
+from vace.server.worker.ray_actor import GpuWorker
+from vace.server.worker.supervisor import READY, SETUP_FAILED, STARTING
+
+log = logging.getLogger("vace.ray")
+
+IDLE_WAIT_S = 2.0  # longest wait for new work between claims (PostgreSQL wakes the feeders at once)
+CANCEL_POLL_S = 0.1  # how often a running job's cancel flag is read: well inside one denoising step
+READY_WAIT_S = 1.0
+RESTARTING = "RESTARTING"
+
+
+def driver_ip(address: str) -> str | None:
+    """A cluster on loopback is this machine: join it as 127.0.0.1 too (else Ray picks the host's address)."""
+    host = address.rsplit(":", 1)[0].removeprefix("ray://")
+    try:
+        return "127.0.0.1" if host == "localhost" or ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def inline_local_media(job: Prediction, data_dir: Path) -> Prediction:
+    """The job with its references to the server's own files (uploads, outputs) replaced by data: URIs, so the
+    actor needs no access to this machine's disk; Ray carries large arguments through its object store."""
+    stored = job.job
+
+    def inline(ref: str | None) -> str | None:
+        if not ref or ref.startswith(("data:", "http://", "https://")):
+            return ref
+        path = Path(ref)
+        if not path.resolve().is_relative_to(data_dir.resolve()):
+            return ref
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+    request = dataclasses.replace(
+        stored.request, reference_images=[inline(r) for r in stored.request.reference_images],
+        **{name: inline(getattr(stored.request, name)) for name in MEDIA_FIELDS})
+    return dataclasses.replace(job, request=dataclasses.replace(stored, request=request).to_dict())
+
+
+class _Slot:
+    """One actor and the feeder thread that hands it jobs from the store."""
+
+    def __init__(self, executor: RayExecutor, index: int):
+        self.executor = executor
+        self.index = index
+        self.worker_id = f"ray-{uuid.uuid4().hex[:8]}-{index}"
+        self.actor: Any = None
+        self.state = STARTING
+        self.error: str | None = None
+        self.where: dict[str, Any] | None = None  # the actor's describe(): node, GPUs, model
+        self.job: str | None = None
+        self.restarts = 0
+        self.thread = threading.Thread(target=self._feed, name=self.worker_id, daemon=True)
+
+    def start(self) -> None:
+        self.actor = self.executor.new_actor()
+        self.thread.start()
+
+    def _ready(self) -> bool:
+        """Whether the actor is up (Ray is still placing or restarting it when not)."""
+        import ray  # the [ray] extra; the executor only runs when it is installed
+
+        try:
+            where = ray.get(self.actor.describe.remote(), timeout=READY_WAIT_S)
+        except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:  # the model's load failed
+                self.state, self.error = SETUP_FAILED, _actor_error(exc)
+                return False
+            # still being placed, or being restarted after its node was lost
+            if self.state == READY:
+                self.state = RESTARTING
+            return False
+        if self.where is not None and where["node"] != self.where["node"]:
+            self.restarts += 1
+            log.warning("worker %s restarted on node %s", self.worker_id, where["node_ip"])
+        self.where, self.state, self.error = where, READY, None
+        return True
+
+    def _feed(self) -> None:
+        executor = self.executor
+        listener = executor.store.listener(QUEUE_CHANNEL, poll_s=executor.idle_poll_s)
+        try:
+            while not executor.stopping.is_set():
+                if self.state == SETUP_FAILED or not self._ready():
+                    executor.stopping.wait(READY_WAIT_S)
+                    continue
+                job = executor.store.claim(self.worker_id, executor.config.lease_s, models=list(executor.models))
+                if job is None:
+                    listener.wait(IDLE_WAIT_S)
+                    continue
+                self.job = job.id
+                try:
+                    self._run(job)
+                finally:
+                    self.job = None
+        except Exception:  # noqa: BLE001 - a feeder must never die silently: log, and the job's lease expires
+            log.exception("feeder %s stopped", self.worker_id)
+        finally:
+            listener.close()
+
+    def _run(self, job: Prediction) -> None:
+        import ray  # the [ray] extra
+
+        store, owner = self.executor.store, self.worker_id
+        where = self.where or {}
+        finished = threading.Event()
+        canceler = threading.Thread(target=self._forward_cancel, args=(job.id, finished), daemon=True)
+        # The job's log opens with where it runs (the runner keeps the lines a job arrives with).
+        sent = dataclasses.replace(inline_local_media(job, self.executor.data_dir),
+                                   logs=job.logs + f"ray worker {owner} on node {where.get('node_ip')} "
+                                                   f"({where.get('node')}), GPUs {where.get('gpus')}\n")
+        try:
+            stream = self.actor.run.remote(sent)
+            canceler.start()
+            for ref in stream:
+                event = ray.get(ref)
+                if event[0] == "report":
+                    if not store.report(job.id, owner, **event[1]):  # the job was taken away: stop rendering
+                        self.actor.cancel.remote(job.id)
+                elif event[0] == "heartbeat":
+                    store.heartbeat(job.id, owner, self.executor.config.lease_s)
+                elif event[0] == "finish":
+                    _, status, values, files = event
+                    self._finish(job, status, values, files)
+        except ray.exceptions.RayError as exc:
+            if self.executor.stopping.is_set():  # stop() ended the actor: the job goes back to the queue
+                return
+            message = (f"the Ray worker on node {where.get('node_ip')} ({where.get('node')}) was lost while "
+                       f"running this prediction ({type(exc).__name__}); it was not retried")
+            log.error("%s: %s", job.id, message)
+            store.fail_held(message, owner=owner)
+        finally:
+            finished.set()
+
+    def _finish(self, job: Prediction, status: str, values: dict[str, Any], files: dict[str, bytes]) -> None:
+        out_dir = self.executor.data_dir / "outputs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            if "/" in name or not name.startswith(job.id):
+                continue  # only the job's own outputs, only into the outputs dir
+            tmp = out_dir / f".{name}.part"
+            tmp.write_bytes(data)
+            tmp.replace(out_dir / name)
+        where = self.where or {}
+        values["metrics"] = {**(values.get("metrics") or {}),
+                             "worker": {"node": where.get("node"), "node_ip": where.get("node_ip"),
+                                        "gpus": where.get("gpus"), "id": self.worker_id}}
+        self.executor.store.finish(job.id, self.worker_id, status, **values)
+
+    def _forward_cancel(self, prediction_id: str, finished: threading.Event) -> None:
+        """Read the job's cancel flag until it ends; pass a cancel on to the actor (checked at every step)."""
+        while not finished.wait(CANCEL_POLL_S):
+            if self.executor.store.cancel_requested(prediction_id):
+                self.actor.cancel.remote(prediction_id)
+                return
+
+    def describe(self) -> dict[str, Any]:
+        where = self.where or {}
+        return {"id": self.worker_id, "state": self.state, "node": where.get("node"),
+                "node_ip": where.get("node_ip"), "gpus": where.get("gpus"), "devices": where.get("devices"),
+                "job": self.job, "restarts": self.restarts, "error": self.error}
+
+
+def _actor_error(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+
+
+class RayExecutor:
+    """Places the GPU workers on a Ray cluster and feeds them from the store."""
+
+    def __init__(self, store: Store, config: WorkerConfig, address: str):
+        self.store = store
+        self.config = config
+        self.address = address
+        self.models = config.models
+        self.data_dir = Path(config.settings.data_dir)
+        self.group = max(1, config.settings.sequence_parallel)
+        self.idle_poll_s = 0.1
+        self.stopping = threading.Event()
+        self.slots: list[_Slot] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        import ray  # the [ray] extra
+
+        ray.init(address=self.address, _node_ip_address=driver_ip(self.address), namespace="vace",
+                 log_to_driver=False, configure_logging=False)
+        self._grow()
+
+    def _gpu_slots(self) -> int:
+        import ray  # the [ray] extra
+
+        return int(ray.cluster_resources().get("GPU", 0) // self.group)
+
+    def _grow(self) -> None:
+        """One slot per GPU (or group of GPUs) the cluster offers now; never fewer than one."""
+        with self._lock:
+            while len(self.slots) < max(1, self._gpu_slots()) and not self.stopping.is_set():
+                slot = _Slot(self, len(self.slots))
+                self.slots.append(slot)
+                slot.start()
+
+    def new_actor(self) -> Any:
+        import ray  # the [ray] extra
+        from ray.util.placement_group import placement_group  # part of ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # part of ray
+
+        options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": 2}
+        if self.group > 1:  # the group's N GPUs on one node: its ranks talk over the node's own links
+            group = placement_group([{"GPU": self.group, "CPU": 1}], strategy="STRICT_PACK")
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=group,
+                                                                              placement_group_bundle_index=0)
+        return ray.remote(GpuWorker).options(num_gpus=self.group, **options).remote(self.config, self.group)
+
+    # ---- the supervisor interface the app uses -----------------------------------------------------------------
+
+    def poll(self) -> None:
+        """A grown cluster gets more workers (a shrunk one keeps its actors pending until GPUs return)."""
+        self._grow()
+
+    def read_reports(self) -> None:
+        pass  # the feeder threads keep each slot's state current
+
+    def stop(self) -> None:
+        """End the actors; a job one was running goes back to the queue (as with the local executor)."""
+        import ray  # the [ray] extra
+
+        self.stopping.set()
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+        for slot in self.slots:
+            slot.thread.join(READY_WAIT_S + IDLE_WAIT_S + 1.0)
+            self.store.requeue_held(slot.worker_id, "requeued: the server stopped while this prediction was running")
+        ray.shutdown()
+
+    @property
+    def state(self) -> str:
+        states = {slot.state for slot in self.slots}
+        if READY in states:
+            return READY
+        return SETUP_FAILED if states == {SETUP_FAILED} else STARTING
+
+    @property
+    def error(self) -> str | None:
+        return next((slot.error for slot in self.slots if slot.error), None)
+
+    @property
+    def restarts(self) -> int:
+        return sum(slot.restarts for slot in self.slots)
+
+    @property
+    def pid(self) -> int | None:
+        return None  # the workers are Ray actors on the cluster's nodes
+
+    @property
+    def loaded(self) -> dict[str, Any] | None:
+        where = next((slot.where for slot in self.slots if slot.where), None)
+        return {k: where[k] for k in ("model", "levers", "offload")} if where else None
+
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        return [slot.describe() for slot in self.slots]
+
+    def states(self) -> list[WorkerState]:
+        """The workers as /metrics reports them; a device is `<node address>/<device on that node>`."""
+        states = []
+        for slot in self.slots:
+            where = slot.where or {}
+            devices = [f"{where.get('node_ip')}/{d}" for d in where.get("devices") or ["?"]]
+            states.append(WorkerState(slot.worker_id, devices, up=slot.state == READY, busy=slot.job is not None))
+        return states
