@@ -37,10 +37,12 @@ RESTARTING = "RESTARTING"
 
 
 def driver_ip(address: str) -> str | None:
-    """A cluster on loopback is this machine: join it as 127.0.0.1 too (else Ray picks the host's address)."""
-    host = address.rsplit(":", 1)[0].removeprefix("ray://")
+    """A cluster on a loopback address is this machine: join it on that address too (else Ray picks the host's
+    network address, which such a cluster does not listen on). Ray itself replaces 127.0.0.1 and localhost by the
+    network address, so a one-machine cluster uses another loopback address (`--node-ip-address 127.0.0.2`)."""
+    host = address.rsplit(":", 1)[0]
     try:
-        return "127.0.0.1" if host == "localhost" or ipaddress.ip_address(host).is_loopback else None
+        return host if ipaddress.ip_address(host).is_loopback else None
     except ValueError:
         return None
 
@@ -206,14 +208,26 @@ class RayExecutor:
         self.group = max(1, config.settings.sequence_parallel)
         self.idle_poll_s = 0.1
         self.stopping = threading.Event()
+        self.joined = threading.Event()
+        self.join_error: str | None = None
         self.slots: list[_Slot] = []
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        """Join the cluster and place the workers, in a thread: the API answers (STARTING) meanwhile."""
+        threading.Thread(target=self._join, name="ray-join", daemon=True).start()
+
+    def _join(self) -> None:
         import ray  # the [ray] extra
 
-        ray.init(address=self.address, _node_ip_address=driver_ip(self.address), namespace="vace",
-                 log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=self.address, _node_ip_address=driver_ip(self.address), namespace="vace",
+                     log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 - reported by /health as SETUP_FAILED
+            log.error("could not join the Ray cluster at %s: %s", self.address, exc)
+            self.join_error = f"could not join the Ray cluster at {self.address}: {exc}"
+            return
+        self.joined.set()
         self._grow()
 
     def _gpu_slots(self) -> int:
@@ -245,7 +259,8 @@ class RayExecutor:
 
     def poll(self) -> None:
         """A grown cluster gets more workers (a shrunk one keeps its actors pending until GPUs return)."""
-        self._grow()
+        if self.joined.is_set():
+            self._grow()
 
     def read_reports(self) -> None:
         pass  # the feeder threads keep each slot's state current
@@ -255,6 +270,8 @@ class RayExecutor:
         import ray  # the [ray] extra
 
         self.stopping.set()
+        if not self.joined.is_set():
+            return
         for slot in self.slots:
             ray.kill(slot.actor, no_restart=True)
         for slot in self.slots:
@@ -267,11 +284,11 @@ class RayExecutor:
         states = {slot.state for slot in self.slots}
         if READY in states:
             return READY
-        return SETUP_FAILED if states == {SETUP_FAILED} else STARTING
+        return SETUP_FAILED if self.join_error or states == {SETUP_FAILED} else STARTING
 
     @property
     def error(self) -> str | None:
-        return next((slot.error for slot in self.slots if slot.error), None)
+        return self.join_error or next((slot.error for slot in self.slots if slot.error), None)
 
     @property
     def restarts(self) -> int:
