@@ -95,6 +95,10 @@ def test_twenty_predictions_run_on_both_nodes(server: Server, client):
         assert (info["width"], info["height"], info["num_frames"]) == (32 + 16 * (i % 2), 32, 5)
     nodes = {ran_on(server, p.id) for p in predictions}
     assert nodes == {w["node"] for w in workers}  # both nodes ran jobs
+    with server.client() as http:
+        scrape = http.get("/metrics").text.splitlines()
+    up = [line for line in scrape if line.startswith("vace_worker_up{") and f'device="{NODE_IP}/' in line]
+    assert len(up) == 2 and all(line.endswith(" 1.0") for line in up)
     assert "ray worker" in predictions[0].logs and f"on node {NODE_IP}" in predictions[0].logs
 
 
