@@ -113,7 +113,7 @@ def test_thirty_rows_render_named_and_decodable(server: Server, tmp_path: Path):
 
 
 def test_sigkill_midway_then_rerun_renders_each_row_exactly_once(server: Server, tmp_path: Path):
-    rows = [job(f"resume {i}", id=f"r{i}", steps=2) for i in range(10)]
+    rows = [job(f"resume {i}", id=f"r{i}") for i in range(10)]
     manifest = write_manifest(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vace.server.cli", "batch", "run", str(manifest), "--out", str(out),
