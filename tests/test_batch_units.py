@@ -7,12 +7,17 @@ import csv
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.synthetic import save_image, solid_image
+from vace.pipelines.media.codec import probe_video
 from vace.server.batch import command
-from vace.server.batch.execute import plan_rows
+from vace.server.batch.execute import LocalBatch, plan_rows
 from vace.server.batch.manifest import check_rows, read_manifest
 from vace.server.batch.prices import WAN_22_VACE_FUN_A14B, WAN_VACE_14B, hosted_quote
+from vace.server.batch.progress import BatchProgress
+from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.report import build_report, write_report
 from vace.server.batch.state import STATE_FILE, BatchState, StateError
 
@@ -169,10 +174,6 @@ def test_batch_registers_run_check_report():
 
 
 def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_model):
-    from tests.synthetic import save_image, solid_image
-    from vace.pipelines.media.codec import probe_video
-    from vace.server.batch.execute import LocalBatch
-    from vace.server.batch.progress import BatchProgress
 
     save_image(solid_image(16, 16, (0, 200, 0)), tmp_path / "ref.png")
     manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
@@ -192,3 +193,25 @@ def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_mod
         assert metrics["gpus"] == 1 and metrics["gpu_seconds"] == metrics["predict_time"] > 0
     assert not (out / ".work").exists()
     assert plan_rows(manifest, BatchState.load(out), retry_failed=False).done == 2
+
+
+def test_the_client_waits_out_429_and_retries_an_unavailable_server():
+    answers = [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(429),
+               httpx.Response(503), httpx.Response(201, json={"id": "p1", "status": "starting"})]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0)
+
+    slept: list[float] = []
+    client = ServerClient("http://127.0.0.1:9", "k", sleep=slept.append, transport=httpx.MockTransport(handler))
+    assert client.create("tiny", {"prompt": "a"}, "key-1")["id"] == "p1"
+    assert slept == [7.0, 2.0, 4.0]  # Retry-After, then doubling backoff
+    assert client.throttled == 2
+    assert all(r.headers["Idempotency-Key"] == "key-1" and r.headers["Authorization"] == "Bearer k" for r in seen)
+    refusal = {"status": 422, "detail": "x", "invalid_fields": [{"field": "width", "description": "too wide"}]}
+    answers.append(httpx.Response(422, json=refusal))
+    with pytest.raises(ServerError) as info:
+        client.create("tiny", {"prompt": "a"}, "key-2")
+    assert (info.value.status, info.value.message) == (422, "width: too wide")

@@ -59,11 +59,14 @@ def _ranks(server: Server) -> set[int]:
     return _children(workers[0]["pid"])
 
 
-def _render(server: Server, tmp: Path, name: str) -> np.ndarray:
+def _render(server: Server, tmp: Path, name: str, gpus: int) -> np.ndarray:
     prediction = _client(server).predictions.create(model="vace/tiny", input={
         "prompt": "a red fox in the snow", "width": 80, "height": 48, "num_frames": 13, "steps": 3, "seed": 21})
     prediction.wait()
     assert prediction.status == "succeeded", prediction.error
+    metrics = prediction.metrics  # device time held, times the devices of the group that rendered it
+    assert metrics["gpus"] == gpus and metrics["experts"] == 1
+    assert metrics["gpu_seconds"] == pytest.approx(metrics["predict_time"] * gpus, abs=0.005)
     with server.client() as http:
         resp = http.get(prediction.output)
     assert resp.status_code == 200
@@ -90,10 +93,10 @@ def test_sequence_parallel_server_matches_one_process_server(sp_server, tmp_path
     single = _server(tmp_path_factory.mktemp("single"))
     single.start()
     try:
-        reference = _render(single, tmp_path, "single")
+        reference = _render(single, tmp_path, "single", gpus=1)
     finally:
         single.stop()
-    sharded = _render(sp_server, tmp_path, "sharded")
+    sharded = _render(sp_server, tmp_path, "sharded", gpus=2)
     levels = np.abs(sharded - reference).max() * 255
     print(f"vace serve --sequence-parallel 2 vs one-process server: max |diff| {levels:.2f} 8-bit levels "
           f"(decoded mp4 frames {sharded.shape})")
@@ -114,6 +117,6 @@ def test_cancel_mid_run_leaves_every_rank_alive_and_ready(sp_server, tmp_path):
     assert prediction.status == "canceled"
     assert "cancelled after step" in prediction.logs
     assert _ranks(sp_server) == ranks  # the same two rank processes, still running
-    after = _render(sp_server, tmp_path, "after-cancel")
+    after = _render(sp_server, tmp_path, "after-cancel", gpus=2)
     assert after.shape == (13, 48, 80, 3)
     assert _ranks(sp_server) == ranks

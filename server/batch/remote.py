@@ -20,6 +20,7 @@ from vace.server.service.predictions import IDEMPOTENCY_HEADER
 
 MAX_BACKOFF_S = 60.0
 TRANSPORT_ATTEMPTS = 5
+UNAVAILABLE = (502, 503, 504)
 
 
 class ServerError(Exception):
@@ -36,30 +37,36 @@ class ServerClient:
     """One server, one API key. Safe to share between threads (httpx.Client is)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, verify: Any = True, timeout: float = 60.0,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, transport: httpx.BaseTransport | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, verify=verify, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, verify=verify, timeout=timeout,
+                                 transport=transport)
         self.sleep = sleep
-        self.throttled = 0  # 429 answers waited out (the progress line shows it)
+        self.throttled = 0  # how many 429 answers were waited out
 
     def close(self) -> None:
         self.http.close()
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send, waiting out 429s (Retry-After, else doubling from 1 s) and retrying transport errors a few times;
-        a 4xx/5xx answer raises ServerError."""
+        """Send, waiting out 429s (Retry-After, else doubling from 1 s) and retrying transport errors and 502/503/504
+        a few times (safe for every call here: a create carries its idempotency key); another 4xx/5xx answer
+        raises ServerError."""
         backoff = 1.0
         failures = 0
         while True:
+            error: httpx.TransportError | None = None
             try:
                 resp = self.http.request(method, url, **kwargs)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                error = exc
+            if error is not None or resp.status_code in UNAVAILABLE:
                 failures += 1
-                if failures >= TRANSPORT_ATTEMPTS:
-                    raise
-                self.sleep(min(backoff, MAX_BACKOFF_S))
-                backoff *= 2
-                continue
+                if failures < TRANSPORT_ATTEMPTS:
+                    self.sleep(min(backoff, MAX_BACKOFF_S))
+                    backoff *= 2
+                    continue
+                if error is not None:
+                    raise error
             if resp.status_code == 429:
                 self.throttled += 1
                 self.sleep(min(_retry_after(resp) or backoff, MAX_BACKOFF_S))
