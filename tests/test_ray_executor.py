@@ -4,6 +4,7 @@ node killed mid-job while the other one finishes the queue."""
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import pytest
 
 from tests.server_process import Server, wait_until_denoising
 from tests.system_deps import need_python
+from vace.pipelines.job.job import Job
+from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import probe_video
-from vace.server.store import Store
+from vace.server.store import Prediction, Store, new_id
+from vace.server.worker.ray_executor import driver_ip, inline_local_media
 
 API_KEY = "ray-key"
 NODE_IP = "127.0.0.2"
@@ -130,3 +134,22 @@ def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Serv
     body = health(server)
     assert body["status"] == "READY"  # one worker left; the other waits for a GPU to come back
     assert sorted(w["state"] for w in body["workers"]) == ["READY", "RESTARTING"]
+
+
+def test_the_driver_joins_a_loopback_cluster_on_its_address():
+    assert driver_ip("127.0.0.2:6379") == "127.0.0.2"
+    assert driver_ip("10.0.0.1:6379") is None and driver_ip("auto") is None and driver_ip("head:6379") is None
+
+
+def test_the_servers_own_files_travel_inside_the_job(tmp_path: Path):
+    upload = tmp_path / "files" / "clip.mp4"
+    upload.parent.mkdir()
+    upload.write_bytes(b"video bytes")
+    outside = tmp_path.parent / "elsewhere.png"
+    request = GenerationRequest(prompt="p", video=str(upload), mask="https://example.com/m.mp4",
+                                reference_images=[str(outside)])
+    job = Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny", input={},
+                     request=Job(request).to_dict(), status="processing")
+    sent = inline_local_media(job, tmp_path).job.request
+    assert sent.video == "data:video/mp4;base64," + base64.b64encode(b"video bytes").decode()
+    assert sent.mask == "https://example.com/m.mp4" and sent.reference_images == [str(outside)]

@@ -218,8 +218,12 @@ class RayExecutor:
         threading.Thread(target=self._join, name="ray-join", daemon=True).start()
 
     def _join(self) -> None:
-        import ray  # the [ray] extra
-
+        try:
+            import ray  # the [ray] extra
+        except ImportError:
+            self.join_error = "--executor ray needs Ray: pip install 'vace-server[ray]'"
+            log.error(self.join_error)
+            return
         try:
             ray.init(address=self.address, _node_ip_address=driver_ip(self.address), namespace="vace",
                      log_to_driver=False, configure_logging=False)
