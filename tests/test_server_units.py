@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.api.replicate.routes import parse_duration, parse_prefer_wait
 from vace.server.api.replicate.schema import catalog
@@ -119,7 +120,7 @@ def test_malformed_urls_are_invalid_input_not_a_crash(tmp_path: Path, store: Sto
     media = {"video": url} if field_name == "video" else {}
     webhook = url if field_name == "webhook" else None
     with pytest.raises(InvalidInput) as info:
-        svc.create(endpoint="vace/tiny", model="tiny", request=GenerationRequest(prompt="a", **media),
+        svc.create(endpoint="vace/tiny", model="tiny", job=Job(GenerationRequest(prompt="a", **media)),
                    input={}, dialect="replicate", webhook=webhook)
     assert info.value.errors[0][0] == field_name and "malformed URL" in info.value.errors[0][1]
 
