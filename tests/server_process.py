@@ -177,3 +177,15 @@ def wait_until_denoising(prediction: object, timeout: float = 120.0) -> None:
     while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.1)
         prediction.reload()  # type: ignore[attr-defined]
+
+
+def cancel_between_steps(prediction: object, total: int) -> None:
+    """Cancel a denoising replicate Prediction; it must end `canceled` at a step boundary before the last step."""
+    prediction.cancel()  # type: ignore[attr-defined]
+    prediction.wait()  # type: ignore[attr-defined]
+    assert prediction.status == "canceled"  # type: ignore[attr-defined]
+    logs = prediction.logs  # type: ignore[attr-defined]
+    steps = [int(line.split("denoising step ")[1].split("/")[0])
+             for line in logs.splitlines() if "denoising step" in line]
+    assert steps and steps[-1] < total
+    assert f"cancelled after step {steps[-1]}/{total}" in logs  # nothing ran after the flagged step

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import Server, wait_until_denoising
+from tests.server_process import Server, cancel_between_steps, wait_until_denoising
 from tests.system_deps import need_python
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
@@ -109,13 +109,7 @@ def test_twenty_predictions_run_on_both_nodes(server: Server, client):
 def test_cancel_stops_the_actor_between_steps(client):
     prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
     wait_until_denoising(prediction, timeout=120)
-    prediction.cancel()
-    prediction.wait()
-    assert prediction.status == "canceled"
-    steps = [int(line.split("denoising step ")[1].split("/")[0])
-             for line in prediction.logs.splitlines() if "denoising step" in line]
-    assert steps and steps[-1] < 100
-    assert f"cancelled after step {steps[-1]}/100" in prediction.logs
+    cancel_between_steps(prediction, 100)
 
 
 def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Server, client, cluster):

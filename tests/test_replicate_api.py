@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import TLS, Server, wait_until_denoising, webhook_receiver
+from tests.server_process import TLS, Server, cancel_between_steps, wait_until_denoising, webhook_receiver
 from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 from vace.pipelines.media.codec import probe_video
 
@@ -129,13 +129,7 @@ def test_cancel_running_prediction_stops_between_steps(client):
     prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
     wait_until_denoising(prediction, timeout=60)
     assert prediction.status == "processing"
-    prediction.cancel()
-    prediction.wait()
-    assert prediction.status == "canceled"
-    steps = [int(line.split("denoising step ")[1].split("/")[0])
-             for line in prediction.logs.splitlines() if "denoising step" in line]
-    assert steps and steps[-1] < 100
-    assert f"cancelled after step {steps[-1]}/100" in prediction.logs  # nothing ran after the flagged step
+    cancel_between_steps(prediction, 100)
 
 
 def test_stream_events(client):
