@@ -20,3 +20,18 @@ def test_decode_memory_script_runs_at_a_toy_size(tmp_path, capsys):
                                                                        "bytes": 9 * 32 * 57 * 3}
     assert results["decode video, match_input_num_frames"]["arrays"]["video"]["shape"][0] == 13
     assert results["inpainting conditioning, job frames"]["arrays"]["conditioning_video"]["shape"] == [9, 32, 32, 3]
+
+
+def test_loading_memory_script_runs_at_a_toy_size(tiny_home, tmp_path, capsys):
+    from tests.benchmarks import loading_memory
+
+    out = tmp_path / "load.json"
+    assert loading_memory.main(["--shape", "tiny", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["checkpoint_bytes"]) == {"text_encoder", "transformer", "vae"}
+    assert report["disk_bytes"] == sum(report["checkpoint_bytes"].values()) > 0
+    assert report["peak_above_baseline_bytes"] >= 0 and report["ratio"] == report["peak_above_baseline_bytes"] / \
+        report["disk_bytes"]
+    # dtype="bfloat16" keeps the transformer and text encoder in bf16 on a CPU (the VAE stays fp32).
+    assert "bfloat16" in report["dtypes"]["transformer"] and set(report["dtypes"]["vae"]) == {"float32"}
+    assert "x the bytes on disk" in capsys.readouterr().out

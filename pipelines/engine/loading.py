@@ -39,9 +39,10 @@ class LoadedModel:
 
 
 def load_pipeline(root: str | Path, device: str | None = None, name: str | None = None,
-                  offload: str = "none", text_encoder: bool = True) -> LoadedModel:
+                  offload: str = "none", text_encoder: bool = True, dtype: str | None = None) -> LoadedModel:
     """Load every component from root, local files only: bf16 transformer/text encoder + fp32 VAE on CUDA,
-    float32 everywhere on CPU. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto).
+    float32 everywhere on CPU unless `dtype` (bfloat16 | float32) says otherwise for the transformer(s) and text
+    encoder. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto).
     `text_encoder=False` leaves the text encoder unloaded (None): the pipeline then needs prompt embeddings."""
     import torch
     from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
@@ -53,7 +54,7 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
     root = Path(root)
     index = check_layout(root)
     device = resolve_device(device)
-    big = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    big = getattr(torch, dtype) if dtype else torch.bfloat16 if device.startswith("cuda") else torch.float32
     two_experts = has_two_experts(index)
     local = {"local_files_only": True}
     try:
