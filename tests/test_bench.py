@@ -144,8 +144,8 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
     assert report["seconds_per_step"] > 0 and report["stages"]["load_model"] > 0
 
 
-@pytest.mark.parametrize("args", [["--preset", "turbo"], ["--steps", "0"], ["--offload", "half"],
-                                  ["--preset", "turbo", "--sequence-parallel", "2"]])
+@pytest.mark.parametrize("args", [["--preset", "warp"], ["--steps", "0"], ["--offload", "half"],
+                                  ["--preset", "warp", "--sequence-parallel", "2"]])
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
     from vace.pipelines.bench import benchmark as bench
