@@ -52,7 +52,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         fetch_policy=settings.fetch_policy(), own_netlocs=settings.own_netlocs(),
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
-        models=settings.served_models(), loras=settings.lora_config()), metrics)
+        models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs()), metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ from vace.pipelines.engine.loras import ADAPTER_CAPACITY, LoraConfig
 from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.outputs.safety import SafetyConfig
+from vace.weights.catalog import HelperDirs
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -94,6 +95,16 @@ class ServeSettings(BaseSettings):
     distill_shift: float = Field(DistillRecipe.shift, ge=0, le=30, description="flow shift of the distill recipe")
     distill_sampler: Literal["unipc", "dpm++", "euler"] = Field(DistillRecipe.sampler, description=(
         "sampler of the distill recipe"))
+    interpolators: Path | None = Field(None, description=(
+        "frame interpolator weights root holding rife/flownet.pkl and film/film_net_fp32.pt (default: "
+        "`interpolators/` beside each served model)"), json_schema_extra=_flag(metavar="DIR"))
+    prompt_extender: Path | None = Field(None, description=(
+        "Qwen2.5-Instruct folder that rewrites prompts for enable_prompt_expansion (default: `prompt-extender/` "
+        "beside each served model)"), json_schema_extra=_flag(metavar="DIR"))
+    prompt_extender_vl: Path | None = Field(None, description=(
+        "Qwen2.5-VL-Instruct folder that rewrites prompts of requests with images (default: "
+        "`prompt-extender-vl/` beside each served model; without one the text model rewrites them)"),
+        json_schema_extra=_flag(metavar="DIR"))
     queue_max: int = Field(100, ge=1, description="queued predictions before answering 429")
     allow_host: list[str] = Field(default_factory=list, description=(
         "host on a loopback/private address that input URLs and webhooks may reach (repeatable)"),
@@ -138,6 +149,9 @@ class ServeSettings(BaseSettings):
         distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler) \
             if self.distill_lora else None
         return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
+    def helper_dirs(self) -> HelperDirs:
+        """Where the frame interpolators and prompt extenders are (None: beside the model)."""
+        return HelperDirs(self.interpolators, self.prompt_extender, self.prompt_extender_vl)
 
     def served_models(self) -> dict[str, str]:
         """{served name: weights directory} from resolved `NAME=DIR` specs (see serve.resolve_models)."""

@@ -172,7 +172,7 @@ def test_validation_errors_auth_and_webhook(server, control_video):
         with httpx.Client(base_url=server.base_url, verify=ca(server), timeout=30,
                           headers={"Authorization": f"Key {API_KEY}"}) as api:
             bad = api.post(f"/queue/{APP}/depth", json=small(video_url=control_video, num_frames=500,
-                                                               sampler="ddim", num_interpolated_frames=2))
+                                                               sampler="ddim", num_interpolated_frames=6))
             assert bad.status_code == 422
             locs = {tuple(d["loc"]) for d in bad.json()["detail"]}
             assert locs == {("body", "num_frames"), ("body", "sampler"), ("body", "num_interpolated_frames")}

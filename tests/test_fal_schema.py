@@ -47,13 +47,19 @@ def test_every_out_of_range_and_unknown_enum_is_refused_in_fal_format(sub, name,
     assert detail[0]["loc"] == ["body", name] and detail[0]["msg"] and detail[0]["type"]
 
 
-@pytest.mark.parametrize("name,value", [("num_interpolated_frames", 2), ("temporal_downsample_factor", 1),
-                                        ("enable_auto_downsample", True), ("enable_prompt_expansion", True)])
-def test_unbuilt_features_accepted_only_at_do_nothing_value(name, value):
-    with pytest.raises(FalInputError) as err:
-        parse_input("depth", body("depth", **{name: value}))
-    assert err.value.detail[0]["loc"] == ["body", name] and "not available" in err.value.detail[0]["msg"]
-    assert parse_input("depth", body("depth", **{name: fs.DO_NOTHING[name]}))
+def test_interpolation_downsampling_and_expansion_reach_the_request():
+    data = parse_input("depth", body("depth", num_interpolated_frames=2, interpolator_model="rife",
+                                     temporal_downsample_factor=1, enable_prompt_expansion=True))
+    req = build_job("fal-ai/wan-vace-14b", "depth", data).request
+    assert (req.interpolated_frames, req.interpolator, req.temporal_downsample, req.auto_downsample,
+            req.expand_prompt) == (2, "rife", 1, False, True)
+    auto = build_job("fal-ai/wan-vace-14b", "depth", parse_input("depth", body(
+        "depth", enable_auto_downsample=True, auto_downsample_min_fps=12))).request
+    assert (auto.auto_downsample, auto.auto_downsample_min_fps, auto.temporal_downsample) == (True, 12, 0)
+    assert [fs.fal_field(f) for f in ("interpolated_frames", "interpolator", "temporal_downsample",
+                                      "auto_downsample", "expand_prompt")] == \
+        ["num_interpolated_frames", "interpolator_model", "temporal_downsample_factor", "enable_auto_downsample",
+         "enable_prompt_expansion"]
 
 
 def test_defaults_and_required_fields():

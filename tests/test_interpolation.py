@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.fixtures.tiny_interpolators import write_tiny_interpolators
 from vace.pipelines.outputs.interpolation import (
-    InterpolationCancelled,
     interpolate,
     interpolated_count,
     load_interpolator,
@@ -86,7 +86,7 @@ def test_interpolate_stops_between_pairs_when_cancelled():
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(InterpolationCancelled, match="2/3"):
+    with pytest.raises(RenderCancelled, match="2/3"):
         interpolate(frames, 1, LinearMotionOracle(), cancel=cancel)
 
 
@@ -116,7 +116,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_networks_run_the_real_code_path(tiny_root: Path, name: str):
     rng = np.random.default_rng(0)
     frames = rng.random((3, 40, 72, 3), dtype=np.float32)  # not multiples of 64: padded and cropped back
-    model = load_interpolator(name, tiny_root)
+    model = load_interpolator(name, tiny_root / name)
     out = interpolate(frames, 2, model)
     assert out.shape == (7, 40, 72, 3) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
@@ -134,9 +134,11 @@ def test_tiny_rife_is_a_practical_rife_checkpoint(tiny_root: Path):
         {k.removeprefix("module."): v for k, v in state.items()})).state_dict())
 
 
-def test_missing_weights_name_the_file(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "film" / "film_net_fp32.pt")):
-        load_interpolator("film", tmp_path)
+def test_missing_weights_name_the_folder_and_the_fetch(tmp_path: Path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_interpolator("film", tmp_path / "film")
+    assert f"expected film_net_fp32.pt in {tmp_path / 'film'}" in str(err.value)
+    assert "releases/download/v1.0.0/film_net_fp32.pt" in str(err.value)
 
 
 def test_film_recursion_makes_each_frame_from_its_nearest_known_frames():

@@ -7,6 +7,7 @@ import pytest
 
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.conditioning.temporal import TemporalPlan, auto_factor, downsampled, plan_for, rendered_frames
+from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import Video
 
 
@@ -41,7 +42,7 @@ def test_downsampled_inputs_keep_every_other_frame_of_video_and_mask():
     frames = np.arange(33, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32)
     inputs = TaskInputs(width=16, height=16, num_frames=33, video=Video(frames, 30.0),
                         mask_video=frames[..., 0].copy(), options={"match_input_num_frames": True})
-    plan = plan_for(inputs, factor=1, auto=False, min_fps=15, interpolate=0, fps=16)
+    plan = plan_for(inputs, GenerationRequest("x", num_frames=33, temporal_downsample=1))
     assert (plan.num_frames, plan.rendered, plan.read_frames) == (33, 17, 33)
     small = downsampled(inputs, plan)
     assert small.num_frames == 17 and "match_input_num_frames" not in small.options
@@ -53,5 +54,5 @@ def test_downsampled_inputs_keep_every_other_frame_of_video_and_mask():
 def test_auto_plan_follows_the_input_fps():
     video = Video(np.zeros((161, 4, 4, 3), np.float32), 30.0)
     inputs = TaskInputs(width=16, height=16, num_frames=161, video=video)
-    plan = plan_for(inputs, factor=0, auto=True, min_fps=15, interpolate=0, fps=16)
+    plan = plan_for(inputs, GenerationRequest("x", num_frames=161, auto_downsample=True))
     assert (plan.factor, plan.rendered, plan.delivered) == (1, 81, 161)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,102 @@ DISTILL_LORAS: dict[str, LoraEntry] = {
                   "low_noise_model on low_noise"),
     )
 }
+# --- frame interpolators and prompt extenders ---------------------------------------------------------------
+# Interpolators live in <interpolators root>/<name>/ (root: --interpolators, else `interpolators/` beside the
+# model directory); prompt extenders are whole model folders (--prompt-extender / --prompt-extender-vl, else
+# `prompt-extender/` / `prompt-extender-vl/` beside the model directory).
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A helper model folder a stage of the render loads (never downloaded at run time)."""
+
+    name: str
+    files: tuple[str, ...]  # what the folder must hold
+    description: str
+    source: str  # how a connected machine gets it; <DIR> is the folder
+    server_option: str
+
+    def missing(self, folder: Path) -> list[str]:
+        return [f for f in self.files if not (folder / f).is_file()]
+
+    def describe_missing(self, folder: Path) -> str | None:
+        """None when the folder is complete, else a message naming the folder, the option and the fetch command."""
+        missing = self.missing(folder)
+        if not missing:
+            return None
+        return (f"{self.description} has no weights: expected {', '.join(missing)} in {folder} (start the server "
+                f"with {self.server_option}). Get it on a connected machine: "
+                f"{self.source.replace('<DIR>', str(folder))}")
+
+
+INTERPOLATORS: dict[str, Helper] = {
+    h.name: h
+    for h in (
+        Helper(
+            name="rife", files=("flownet.pkl",),
+            description="frame interpolator 'rife' (Practical-RIFE 4.25 / 4.26 IFNet)",
+            source="download the v4.25 model archive linked under 'Trained Model' in "
+            "https://github.com/hzwer/Practical-RIFE, unzip it and copy train_log/flownet.pkl into <DIR>/",
+            server_option="--interpolators ROOT (ROOT/rife/flownet.pkl)",
+        ),
+        Helper(
+            name="film", files=("film_net_fp32.pt",),
+            description="frame interpolator 'film' (FILM, TorchScript export of google-research/frame-interpolation)",
+            source="download https://github.com/dajes/frame-interpolation-pytorch/releases/download/v1.0.0/"
+            "film_net_fp32.pt into <DIR>/",
+            server_option="--interpolators ROOT (ROOT/film/film_net_fp32.pt)",
+        ),
+    )
+}
+
+PROMPT_EXTENDERS: dict[str, Helper] = {
+    h.name: h
+    for h in (
+        Helper(
+            name="prompt-extender", files=("config.json", "tokenizer_config.json"),
+            description="prompt expansion (a Qwen2.5-Instruct model, transformers)",
+            source="huggingface-cli download Qwen/Qwen2.5-7B-Instruct --local-dir <DIR>   (or Qwen2.5-3B-Instruct)",
+            server_option="--prompt-extender DIR",
+        ),
+        Helper(
+            name="prompt-extender-vl", files=("config.json", "tokenizer_config.json", "preprocessor_config.json"),
+            description="prompt expansion for requests with images (a Qwen2.5-VL-Instruct model, transformers)",
+            source="huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct --local-dir <DIR>   "
+            "(or Qwen2.5-VL-3B-Instruct)",
+            server_option="--prompt-extender-vl DIR",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class HelperDirs:
+    """Where the interpolators and prompt extenders are configured (None = the folder beside the model)."""
+
+    interpolators: Path | None = None
+    prompt_extender: Path | None = None
+    prompt_extender_vl: Path | None = None
+
+    def interpolators_root(self, model_dir: str | Path | None) -> Path:
+        return self.interpolators or _beside(model_dir, "interpolators")
+
+    def interpolator_dir(self, name: str, model_dir: str | Path | None) -> Path:
+        return self.interpolators_root(model_dir) / name
+
+    def extender_dir(self, name: str, model_dir: str | Path | None) -> Path:
+        configured = self.prompt_extender_vl if name == "prompt-extender-vl" else self.prompt_extender
+        return configured or _beside(model_dir, name)
+
+    def extender_for(self, has_images: bool, model_dir: str | Path | None) -> tuple[str, Path]:
+        """(entry name, folder) of the extender a request uses: the vision one for a request with images, the text
+        one otherwise; either when only it is installed (a vision model also rewrites text alone)."""
+        vl = ("prompt-extender-vl", self.extender_dir("prompt-extender-vl", model_dir))
+        text = ("prompt-extender", self.extender_dir("prompt-extender", model_dir))
+        order = (vl, text) if has_images else (text, vl)
+        return next((c for c in order if not PROMPT_EXTENDERS[c[0]].missing(c[1])), text)
+
+
+def _beside(model_dir: str | Path | None, name: str) -> Path:
+    base = Path(model_dir).resolve().parent if model_dir is not None else Path.home() / ".cache" / "vace-server"
+    return base / name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from vace.pipelines.acceleration.presets import DistillRecipe
 from vace.pipelines.engine.loading import load_pipeline
@@ -13,7 +14,15 @@ from vace.pipelines.engine.render import Renderer
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
 from vace.pipelines.job.loras import LoraSpec
-from vace.pipelines.job.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, RequestError, parse_size
+from vace.pipelines.job.request import (
+    DEFAULT_NEGATIVE_PROMPT,
+    INTERPOLATOR_NAMES,
+    GenerationRequest,
+    RequestError,
+    parse_size,
+)
+from vace.pipelines.outputs.retime import retime
+from vace.weights.catalog import HelperDirs
 from vace.weights.loader import WeightsError
 
 
@@ -44,6 +53,16 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
                         "lastclip inpainting outpainting reframe control depth pose face flow gray scribble layout "
                         "move-anything swap-anything animate-anything expand-anything")
     add_task_flags(parser)
+    frames = parser.add_argument_group("frame interpolation, temporal downsampling, prompt expansion")
+    frames.add_argument("--interpolate", type=int, default=0, metavar="K",
+                        help="insert K frames (0..5) between each pair: (N-1)(K+1)+1 frames at (K+1) x fps")
+    frames.add_argument("--interpolator", default="film", choices=INTERPOLATOR_NAMES, help="frame interpolator")
+    frames.add_argument("--temporal-downsample", type=int, default=0, metavar="D",
+                        help="render every (D+1)-th frame (0..5) and interpolate the rest back")
+    frames.add_argument("--auto-downsample", action="store_true",
+                        help="pick D from the input fps and --auto-downsample-min-fps")
+    frames.add_argument("--auto-downsample-min-fps", type=float, default=15.0)
+    frames.add_argument("--expand-prompt", action="store_true", help="rewrite the prompt with the local LLM first")
 
 
 def add_task_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +117,9 @@ def request_from_args(args: argparse.Namespace):
         reference_images=list(args.ref), first_frame=args.first_frame, last_frame=args.last_frame,
         task=args.task, task_options=task_options_from_args(args), preset=args.preset,
         loras=[LoraSpec.parse(text).to_dict() for text in args.lora],
+        interpolated_frames=args.interpolate, interpolator=args.interpolator,
+        temporal_downsample=args.temporal_downsample, auto_downsample=args.auto_downsample,
+        auto_downsample_min_fps=args.auto_downsample_min_fps, expand_prompt=args.expand_prompt,
     )
 
 
@@ -123,6 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--distill-steps", type=int, default=DistillRecipe.steps)
     gen.add_argument("--distill-shift", type=float, default=DistillRecipe.shift)
     gen.add_argument("--distill-sampler", default=DistillRecipe.sampler, help="unipc | dpm++ | euler")
+    gen.add_argument("--interpolators", type=Path, help="frame interpolator weights root (rife/, film/); default: "
+                     "interpolators/ beside the model")
+    gen.add_argument("--prompt-extender", type=Path, help="Qwen2.5-Instruct folder; default: prompt-extender/ "
+                     "beside the model")
+    gen.add_argument("--prompt-extender-vl", type=Path, help="Qwen2.5-VL-Instruct folder for requests with "
+                     "images; default: prompt-extender-vl/ beside the model")
     add_generation_flags(gen)
     gen.set_defaults(handler=_generate)
 
@@ -133,7 +161,8 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         request = request_from_args(args)
         model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
-        renderer = Renderer(model, loras=lora_config_from_args(args))
+        renderer = Renderer(model, loras=lora_config_from_args(args),
+                            helpers=HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl))
         prepared = renderer.prepare(request)
     except (RequestError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -145,8 +174,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     result = renderer.render(prepared, on_progress=progress, output_path=args.out)
     bar.close()
+    result = retime(result, prepared, on_log=lambda line: print(line, file=sys.stderr))
+    plan = {k: result.metrics[k] for k in ("expanded_prompt", "temporal_downsample_factor", "rendered_frames",
+                                           "interpolator") if k in result.metrics}
     print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
-                      "width": result.width, "height": result.height, "fps": result.fps,
+                      "width": result.width, "height": result.height, "fps": result.fps, **plan,
                       "preset": result.metrics.get("preset"), "steps": result.metrics.get("steps"),
                       "loras": result.metrics.get("loras", []),
                       "transformer_evaluations": result.metrics.get("transformer_evaluations"),

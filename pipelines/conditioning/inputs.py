@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vace.pipelines.conditioning.primitives import TaskInputs
+from vace.pipelines.conditioning.temporal import read_ahead
 from vace.pipelines.job.request import MAX_FRAMES, GenerationRequest, RequestError
 from vace.pipelines.media.codec import image_to_array, is_image, load_image, load_video
 from vace.pipelines.media.fetch import FetchPolicy, materialize
@@ -31,6 +32,7 @@ def load_inputs(request: GenerationRequest, work_dir: Path, policy: FetchPolicy 
     # Source clips longer than needed are cut at decode time; match_input_num_frames needs at most MAX_FRAMES
     # (the longest output), so a long clip is never decoded whole.
     max_frames = MAX_FRAMES if request.task_options.get("match_input_num_frames") else request.num_frames
+    max_frames += read_ahead(request)
     fit = (request.width, request.height)
     inputs = TaskInputs(width=request.width, height=request.height, num_frames=request.num_frames,
                         options=dict(request.task_options))

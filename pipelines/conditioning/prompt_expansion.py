@@ -9,12 +9,17 @@ request gets the same rewrite.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vace.pipelines.conditioning.primitives import TaskInputs
+from vace.pipelines.job.request import GenerationRequest
+from vace.weights.catalog import HelperDirs
 
 SYSTEM_PROMPT = (
     "You turn short video ideas into prompts for a text-to-video model. Rewrite the user's idea as one "
@@ -176,3 +181,23 @@ def extender_for(folder: str | Path, device: str = "cpu") -> PromptExtender:
     if key not in _LOADED:
         _LOADED[key] = PromptExtender(folder, device)
     return _LOADED[key]
+
+
+def request_images(inputs: TaskInputs) -> list[Any]:
+    """The request's still images (reference images, first / last frame) as RGB PIL images."""
+    images = [*inputs.reference_images, inputs.first_frame, inputs.last_frame]
+    return [img.convert("RGB") for img in images if img is not None]
+
+
+def expand_request(request: GenerationRequest, inputs: TaskInputs, helpers: HelperDirs,
+                   model_dir: str | Path | None, device: str) -> tuple[GenerationRequest, dict[str, Any]]:
+    """The request with its prompt rewritten by the extender for it (the vision one when it has images), and the
+    metrics that say so."""
+    images = request_images(inputs)
+    _, folder = helpers.extender_for(bool(images), model_dir)
+    result = extender_for(folder, device).expand(request.prompt, images, seed=request.seed)
+    metrics: dict[str, Any] = {"original_prompt": request.prompt, "expanded_prompt": result.prompt,
+                               "prompt_extender": folder.name}
+    if result.note:
+        metrics["prompt_expansion_note"] = result.note
+    return dataclasses.replace(request, prompt=result.prompt), metrics

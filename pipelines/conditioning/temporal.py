@@ -17,10 +17,8 @@ import numpy as np
 
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.conditioning.tasks import input_frame_count
-from vace.pipelines.job.request import MIN_FRAMES, snap_frames
+from vace.pipelines.job.request import MAX_DOWNSAMPLE_FACTOR, MIN_FRAMES, GenerationRequest, snap_frames
 
-MAX_FACTOR = 5
-MAX_INTERPOLATED = 5
 AUTO_MAX_RENDER_FRAMES = 81  # the length the auto factor makes a clip fit: Wan's trained 81 frames
 
 
@@ -35,7 +33,7 @@ def rendered_frames(num_frames: int, factor: int) -> int:
 def auto_factor(fps: float, num_frames: int, min_fps: float, max_render_frames: int = AUTO_MAX_RENDER_FRAMES) -> int:
     """The largest d (0..5) for which fps / (d + 1) stays >= min_fps and the rendered length fits
     max_render_frames; 0 when none does."""
-    fitting = [d for d in range(MAX_FACTOR + 1)
+    fitting = [d for d in range(MAX_DOWNSAMPLE_FACTOR + 1)
                if fps / (d + 1) >= min_fps and rendered_frames(num_frames, d) <= max_render_frames]
     return max(fitting, default=0)
 
@@ -70,15 +68,23 @@ class TemporalPlan:
         return (self.rendered - 1) * (self.factor + 1) + 1
 
 
-def plan_for(inputs: TaskInputs, factor: int, auto: bool, min_fps: float, interpolate: int,
-             fps: float) -> TemporalPlan:
+def read_ahead(request: GenerationRequest) -> int:
+    """Input frames a downsampled render may keep beyond the requested length (the rendered 4n+1 clip covers up to
+    4 (d + 1) more); 0 without downsampling."""
+    downsampling = request.temporal_downsample or request.auto_downsample
+    return 4 * (MAX_DOWNSAMPLE_FACTOR + 1) if downsampling else 0
+
+
+def plan_for(inputs: TaskInputs, request: GenerationRequest) -> TemporalPlan:
     """The plan for decoded inputs: the auto factor follows the input video's fps (else the request's)."""
     num_frames = inputs.num_frames
     if inputs.options.get("match_input_num_frames") and inputs.video is not None:
         num_frames = input_frame_count(len(inputs.video.frames))
-    if auto:
-        factor = auto_factor(inputs.video.fps if inputs.video is not None else fps, num_frames, min_fps)
-    return TemporalPlan(snap_frames(num_frames), factor, interpolate)
+    factor = request.temporal_downsample
+    if request.auto_downsample:
+        fps = inputs.video.fps if inputs.video is not None else request.fps
+        factor = auto_factor(fps, num_frames, request.auto_downsample_min_fps)
+    return TemporalPlan(snap_frames(num_frames), factor, request.interpolated_frames)
 
 
 def downsampled(inputs: TaskInputs, plan: TemporalPlan) -> TaskInputs:

@@ -51,6 +51,7 @@ from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.pipelines.parallel.sequence import enable_sequence_parallel
+from vace.weights.catalog import HelperDirs
 
 STOP_GRACE_S = 5.0
 ERROR_GRACE_S = 10.0  # how long the other ranks get to finish once one rank has reported an error
@@ -480,17 +481,19 @@ class GroupRenderer:
     """
 
     def __init__(self, group: RenderGroup, work_dir: str | Path | None = None,
-                 fetch_policy: FetchPolicy | None = None, loras: LoraConfig | None = None):
+                 fetch_policy: FetchPolicy | None = None, loras: LoraConfig | None = None,
+                 helpers: HelperDirs | None = None):
         self.group = group
         self.work_dir = Path(work_dir or group.work_dir / "prepare")
         self.fetch_policy = fetch_policy
         self.loras = loras
+        self.helpers = helpers
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """As Renderer.prepare; the LoRAs resolve here to local files, which every rank then loads."""
         spec = self.group.spec
         return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0],
-                               self.loras)
+                               self.loras, self.helpers)
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None,

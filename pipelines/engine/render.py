@@ -18,13 +18,17 @@ from vace.pipelines.conditioning import tasks
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.inputs import load_inputs
 from vace.pipelines.conditioning.primitives import Conditioning
+from vace.pipelines.conditioning.prompt_expansion import expand_request
+from vace.pipelines.conditioning.temporal import TemporalPlan, downsampled, plan_for
 from vace.pipelines.engine.latent_preview import LatentPreviewer, Preview
 from vace.pipelines.engine.loras import ActiveLora, LoraConfig, adapters_for, resolve_loras
 from vace.pipelines.engine.prompt_cache import prompt_cache_for
 from vace.pipelines.engine.schedulers import make_scheduler
 from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.job.requirements import require_helpers
 from vace.pipelines.media.codec import write_mp4
 from vace.pipelines.media.fetch import FetchPolicy
+from vace.weights.catalog import HelperDirs
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -52,44 +56,61 @@ class RenderResult:
 class Prepared:
     """A validated request with its seed resolved and its conditioning built (no model work yet)."""
 
-    request: GenerationRequest
+    request: GenerationRequest  # its prompt is the expanded one when expand_prompt was asked for
     conditioning: Conditioning
     load_seconds: float
     loras: list[ActiveLora] = field(default_factory=list)  # resolved to local files: every group rank reads them
+    plan: TemporalPlan | None = None  # rendered / delivered frame counts (None: render what was asked)
+    interpolator_dir: Path | None = None  # weights of request.interpolator when the plan interpolates
+    device: str | None = None  # where the helper stages (prompt expansion, interpolation) run
+    metrics: dict[str, Any] = field(default_factory=dict)  # what preparing decided (expanded prompt, ...)
 
 
 def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
-                    weights_path: Path | None, device: str | None, loras: LoraConfig | None = None) -> Prepared:
-    """Validate, resolve the seed, decode the inputs and build the conditioning (annotators included) -- no
-    transformer work. Annotator weights live beside the model (<weights>/../annotators) unless
-    $VACE_ANNOTATORS_DIR says otherwise; they run on `device`. Preset turbo becomes the distill recipe of
-    `loras`, and the request's LoRAs resolve to local files (URLs fetched). Raises RequestError on bad input."""
+                    weights_path: Path | None, device: str | None, loras: LoraConfig | None = None,
+                    helpers: HelperDirs | None = None) -> Prepared:
+    """Validate, resolve the seed, decode the inputs, plan the frames (temporal downsampling), expand the prompt
+    and build the conditioning (annotators included) -- no transformer work. Annotator, interpolator and prompt
+    extender weights live beside the model (<weights>/../annotators, ...) unless configured otherwise; they run on
+    `device`. Preset turbo becomes the distill recipe of `loras`, and the request's LoRAs resolve to local files
+    (URLs fetched). Raises RequestError on bad input or missing helper weights."""
     started = time.perf_counter()
     loras = loras or LoraConfig()
+    helpers = helpers or HelperDirs()
     request = apply_distill(resolve_preset(request.validated()), loras.distill).with_seed()
+    require_helpers(request, helpers, weights_path)
     library = loras.library(fetch_policy, allow_paths=fetch_policy.allow_local_paths if fetch_policy else True)
     active = resolve_loras(request.loras, library)
     inputs = load_inputs(request, work_dir / "inputs", fetch_policy)
-    cond = tasks.build(request.task, inputs, AnnotatorEnv.for_model(weights_path, device))
-    return Prepared(request, cond, time.perf_counter() - started, active)
+    plan = plan_for(inputs, request)
+    inputs = downsampled(inputs, plan)
+    interpolator_dir = helpers.interpolator_dir(request.interpolator, weights_path) if plan.between else None
+    metrics: dict[str, Any] = {}
+    env = AnnotatorEnv.for_model(weights_path, device)
+    if request.expand_prompt:
+        request, metrics = expand_request(request, inputs, helpers, weights_path, env.resolved_device())
+    cond = tasks.build(request.task, inputs, env)
+    return Prepared(request, cond, time.perf_counter() - started, active, plan=plan,
+                    interpolator_dir=interpolator_dir, device=device, metrics=metrics)
 
 
 class Renderer:
     """Renders requests on one loaded model (weights.loader.LoadedModel)."""
 
     def __init__(self, model: Any, work_dir: str | Path | None = None, fetch_policy: FetchPolicy | None = None,
-                 loras: LoraConfig | None = None):
+                 loras: LoraConfig | None = None, helpers: HelperDirs | None = None):
         self.model = model
         self.pipe = model.pipeline
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vace-render-"))
         self.fetch_policy = fetch_policy
         self.loras = loras or LoraConfig()
+        self.helpers = helpers
         self.prompt_cache = prompt_cache_for(self.pipe)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
         return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device,
-                               self.loras)
+                               self.loras, self.helpers)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
         """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
@@ -128,7 +149,7 @@ class Renderer:
         prepared = request if isinstance(request, Prepared) else self.prepare(request)
         req, cond = prepared.request, prepared.conditioning
         timings = {"load_inputs": prepared.load_seconds}
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = dict(prepared.metrics)
         previewer = LatentPreviewer(self.pipe.vae.config.z_dim, req.steps, len(cond.reference_images)) \
             if on_preview else None
 

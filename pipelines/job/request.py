@@ -19,6 +19,9 @@ MIN_SIDE = 16
 # The fields that hold one media reference (a URL, a data: URI or a server-side path); reference_images holds a list.
 MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 MAX_SIDE = 2048
+INTERPOLATOR_NAMES = ("film", "rife")
+MAX_INTERPOLATED_FRAMES = 5  # frames inserted between each pair
+MAX_DOWNSAMPLE_FACTOR = 5  # input frames skipped between two kept ones
 
 DEFAULT_NEGATIVE_PROMPT = (
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -52,6 +55,10 @@ class GenerationRequest:
     `task` selects the task builder (pipelines.tasks); with task None the conditioning is derived
     from which media are present (video+mask = inpainting, refs only = r2v, nothing = t2v, ...).
     `task_options` carries task-specific settings (expand sides, boxes, annotator choice, ...).
+    `interpolated_frames` k inserts k frames between each rendered pair (fps x (k + 1)), made by `interpolator`;
+    `temporal_downsample` d renders every (d + 1)-th frame and interpolates the rest back (`auto_downsample`
+    picks d from the input fps and `auto_downsample_min_fps`); `expand_prompt` rewrites the prompt with a
+    local LLM first (pipelines.conditioning.temporal / prompt_expansion).
     """
 
     prompt: str
@@ -76,6 +83,12 @@ class GenerationRequest:
     task_options: dict[str, Any] = field(default_factory=dict)
     preset: str = "none"
     loras: list[dict[str, Any]] = field(default_factory=list)  # {name | path | url, scale, expert}: job.loras
+    interpolated_frames: int = 0
+    interpolator: str = "film"
+    temporal_downsample: int = 0
+    auto_downsample: bool = False
+    auto_downsample_min_fps: float = 15.0
+    expand_prompt: bool = False
     model: str | None = None
 
     def validated(self) -> GenerationRequest:
@@ -117,6 +130,19 @@ class GenerationRequest:
             )
         if self.mask and not self.video:
             raise RequestError("mask", "a mask needs a source video")
+        for name, top in (("interpolated_frames", MAX_INTERPOLATED_FRAMES),
+                          ("temporal_downsample", MAX_DOWNSAMPLE_FACTOR)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+                raise RequestError(name, f"must be an integer between 0 and {top}, got {value!r}")
+        if self.interpolator not in INTERPOLATOR_NAMES:
+            raise RequestError("interpolator", f"must be one of {', '.join(INTERPOLATOR_NAMES)}, "
+                                               f"got {self.interpolator!r}")
+        if not 1 <= float(self.auto_downsample_min_fps) <= 60:
+            raise RequestError("auto_downsample_min_fps", f"must be between 1 and 60, got "
+                                                          f"{self.auto_downsample_min_fps!r}")
+        if self.auto_downsample and self.temporal_downsample:
+            raise RequestError("temporal_downsample", "give a factor or auto_downsample, not both")
 
         if not isinstance(self.preset, str) or not self.preset:
             raise RequestError("preset", f"expected a preset name, got {self.preset!r}")

@@ -22,6 +22,7 @@ from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import MEDIA_FIELDS, RequestError
+from vace.pipelines.job.requirements import require_helpers
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.metrics import ServerMetrics
 from vace.server.retention import RetentionPolicy, SweepReport, sweep
@@ -39,6 +40,7 @@ from vace.server.service.webhooks import (
     load_secret,
 )
 from vace.server.store import QUEUED, Prediction, Store, new_id
+from vace.weights.catalog import HelperDirs
 
 log = logging.getLogger("vace.predictions")
 
@@ -55,6 +57,7 @@ class ServiceConfig:
     own_netlocs: set[str] = field(default_factory=set)  # host:port spellings that reach this server
     webhooks: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # default: keep everything
+    helpers: HelperDirs = field(default_factory=HelperDirs)  # frame interpolators, prompt extenders
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
     models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (LoRA fit checks)
     loras: LoraConfig = field(default_factory=LoraConfig)
@@ -135,6 +138,7 @@ class PredictionService:
         try:
             request = resolve_preset(job.request.validated())
             check_loras(request, model, self.config.models.get(model), self.config.loras, self.config.fetch_policy)
+            require_helpers(request, self.config.helpers, self.config.models.get(model))
         except RequestError as exc:
             raise InvalidInput.of(exc.field, exc.message) from exc
         resolve = self.urls.resolve_media

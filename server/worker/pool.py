@@ -13,6 +13,7 @@ from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.worker.config import WorkerConfig
+from vace.weights.catalog import HelperDirs
 
 
 def load_served_model(path: str, name: str, config: WorkerConfig, work_dir: Path) -> Any:
@@ -35,12 +36,13 @@ def release(model: Any) -> None:
         model.stop()
 
 
-def renderer_for(model: Any, work_dir: Path, fetch_policy: FetchPolicy, loras: LoraConfig | None = None) -> Any:
+def renderer_for(model: Any, work_dir: Path, fetch_policy: FetchPolicy, loras: LoraConfig | None = None,
+                 helpers: HelperDirs | None = None) -> Any:
     """Renderer or GroupRenderer: the same prepare / render interface for JobRunner."""
     if isinstance(model, RenderGroup):
-        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras)
+        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers)
 
-    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras)
+    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers)
 
 
 

@@ -16,6 +16,7 @@ from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.codec import resize_frames, write_mp4
 from vace.pipelines.media.fetch import FetchError
 from vace.pipelines.outputs.deliver import deliver
+from vace.pipelines.outputs.retime import retime
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.metrics import INPUT_FETCH
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
@@ -84,8 +85,14 @@ class JobRunner:
             request = stored.request
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
-            renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config())
+            renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config(),
+                                    self.config.settings.helper_dirs())
+            if request.expand_prompt:
+                logs.append("expanding prompt")
+                write_logs(force=True)
             prepared = renderer.prepare(capped_request(request, self.config.settings.max_render_side))
+            if request.expand_prompt:
+                logs.append(f"expanded prompt: {prepared.request.prompt}")
             requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
             if prepared.request.width != request.width or prepared.request.height != request.height:
                 logs.append(f"rendering at {prepared.request.width}x{prepared.request.height} "
@@ -114,9 +121,16 @@ class JobRunner:
             out_dir = self.data_dir / "outputs"
             out_dir.mkdir(parents=True, exist_ok=True)
             out_path = out_dir / f"{job.id}.mp4"
-            result = renderer.render(prepared, on_progress=on_progress,
-                                     should_cancel=lambda: self.store.cancel_requested(job.id),
+            def on_log(line: str) -> None:
+                logs.append(line)
+                write_logs()
+
+            def cancel_requested() -> bool:
+                return self.store.cancel_requested(job.id)
+
+            result = renderer.render(prepared, on_progress=on_progress, should_cancel=cancel_requested,
                                      output_path=out_path, on_preview=on_preview)
+            result = retime(result, prepared, on_log=on_log, should_cancel=cancel_requested)
             if (result.width, result.height) != (requested.width, requested.height):
                 result = _resize_output(result, requested.width, requested.height)
             output = {
@@ -124,6 +138,7 @@ class JobRunner:
                 "file_size": out_path.stat().st_size, "width": result.width, "height": result.height,
                 "fps": result.fps, "num_frames": result.num_frames,
                 "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
+                "prompt": prepared.request.prompt,
             }
             output.update(self._deliver(job, result, out_dir, logs))
             output["file_size"] = out_path.stat().st_size

@@ -1,7 +1,8 @@
 """Frame interpolation: k new frames between each pair of rendered frames (RIFE or FILM, local weights).
 
 N frames become (N - 1) * (k + 1) + 1; played at (k + 1) times the fps they keep the clip's duration.
-Weights live in <interpolators root>/<name>/ (`rife/flownet.pkl`, `film/film_net_fp32.pt`).
+Weights: vace.weights.catalog.INTERPOLATORS (`rife/flownet.pkl`, `film/film_net_fp32.pt` under the interpolators
+root).
 """
 
 from __future__ import annotations
@@ -13,19 +14,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.outputs.interpolation.film import FilmInterpolator
 from vace.pipelines.outputs.interpolation.rife import RifeInterpolator
+from vace.weights.catalog import INTERPOLATORS
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
 CLASSES = {"rife": RifeInterpolator, "film": FilmInterpolator}
-# name -> the file its folder must hold
-WEIGHT_FILES = {name: cls.weights_file for name, cls in CLASSES.items()}
-
-
-class InterpolationCancelled(Exception):
-    """Cancelled between two frame pairs."""
 
 
 class Interpolator(Protocol):
@@ -40,29 +37,21 @@ def interpolated_count(num_frames: int, k: int) -> int:
     return (num_frames - 1) * (k + 1) + 1 if num_frames > 0 else 0
 
 
-def folder_for(name: str, root: str | Path) -> Path:
-    return Path(root) / name
-
-
-def missing_file(name: str, root: str | Path) -> Path | None:
-    """The weights file `name` needs under root when it is absent, else None."""
-    path = folder_for(name, root) / WEIGHT_FILES[name]
-    return None if path.is_file() else path
-
-
 _LOADED: dict[tuple[str, str, str], Interpolator] = {}
 
 
-def load_interpolator(name: str, root: str | Path, device: str = "cpu") -> Interpolator:
-    """The named interpolator from root/<name>/ on `device` (kept loaded for later jobs)."""
+def load_interpolator(name: str, folder: str | Path, device: str = "cpu") -> Interpolator:
+    """The named interpolator from its weights folder on `device` (kept loaded for later jobs). A missing file
+    raises FileNotFoundError naming the folder and how to get it."""
     if name not in CLASSES:
         raise ValueError(f"unknown interpolator {name!r} (known: {', '.join(CLASSES)})")
-    missing = missing_file(name, root)
-    if missing is not None:
-        raise FileNotFoundError(f"interpolator {name!r} has no weights: expected {missing}")
-    key = (name, str(Path(root).resolve()), device)
+    folder = Path(folder)
+    missing = INTERPOLATORS[name].describe_missing(folder)
+    if missing:
+        raise FileNotFoundError(missing)
+    key = (name, str(folder.resolve()), device)
     if key not in _LOADED:
-        _LOADED[key] = CLASSES[name](folder_for(name, root), device=device)
+        _LOADED[key] = CLASSES[name](folder / INTERPOLATORS[name].files[0], device=device)
     return _LOADED[key]
 
 
@@ -71,7 +60,7 @@ def interpolate(frames: np.ndarray, k: int, model: Interpolator, progress: Progr
     """(N, H, W, 3) float frames in [0, 1] -> (N - 1) * (k + 1) + 1 frames, k made between each pair.
 
     progress(i, N - 1) is called after each pair; cancel() is checked before each pair and raises
-    InterpolationCancelled when it answers True.
+    RenderCancelled when it answers True.
     """
     if k == 0 or len(frames) < 2:
         return frames
@@ -85,7 +74,7 @@ def interpolate(frames: np.ndarray, k: int, model: Interpolator, progress: Progr
     right = tensor(frames[0])
     for i in range(pairs):
         if cancel is not None and cancel():
-            raise InterpolationCancelled(f"cancelled while interpolating, after {i}/{pairs} frame pairs")
+            raise RenderCancelled(f"cancelled while interpolating, after {i}/{pairs} frame pairs")
         left, right = right, tensor(frames[i + 1])
         out[i * (k + 1)] = frames[i]
         for j, made in enumerate(model.between(left, right, times), start=1):

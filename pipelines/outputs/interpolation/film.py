@@ -15,7 +15,6 @@ import torch
 
 from vace.pipelines.outputs.interpolation.warp import pad_to_multiple
 
-WEIGHTS_FILE = "film_net_fp32.pt"
 PAD_MULTIPLE = 64
 
 
@@ -43,10 +42,9 @@ class FilmInterpolator:
     """A loaded FILM TorchScript module."""
 
     name = "film"
-    weights_file = WEIGHTS_FILE
 
-    def __init__(self, folder: str | Path, device: str = "cpu"):
-        self.path = Path(folder) / WEIGHTS_FILE
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        self.path = Path(path)
         self.model = torch.jit.load(str(self.path), map_location="cpu").eval().float().to(device)
         self.device = device
 

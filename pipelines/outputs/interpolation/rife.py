@@ -22,7 +22,6 @@ from torch import nn
 
 from vace.pipelines.outputs.interpolation.warp import backward_warp, pad_to_multiple, synthesize
 
-WEIGHTS_FILE = "flownet.pkl"
 BLOCK_OUTPUTS = 13  # 4 flow channels (t->0, t->1), 1 mask, 8 features, at twice the block's resolution
 
 
@@ -154,10 +153,9 @@ class RifeInterpolator:
     """Frames at any times between two frames, each computed directly (RIFE 4.x takes t as an input)."""
 
     name = "rife"
-    weights_file = WEIGHTS_FILE
 
-    def __init__(self, folder: str | Path, device: str = "cpu"):
-        path = Path(folder) / WEIGHTS_FILE
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        path = Path(path)
         state = load_state(path)
         try:
             config = config_from_state_dict(state)

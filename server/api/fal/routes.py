@@ -117,7 +117,8 @@ class FalAPI:
         video = self.file_url(output["path"], inline, "video/mp4")
         frames_zip = output.get("frames_zip")
         zip_url = self.file_url(frames_zip["path"], inline, "application/zip") if frames_zip else None
-        body = fs.output_json(pred.input.get("prompt", ""), output, video, zip_url)
+        # The prompt the render used: the expanded one when enable_prompt_expansion rewrote it.
+        body = fs.output_json(output.get("prompt") or pred.input.get("prompt", ""), output, video, zip_url)
         safety = output.get("safety")
         if safety and not safety.get("checked"):
             body["safety_checker"] = f"not checked: {safety.get('note', '')}"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vace.pipelines.acceleration.presets import preset_for_acceleration
 from vace.pipelines.conditioning import tasks as task_registry
@@ -32,30 +32,6 @@ MAX_LONG_SIDE = 2048
 # video_quality -> imageio-ffmpeg quality (libx264 CRF = int((1 - q/10) * 51)); video_write_mode -> x264 preset.
 VIDEO_QUALITY = {"low": 4.5, "medium": 6.0, "high": 8.0, "maximum": 9.5}  # CRF 28 / 20 / 10 / 2
 VIDEO_WRITE_MODE = {"fast": "veryfast", "balanced": "medium", "small": "slower"}
-
-# Fields accepted only at the value that does nothing (the feature is not built).
-DO_NOTHING = {
-    "enable_auto_downsample": False,  # temporal downsampling
-    "temporal_downsample_factor": 0,  # temporal downsampling
-    "num_interpolated_frames": 0,  # frame interpolation
-    "enable_prompt_expansion": False,  # prompt expansion
-}
-
-
-class _NotBuilt:
-    """field_validator factory: refuse any value but the do-nothing one, naming the missing feature."""
-
-    FEATURES = {"enable_auto_downsample": "temporal downsampling", "temporal_downsample_factor":
-                "temporal downsampling", "num_interpolated_frames": "frame interpolation",
-                "enable_prompt_expansion": "prompt expansion"}
-
-    @classmethod
-    def check(cls, name: str, value: Any) -> Any:
-        if value != DO_NOTHING[name]:
-            raise ValueError(f"{cls.FEATURES[name]} is not available on this server; "
-                             f"{name} must be {DO_NOTHING[name]!r}")
-        return value
-
 
 class FalCommon(BaseModel):
     """Input fields shared by every wan-vace endpoint."""
@@ -93,11 +69,6 @@ class FalCommon(BaseModel):
     sync_mode: bool = False
     preprocess: bool = Field(False, description="Run the annotator on video_url instead of taking it as a "
                                                 "ready control video")
-
-    @field_validator(*DO_NOTHING)
-    @classmethod
-    def _not_built(cls, value: Any, info: Any) -> Any:
-        return _NotBuilt.check(info.field_name, value)
 
 
 class FalVideoInput(FalCommon):
@@ -327,7 +298,11 @@ def build_job(app: str, sub: str, data: FalCommon, probe: Probe | None = None,
         num_frames=num_frames, fps=fps, steps=data.num_inference_steps, guidance=data.guidance_scale,
         shift=data.shift, sampler=data.sampler, seed=seed, video=video, mask=mask_video or mask_image,
         reference_images=list(data.ref_image_urls or []), first_frame=data.first_frame_url,
-        last_frame=data.last_frame_url, task=task, task_options=options, preset=preset)
+        last_frame=data.last_frame_url, task=task, task_options=options, preset=preset,
+        interpolated_frames=data.num_interpolated_frames, interpolator=data.interpolator_model,
+        temporal_downsample=data.temporal_downsample_factor,
+        auto_downsample=data.enable_auto_downsample, auto_downsample_min_fps=data.auto_downsample_min_fps,
+        expand_prompt=data.enable_prompt_expansion)
     deliver = DeliverOptions(quality=VIDEO_QUALITY[data.video_quality], preset=VIDEO_WRITE_MODE[data.video_write_mode],
                              frames_zip=data.return_frames_zip, safety_check=data.enable_safety_checker)
     media_fields = {"video": "video_url", "mask": "mask_video_url" if mask_video else "mask_image_url",
@@ -344,6 +319,9 @@ REQUEST_TO_FAL = {
     "guidance": "guidance_scale", "shift": "shift", "sampler": "sampler", "seed": "seed", "video": "video_url",
     "mask": "mask_video_url", "first_frame": "first_frame_url", "last_frame": "last_frame_url",
     "reference_images": "ref_image_urls", "preset": "acceleration", "task": "task", "task_options": "preprocess",
+    "interpolated_frames": "num_interpolated_frames", "interpolator": "interpolator_model",
+    "temporal_downsample": "temporal_downsample_factor", "auto_downsample": "enable_auto_downsample",
+    "auto_downsample_min_fps": "auto_downsample_min_fps", "expand_prompt": "enable_prompt_expansion",
 }
 
 
