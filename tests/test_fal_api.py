@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.server_process import TLS, Server, webhook_receiver
@@ -201,3 +202,76 @@ def test_wan22_without_a_two_expert_model_names_it(tiny_model_dir):
     assert pick_model({"tiny": str(tiny_model_dir)}, False, APP) == "tiny"
     with pytest.raises(ModelUnavailable, match="Wan2.2-VACE-Fun-A14B"):
         pick_model({"tiny": str(tiny_model_dir)}, True, "fal-ai/wan-22-vace-fun-a14b")
+
+
+# ---- frame interpolation, temporal downsampling, prompt expansion (tiny helpers beside the tiny model) -----------
+
+
+def job_metrics(server: Server, request_id: str) -> dict:
+    from vace.server.store import Store, database_url
+
+    store = Store(database_url(server.data_dir))
+    try:
+        return store.get(request_id).metrics
+    finally:
+        store.close()
+
+
+def video_data_uri(tmp_path: Path, frames: int, fps: int) -> str:
+    path = write_video(tmp_path / f"in-{frames}.mp4", moving_square_frames(frames, 32, 32, size=8, step=1), fps=fps)
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.mark.parametrize("interpolator", ["rife", "film"])
+def test_interpolated_frames_keep_the_duration(fal, server, tmp_path, interpolator):
+    handle = fal.submit(APP, small(num_interpolated_frames=2, interpolator_model=interpolator, seed=3))
+    result = handle.get()
+    video = result["video"]
+    assert (video["num_frames"], video["fps"]) == (49, 24) and video["duration"] == pytest.approx(49 / 24)
+    path = fetch(server, video["url"], tmp_path)
+    assert probe_video(path) == {"num_frames": 49, "width": 416, "height": 240, "fps": 24.0}
+    from vace.pipelines.media.codec import load_video
+
+    frames = load_video(path, "out").frames
+    for i in range(1, 48):
+        if i % 3:  # each made frame differs from both neighbours in the file written
+            assert np.abs(frames[i] - frames[i - 1]).mean() > 0.5 / 255, i
+            assert np.abs(frames[i] - frames[i + 1]).mean() > 0.5 / 255, i
+    metrics = job_metrics(server, handle.request_id)
+    assert (metrics["interpolator"], metrics["rendered_frames"], metrics["interpolated_frames"]) == \
+        (interpolator, 17, 2)
+    logs = [e["message"] for e in handle.status(with_logs=True).logs]
+    assert "interpolating 16/16" in logs
+
+
+def test_temporal_downsampling_renders_half_and_returns_the_input_length(fal, server, tmp_path):
+    handle = fal.submit(f"{APP}/depth", small(video_url=video_data_uri(tmp_path, 33, 16), preprocess=False,
+                                              num_frames=33, frames_per_second=16, temporal_downsample_factor=1))
+    video = handle.get()["video"]
+    assert (video["num_frames"], video["fps"]) == (33, 16)
+    assert probe_video(fetch(server, video["url"], tmp_path))["num_frames"] == 33
+    metrics = job_metrics(server, handle.request_id)
+    assert (metrics["temporal_downsample_factor"], metrics["rendered_frames"]) == (1, 17)
+
+
+def test_auto_downsampling_picks_the_factor_from_the_input_fps(fal, server, tmp_path):
+    handle = fal.submit(f"{APP}/depth", small(video_url=video_data_uri(tmp_path, 161, 30), preprocess=False,
+                                              match_input_num_frames=True, match_input_frames_per_second=True,
+                                              enable_auto_downsample=True, auto_downsample_min_fps=15))
+    video = handle.get()["video"]
+    assert (video["num_frames"], video["fps"]) == (161, 30)
+    assert probe_video(fetch(server, video["url"], tmp_path))["num_frames"] == 161
+    metrics = job_metrics(server, handle.request_id)
+    assert (metrics["temporal_downsample_factor"], metrics["rendered_frames"]) == (1, 81)
+
+
+def test_prompt_expansion_returns_the_rewrite_the_render_used(fal, server):
+    sent = small(prompt="a red square", num_frames=17, enable_prompt_expansion=True, seed=21)
+    first, second = fal.submit(APP, sent), fal.submit(APP, sent)
+    expanded = first.get()["prompt"]
+    assert expanded and expanded != "a red square"
+    assert second.get()["prompt"] == expanded  # the tiny Qwen2 samples with the job's seed
+    metrics = job_metrics(server, first.request_id)
+    assert metrics["expanded_prompt"] == expanded and metrics["original_prompt"] == "a red square"
+    logs = [e["message"] for e in first.status(with_logs=True).logs]
+    assert "expanding prompt" in logs and f"expanded prompt: {expanded}" in logs

@@ -137,9 +137,13 @@ class Helper:
     description: str
     source: str  # how a connected machine gets it; <DIR> is the folder
     server_option: str
+    weights: str = ""  # a glob the weight files match (sharded checkpoints), when not among `files`
 
     def missing(self, folder: Path) -> list[str]:
-        return [f for f in self.files if not (folder / f).is_file()]
+        absent = [f for f in self.files if not (folder / f).is_file()]
+        if self.weights and not any(folder.glob(self.weights)):
+            absent.append(self.weights)
+        return absent
 
     def describe_missing(self, folder: Path) -> str | None:
         """None when the folder is complete, else a message naming the folder, the option and the fetch command."""
@@ -178,14 +182,14 @@ PROMPT_EXTENDERS: dict[str, Helper] = {
             name="prompt-extender", files=("config.json", "tokenizer_config.json"),
             description="prompt expansion (a Qwen2.5-Instruct model, transformers)",
             source="huggingface-cli download Qwen/Qwen2.5-7B-Instruct --local-dir <DIR>   (or Qwen2.5-3B-Instruct)",
-            server_option="--prompt-extender DIR",
+            server_option="--prompt-extender DIR", weights="*.safetensors",
         ),
         Helper(
             name="prompt-extender-vl", files=("config.json", "tokenizer_config.json", "preprocessor_config.json"),
             description="prompt expansion for requests with images (a Qwen2.5-VL-Instruct model, transformers)",
             source="huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct --local-dir <DIR>   "
             "(or Qwen2.5-VL-3B-Instruct)",
-            server_option="--prompt-extender-vl DIR",
+            server_option="--prompt-extender-vl DIR", weights="*.safetensors",
         ),
     )
 }

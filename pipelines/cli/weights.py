@@ -7,7 +7,7 @@ import sys
 
 from vace.pipelines.fixtures.tiny_model import write_tiny_bundle
 from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
-from vace.weights.catalog import AUXILIARY, CHECKPOINTS, DISTILL_LORAS
+from vace.weights.catalog import AUXILIARY, CHECKPOINTS, DISTILL_LORAS, INTERPOLATORS, PROMPT_EXTENDERS
 from vace.weights.integrity import verify_manifest, write_manifest
 
 
@@ -56,6 +56,11 @@ def _verify(args: argparse.Namespace) -> int:
         if (Path(args.dir) / entry.dirname).is_dir():
             problems += [f"{entry.dirname}/{f}: missing (needed by annotator {entry.name})"
                          for f in entry.missing(Path(args.dir))]
+    # An interpolators root: rife/ and film/ must hold their weights file.
+    for name, helper in INTERPOLATORS.items():
+        if (Path(args.dir) / name).is_dir():
+            problems += [f"{name}/{f}: missing (needed by interpolator {name})" for f in helper.missing(
+                Path(args.dir) / name)]
     for line in problems:
         print(f"MISMATCH {line}", file=sys.stderr)
     if problems:
@@ -81,6 +86,12 @@ def _list(args: argparse.Namespace) -> int:
     print("\nstep-distillation LoRAs (put them in --lora-dir; preset turbo with --distill-lora NAME):")
     for lora in DISTILL_LORAS.values():
         print(f"{lora.name}\n  recipe: {lora.recipe}\n  get it: {lora.fetch_hint()}")
+    print("\nframe interpolators (under --interpolators, else <weights root>/interpolators beside the model) and "
+          "prompt extenders (--prompt-extender[-vl], else <weights root>/prompt-extender[-vl]):")
+    for name, helper in {**INTERPOLATORS, **PROMPT_EXTENDERS}.items():
+        folder = f"<ROOT>/{name}/" if name in INTERPOLATORS else "DIR/"
+        print(f"{name}\n  {helper.description}\n  folder: {folder} with {', '.join(helper.files)}"
+              f"\n  use it: {helper.server_option}\n  get it: {helper.source.replace('<DIR>', folder.rstrip('/'))}")
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from vace.pipelines.conditioning.primitives import TaskInputs
 from vace.pipelines.job.request import GenerationRequest
-from vace.weights.catalog import HelperDirs
+from vace.weights.catalog import PROMPT_EXTENDERS, HelperDirs
 
 SYSTEM_PROMPT = (
     "You turn short video ideas into prompts for a text-to-video model. Rewrite the user's idea as one "
@@ -56,19 +56,6 @@ def processor_chat_template(folder: Path) -> str | None:
     return None
 
 
-def missing_reason(folder: Path | None) -> str | None:
-    """Why `folder` cannot be used as a prompt extender (None = it looks installed)."""
-    if folder is None:
-        return "no prompt extender is configured"
-    if not (folder / "config.json").is_file():
-        return f"prompt extender folder {folder} has no config.json"
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        return f"prompt extender folder {folder} has no weight files"
-    if not (folder / "tokenizer_config.json").is_file():
-        return f"prompt extender folder {folder} has no tokenizer"
-    return None
-
-
 def messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
     """The chat: our system prompt, then the user's prompt (after the images for a vision model)."""
     if num_images:
@@ -87,11 +74,11 @@ class PromptExtender:
 
         transformers.utils.logging.disable_progress_bar()
         self.folder = Path(folder)
-        reason = missing_reason(self.folder)
-        if reason:
-            raise FileNotFoundError(reason)
+        self.vision = (self.folder / "config.json").is_file() and model_type(self.folder) in VL_MODEL_TYPES
+        entry = PROMPT_EXTENDERS["prompt-extender-vl" if self.vision else "prompt-extender"]
+        if entry.missing(self.folder):
+            raise FileNotFoundError(entry.describe_missing(self.folder))
         self.device = device
-        self.vision = model_type(self.folder) in VL_MODEL_TYPES
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         from transformers import AutoTokenizer
 
