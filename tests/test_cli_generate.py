@@ -38,3 +38,17 @@ def test_generate_bad_input_is_one_clear_error(tmp_path, tiny_model_dir):
     assert proc.returncode == 2 and "weights directory not found" in proc.stderr
     proc = vace("generate", "--model", "tiny", "--prompt", "a", "--preset", "warp", "--out", str(tmp_path / "z.mp4"))
     assert proc.returncode == 2 and "preset: unknown preset 'warp'" in proc.stderr
+
+
+def test_generate_interpolates_and_expands_the_prompt(tmp_path, tiny_model_dir):
+    out = tmp_path / "out.mp4"
+    proc = vace("generate", "--model", "tiny", "--prompt", "a fox", "--size", "32*32", "--frames", "9", "--fps",
+                "8", "--steps", "2", "--seed", "4", "--offload", "none", "--interpolate", "1", "--interpolator",
+                "rife", "--expand-prompt", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["num_frames"], report["fps"], report["rendered_frames"], report["interpolator"]) == \
+        (17, 16, 9, "rife")
+    assert report["expanded_prompt"] and report["expanded_prompt"] != "a fox"
+    assert probe_video(out) == {"num_frames": 17, "width": 32, "height": 32, "fps": 16.0}
+    assert "interpolating 8/8" in proc.stderr

@@ -81,6 +81,10 @@ _NATIVE_DOCS = {
     "last_frame": "Last frame image URL", "task": "Task name (default: inferred from the inputs)",
     "task_options": "Task-specific options", "preset": "Acceleration preset (none | low | regular | turbo)",
     "loras": "LoRAs to apply: [{name | url, scale, expert}] (ComfyUI, kohya or diffusers keys)",
+    "interpolated_frames": "Frames (0..5) inserted between each rendered pair; the fps grows by the same factor",
+    "interpolator": "film | rife", "temporal_downsample": "Render every (d+1)-th frame (0..5), interpolate the rest",
+    "auto_downsample": "Pick the downsample factor from the input fps", "auto_downsample_min_fps":
+    "Lowest fps the automatic factor may render at", "expand_prompt": "Rewrite the prompt with the local LLM first",
 }
 
 
