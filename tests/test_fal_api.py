@@ -232,7 +232,7 @@ def test_interpolated_frames_keep_the_duration(fal, server, tmp_path, interpolat
     assert probe_video(path) == {"num_frames": 49, "width": 416, "height": 240, "fps": 24.0}
     from vace.pipelines.media.codec import load_video
 
-    frames = load_video(path, "out").frames
+    frames = load_video(path, "out").frames.astype(np.float32) / 255
     for i in range(1, 48):
         if i % 3:  # each made frame differs from both neighbours in the file written
             assert np.abs(frames[i] - frames[i - 1]).mean() > 0.5 / 255, i

@@ -53,7 +53,7 @@ def test_interpolation_triples_frames_and_fps(spy: PromptSpy, tmp_path: Path, in
     assert probe_video(result.path) == {"num_frames": 25, "width": 64, "height": 48, "fps": 24.0}
     assert result.metrics["interpolator"] == interpolator and result.metrics["rendered_frames"] == 9
     assert logs[0] == "interpolating 1/8" and logs[-1] == "interpolating 8/8"
-    frames = load_video(result.path, "out").frames
+    frames = load_video(result.path, "out").frames.astype(np.float32) / 255
     for i in range(1, 24):
         if i % 3:  # every made frame differs from both neighbours in the written file
             assert np.abs(frames[i] - frames[i - 1]).mean() > 0.5 / 255
@@ -66,7 +66,7 @@ def test_downsampling_renders_half_and_returns_the_input_length(spy: PromptSpy, 
                                          task="control", temporal_downsample=1), tmp_path / "out.mp4")
     assert prepared.conditioning.num_frames == 17 and prepared.plan.between == 1
     # the control frames kept are the input's frames 0, 2, 4, ...
-    source = load_video(control, "control").frames
+    source = load_video(control, "control").frames.astype(np.float32) / 255
     np.testing.assert_allclose(prepared.conditioning.video[3], source[6], atol=1e-6)
     assert (result.num_frames, result.fps) == (33, 16)
     assert result.metrics["temporal_downsample_factor"] == 1 and result.metrics["rendered_frames"] == 17
