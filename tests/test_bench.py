@@ -159,3 +159,16 @@ def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monk
                  "--out", str(tmp_path / "r.json"), *args])
     assert code == 2 and "error:" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_gpu_suite_checks_run_on_the_cpu_at_the_tiny_size(tiny_home):
+    """The suite's correctness and NaN checks are device-agnostic code: on a CPU against itself the forward and
+    the render agree exactly, and the tiny forward is finite."""
+    from vace.pipelines.bench import gpu_suite
+    from vace.pipelines.engine.loading import load_pipeline
+    from vace.pipelines.fixtures.tiny_model import resolve_model
+
+    check = gpu_suite.correctness("cpu")
+    assert check["ok"] and check["forward_relative_l2"] == 0.0 and check["frames_mean_abs_difference"] == 0.0
+    nan = gpu_suite.nan_check(load_pipeline(resolve_model("tiny"), device="cpu"), 64, 64, 5)
+    assert nan["ok"] and nan["finite"] and nan["output_shape"] == [1, 16, 2, 8, 8]

@@ -146,7 +146,7 @@ def _return_gpu_memory() -> None:
 
 
 def correctness(device: str) -> dict[str, Any]:
-    """The tiny model's forward and a short render, GPU (as served) against CPU fp32."""
+    """The tiny model's forward and a short render on `device` (the GPU, as served) against CPU fp32."""
     import torch
 
     tiny = resolve_model("tiny")
@@ -170,31 +170,33 @@ def correctness(device: str) -> dict[str, Any]:
     frames = {d: Renderer(m).render(request).frames for d, m in models.items()}
     frames_diff = float(abs(frames[device] - frames["cpu"]).mean())
     del models, transformer
-    _return_gpu_memory()
+    if device.startswith("cuda"):
+        _return_gpu_memory()
     return {"forward_relative_l2": error, "forward_ok": error <= FORWARD_TOLERANCE,
             "frames_mean_abs_difference": frames_diff, "frames_ok": frames_diff <= FRAMES_TOLERANCE,
             "ok": error <= FORWARD_TOLERANCE and frames_diff <= FRAMES_TOLERANCE}
 
 
-def nan_check(model: Any) -> dict[str, Any]:
-    """One full-size bf16 forward of the 14B on random inputs: finite everywhere?"""
+def nan_check(model: Any, width: int = WIDTH, height: int = HEIGHT, frames: int = FRAMES) -> dict[str, Any]:
+    """One transformer forward (the 14B in bf16 at full size, in the suite) on random inputs: finite everywhere?"""
     import torch
 
     transformer, device = model.pipeline.transformer, model.device
-    config = transformer.config
-    latent = ((FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
+    config, dtype = transformer.config, transformer.dtype
+    latent = ((frames - 1) // 4 + 1, height // 8, width // 8)
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.inference_mode():
         started = time.perf_counter()
         out = transformer(
             hidden_states=torch.randn(1, config.in_channels, *latent, generator=generator, device=device,
-                                      dtype=torch.bfloat16),
+                                      dtype=dtype),
             control_hidden_states=torch.randn(1, config.vace_in_channels, *latent, generator=generator,
-                                              device=device, dtype=torch.bfloat16),
+                                              device=device, dtype=dtype),
             encoder_hidden_states=torch.randn(1, 512, config.text_dim, generator=generator, device=device,
-                                              dtype=torch.bfloat16),
+                                              dtype=dtype),
             timestep=torch.tensor([500.0], device=device), return_dict=False)[0]
-        torch.cuda.synchronize()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         finite = bool(torch.isfinite(out).all())
     return {"finite": finite, "ok": finite, "seconds": seconds, "output_shape": list(out.shape),
