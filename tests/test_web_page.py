@@ -150,6 +150,8 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
         page.wait_for_function("first => { const text = document.querySelector('#submit-status').textContent; "
                                "return text.startsWith('Submitted') && !text.includes(first); }", arg=first)
         second = page.text_content("#submit-status").split()[1].rstrip(".")
+        page.wait_for_function("s => /position [12]$/.test((document.querySelector(s)?.textContent || '').trim())",
+                               arg=f"#queue-list {card(page, second)} .position")  # waits behind the first
         page.click(f"#queue-list {card(page, second)} button.cancel")
         page.wait_for_selector(f"#history-list {card(page, second)} .status.canceled", timeout=JOB_TIMEOUT_MS)
 

@@ -60,8 +60,8 @@ class WebAPI:
 
     def active(self) -> list[dict[str, Any]]:
         rows = self.store.active()
-        queued = [p.id for p in rows if p.status == QUEUED]
-        return [summary(p, self.service, queued.index(p.id) if p.id in queued else None) for p in rows]
+        position = {p.id: i for i, p in enumerate(p for p in rows if p.status == QUEUED)}
+        return [summary(p, self.service, position.get(p.id)) for p in rows]
 
     def finished(self, cursor: str | None, limit: int = HISTORY_PAGE) -> tuple[list[dict[str, Any]], str | None]:
         rows = self.store.page(before_seq=_cursor(cursor), limit=limit + 1, statuses=TERMINAL)

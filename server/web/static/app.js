@@ -235,7 +235,11 @@ function place(card, p) {
   // queue: oldest first (the order workers take them); history: newest first
   const key = (q) => (active ? q.created_at : -(q.completed_at || q.created_at));
   same.sort((a, b) => key(a) - key(b));
-  for (const q of same) list.append(cards.get(q.id));
+  let position = 0;
+  for (const q of same) {
+    list.append(cards.get(q.id));
+    if (q.status === "queued") $(".position", cards.get(q.id)).textContent = ` position ${++position}`;
+  }
   $("p.muted", list)?.remove();
   if (active === false && !$("#queue-list article")) {
     $("#queue-list").replaceChildren(element("p", "muted", "Nothing queued or running."));
