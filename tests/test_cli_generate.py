@@ -52,3 +52,15 @@ def test_generate_interpolates_and_expands_the_prompt(tmp_path, tiny_model_dir):
     assert report["expanded_prompt"] and report["expanded_prompt"] != "a fox"
     assert probe_video(out) == {"num_frames": 17, "width": 32, "height": 32, "fps": 16.0}
     assert "interpolating 8/8" in proc.stderr
+
+
+def test_generate_with_a_lora_and_preset_turbo(tmp_path, tiny_model_dir):
+    out = tmp_path / "turbo.mp4"
+    proc = vace("generate", "--model", "tiny", "--prompt", "a fox", "--size", "32*32", "--frames", "5",
+                "--steps", "30", "--seed", "1", "--lora", "tiny-style:0.5", "--preset", "turbo", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["preset"] == "turbo" and report["steps"] == 4 and report["transformer_evaluations"] == 4
+    assert [(r["lora"], r["scale"]) for r in report["loras"]] == [("tiny-distill", 1.0), ("tiny-style", 0.5)]
+    proc = vace("generate", "--model", "tiny", "--prompt", "a", "--lora", "nope", "--out", str(tmp_path / "n.mp4"))
+    assert proc.returncode == 2 and "loras[0].name: no LoRA named 'nope'" in proc.stderr
