@@ -26,12 +26,13 @@ def check_loras(request: GenerationRequest, model: str, model_dir: str | None, c
         if spec.path is not None:
             raise RequestError(f"loras[{i}].path", "local paths are not accepted by the server; use name (a LoRA "
                                                    "in its library, GET /v1/loras) or url")
-    if model_dir is None:
+    turbo = get_preset(request.preset).distill and config.distill is not None
+    if model_dir is None or not (specs or turbo):
         return
     two_experts = has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
     if specs:
         check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, two_experts, model)
-    if get_preset(request.preset).distill and config.distill is not None:
+    if turbo:
         try:
             check_request_loras([config.distill.spec], config.library(policy), model_dir, two_experts, model)
         except RequestError as exc:
