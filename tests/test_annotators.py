@@ -86,6 +86,7 @@ def test_raft_without_torchvision_names_the_alternative(env):
     with pytest.raises(RequestError) as err:
         annotators.require("raft", env)
     assert "torchvision" in str(err.value) and "farneback" in str(err.value)
+    assert "vace-server[annotators]" in str(err.value)  # which extra to install
 
 
 @pytest.mark.parametrize("name", ["depth", "pose", "face", "lineart", "sam2", "raft"])

@@ -111,7 +111,7 @@ def test_translation_depth_without_preprocess_is_a_control_video():
     r = job.request
     assert (r.task, r.video, r.width, r.height, r.num_frames, r.fps, r.seed, r.sampler, r.preset, r.shift,
             r.steps) == ("control", VIDEO, 416, 240, 17, 8, 7, "euler", "none", 5.0, 30)
-    assert not job.two_experts and job.deliver.safety_check
+    assert not job.two_experts and not job.deliver.safety_check  # fal's documented default: no check
     pre = build_job("fal-ai/wan-22-vace-fun-a14b", "pose", parse_input("pose", body("pose", preprocess=True)),
                     available_tasks=ALL_TASKS)
     assert pre.request.task == "pose" and pre.request.task_options["preprocess"] is True and pre.two_experts
@@ -133,7 +133,12 @@ def test_translation_task_options_and_media():
     inp = parse_input("inpainting", {"prompt": "x", "video_url": VIDEO, "mask_image_url": "https://e.com/m.png"})
     job = build_job("fal-ai/wan-vace-14b", "inpainting", inp, available_tasks=ALL_TASKS)
     assert job.request.task == "inpainting" and job.request.mask == "https://e.com/m.png"
+    assert job.request.task_options["mask_tracking"] == "sam2"  # fal's guiding mask is tracked
     assert fs.fal_field("mask", job.media_fields) == "mask_image_url"
+    both = parse_input("inpainting", {"prompt": "x", "video_url": VIDEO, "mask_image_url": "https://e.com/m.png",
+                                      "mask_video_url": "https://e.com/m.mp4"})
+    job = build_job("fal-ai/wan-vace-14b", "inpainting", both, available_tasks=ALL_TASKS)
+    assert job.request.mask == "https://e.com/m.mp4" and "mask_tracking" not in job.request.task_options
     base = parse_input("", {"prompt": "x", "ref_image_urls": ["a", "b"], "first_frame_url": "f",
                             "transparency_mode": "white"})
     job = build_job("fal-ai/wan-vace-14b", "", base, available_tasks=ALL_TASKS)
@@ -167,3 +172,54 @@ def test_output_json_shape():
                               "file_size": 10, "width": 416, "height": 240, "fps": 16, "duration": 17 / 16,
                               "num_frames": 17}
     assert body_["prompt"] == "p" and body_["seed"] == 3 and body_["frames_zip"]["file_name"] == "x-frames.zip"
+
+
+class RedTracker:
+    """A mask tracker whose output the test controls: the red pixels of each frame."""
+
+    name = "sam2"
+
+    def __init__(self):
+        self.first_masks: list = []
+
+    def track(self, frames, first_mask, progress=None):
+        import numpy as np
+
+        self.first_masks.append(first_mask)
+        return ((frames[..., 0] > 0.6) & (frames[..., 1] < 0.4)).astype(np.float32)
+
+
+@pytest.mark.parametrize("app,sub", [("fal-ai/wan-vace-14b", "inpainting"), ("fal-ai/wan-vace-14b", ""),
+                                     ("fal-ai/wan-22-vace-fun-a14b", "inpainting")])
+def test_mask_image_url_follows_a_moving_subject(tmp_path, app, sub):
+    """fal's mask_image_url is a guiding mask tracked through the video: the conditioning mask of every frame
+    is the tracker's, and it moves with the subject (a static mask would stay where frame 0 put it)."""
+    import numpy as np
+    from vace.pipelines.conditioning import tasks
+    from vace.pipelines.conditioning.annotators import AnnotatorEnv
+    from vace.pipelines.conditioning.inputs import load_inputs
+
+    from tests.synthetic import moving_square_frames, save_image, write_video
+
+    frames = moving_square_frames(17, 96, 48, size=12, step=3)
+    video = write_video(tmp_path / "v.mp4", frames, fps=8)
+    first = np.zeros((48, 96), np.uint8)
+    first[frames[0, ..., 0] > 200] = 255
+    from PIL import Image
+
+    mask = save_image(Image.fromarray(first), tmp_path / "m.png")
+    request = {"prompt": "a fox", "video_url": str(video), "mask_image_url": str(mask), "num_frames": 17,
+               "resolution": "240p", "aspect_ratio": "16:9"}
+    if not sub:
+        request["task"] = "inpainting"
+    job = build_job(app, sub, parse_input(sub, request), available_tasks=ALL_TASKS)
+    tracker = RedTracker()
+    inputs = load_inputs(job.request, tmp_path / "work")
+    cond = tasks.build(job.request.task, inputs, AnnotatorEnv(root=tmp_path, device="cpu",
+                                                              preloaded={"sam2": tracker}))
+    assert len(tracker.first_masks) == 1 and tracker.first_masks[0].shape == (240, 416)
+    centres = [np.argwhere(m > 0.5)[:, 1].mean() for m in cond.mask]
+    assert all(np.diff(centres) > 0)  # the mask moves right with the square, every frame
+    assert not np.array_equal(cond.mask[0], cond.mask[-1])
+    gray = cond.mask[..., None] > 0.5
+    assert np.all(np.where(gray, cond.video, 0.5) == 0.5)  # the tracked region is what gets generated

@@ -183,9 +183,16 @@ def test_outpainting_top_only_scales_canvas_into_output():
     mask[16:32, 8:24] = 0
     assert np.array_equal(cond.mask[0], mask)
     assert np.all(cond.video[:, :16] == 0.5) and np.all(cond.video[:, :, :8] == 0.5)
-    with pytest.raises(RequestError) as err:
-        tasks.build("outpainting", inputs(video=source))
-    assert err.value.field == "task_options.expand_left"
+
+
+def test_outpainting_without_a_side_expands_all_four():
+    """The official VACE outpainting preprocessor's default: every side grows by expand_ratio."""
+    source = clip(N, 32, 32)
+    cond = tasks.build("outpainting", inputs(width=32, height=32, video=source, options={"expand_ratio": 0.5}))
+    # canvas 64 x 64 -> scale 0.5 -> the original at 16 x 16 in the centre, a border of 8 on every side.
+    mask = np.ones((H, W), np.float32)
+    mask[8:24, 8:24] = 0
+    assert np.array_equal(cond.mask[0], mask) and np.all(cond.video[:, :8] == 0.5)
 
 
 def letterboxed(n: int = N) -> Video:

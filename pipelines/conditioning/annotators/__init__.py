@@ -9,7 +9,7 @@ the network; `require(name, env)` raises RequestError naming the directory and h
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vace.pipelines.conditioning.annotators.base import Annotator, ProgressFn, from_uint8, to_uint8  # noqa: F401
@@ -30,6 +30,7 @@ class AnnotatorEnv:
     root: Path | None = None  # None: weights.annotators.annotators_root()
     device: str | None = None  # None: cuda when available, else cpu
     progress: ProgressFn | None = None
+    preloaded: dict[str, object] = field(default_factory=dict)  # name -> a ready annotator used as is
 
     @classmethod
     def for_model(cls, model_dir: str | Path | None, device: str | None = None) -> AnnotatorEnv:
@@ -54,7 +55,7 @@ WEIGHTS_OF = {"depth": "depth-anything-v2", "pose": "dwpose", "face": "dwpose", 
 
 def require(name: str, env: AnnotatorEnv) -> None:
     """Raise RequestError (field `task_options`) when annotator `name` cannot run here."""
-    if name in WEIGHT_FREE:
+    if name in WEIGHT_FREE or name in env.preloaded:
         return
 
     if name == "raft":
@@ -72,6 +73,8 @@ _LOADED: dict[tuple[str, str, str], object] = {}
 
 def load(name: str, env: AnnotatorEnv):
     """The annotator `name`, loaded once per (weights directory, device) and kept for later requests."""
+    if name in env.preloaded:
+        return env.preloaded[name]
     if name == "face":  # the same DWPose networks as `pose`, drawing the face points only
         return load("pose", env).restricted(body=False)
     require(name, env)

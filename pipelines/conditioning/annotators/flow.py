@@ -13,6 +13,7 @@ import numpy as np
 from vace.pipelines.conditioning.annotators.base import ProgressFn, to_uint8
 
 RAFT_ITERS = 20
+ANNOTATORS_EXTRA = "pip install 'vace-server[annotators]'"
 # A small RAFT of the same structure for tiny test bundles (real weights use raft_large's sizes).
 TINY_RAFT = {"feature_encoder_layers": [8, 8, 8, 8, 16], "context_encoder_layers": [8, 8, 8, 8, 16],
              "motion_encoder_corr_layers": [16, 8], "motion_encoder_flow_layers": [8, 8],
@@ -87,8 +88,10 @@ def torchvision_problem() -> str | None:
         from torchvision.models.optical_flow import raft  # noqa: F401
     except Exception as exc:  # ImportError, or compiled ops that do not match the installed torch
         return (f"annotator 'raft' needs torchvision built for the installed torch ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'not importable'}); install the matching torchvision, "
-                "or set task_options.annotator='farneback' for the weight-free OpenCV Farneback flow")
+                f"{str(exc).splitlines()[0] if str(exc) else 'not importable'}); install the annotators extra "
+                f"({ANNOTATORS_EXTRA}, from the same package index as torch: a CPU-only torch needs "
+                "torchvision's CPU build too), or set task_options.annotator='farneback' for the weight-free "
+                "OpenCV Farneback flow")
     return None
 
 

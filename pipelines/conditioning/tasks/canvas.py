@@ -10,7 +10,6 @@ from vace.pipelines.conditioning.annotators.simple import LUMA
 from vace.pipelines.conditioning.primitives import GRAY, Conditioning, TaskInputs
 from vace.pipelines.conditioning.tasks.registry import TaskContext, task
 from vace.pipelines.conditioning.tasks.sources import references, source_frames
-from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.codec import as_float, resize_frames
 
 BORDER_LUMA = 16 / 255  # rows/columns darker than this over the whole clip count as letterbox borders
@@ -80,15 +79,15 @@ def border_crop(frames: np.ndarray, threshold: float = BORDER_LUMA) -> tuple[int
 
 def outpaint_frames(frames: np.ndarray, inputs: TaskInputs, ctx: TaskContext) -> tuple[np.ndarray, np.ndarray]:
     sides = ctx.options.sides()
-    if not any(sides.values()):
-        raise RequestError("task_options.expand_left",
-                           "choose at least one side to expand (expand_left/right/top/bottom)")
+    if not any(sides.values()):  # none chosen: all four, as the official VACE outpainting preprocessor does
+        sides = dict.fromkeys(sides, True)
     h, w = frames.shape[1:3]
     place = outpaint_placement(w, h, inputs.width, inputs.height, sides, ctx.options.expand_ratio)
     return paste(frames, place, inputs.width, inputs.height)
 
 
-@task("outpainting", "source on a gray canvas enlarged by expand_ratio on the chosen sides; mask 1 on the border")
+@task("outpainting", "source on a gray canvas enlarged by expand_ratio on the chosen sides (none chosen: all four); "
+                     "mask 1 on the border")
 def outpainting(inputs: TaskInputs, ctx: TaskContext) -> Conditioning:
     video, mask = outpaint_frames(source_frames(inputs), inputs, ctx)
     return Conditioning(video, mask, references(inputs))

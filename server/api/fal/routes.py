@@ -34,6 +34,7 @@ DIALECT = "fal"
 QUEUE = "/queue"
 _STATUS = {QUEUED: "IN_QUEUE", PROCESSING: "IN_PROGRESS"}
 SYNC_WAIT_S = 3600.0
+REQUEST_ID_HEADER = "x-fal-request-id"  # fal clients read the request id of a result from this header
 
 
 def iso(ts: float | None) -> str | None:
@@ -46,6 +47,12 @@ def fal_error(status: int, detail: Any, error_type: str | None = None,
     if error_type:
         body["error_type"] = error_type
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def for_request(response: Response, request_id: str) -> Response:
+    """The response, carrying the id of the request it is about."""
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 def render_service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -224,15 +231,15 @@ class FalAPI:
             pred = await self.service.wait(pred.id, SYNC_WAIT_S)
             if not pred.terminal:
                 self.service.cancel(pred.id)
-                return fal_error(504, "the request did not finish in time", "request_timeout")
-            return self.result_response(pred)
+                return for_request(fal_error(504, "the request did not finish in time", "request_timeout"), pred.id)
+            return for_request(self.result_response(pred), pred.id)
 
         async def submit(request: Request) -> Response:
             try:
                 pred = await self.create(app_id, sub, request)
             except FalInputError as exc:
                 return fal_error(422, exc.detail)
-            return JSONResponse(self.status_json(pred, with_logs=False))
+            return for_request(JSONResponse(self.status_json(pred, with_logs=False)), pred.id)
 
         r.add_api_route(path, run_sync, methods=["POST"], summary=f"Run {path} and wait for the output",
                         openapi_extra=schema, name=f"fal_run_{path}")
@@ -250,7 +257,7 @@ class FalAPI:
             if pred is None:
                 return fal_error(404, f"request {request_id} not found")
             body = self.status_json(pred, with_logs=logs.lower() in ("1", "true", "yes"))
-            return JSONResponse(body, status_code=200 if body["status"] == "COMPLETED" else 202)
+            return for_request(JSONResponse(body, status_code=200 if body["status"] == "COMPLETED" else 202), pred.id)
 
         async def stream(request: Request, request_id: str, logs: str = "0", sub: str | None = None) -> Response:
             if found(request_id, sub) is None:
@@ -263,22 +270,23 @@ class FalAPI:
                         return
                     yield f"data: {json.dumps(self.status_json(pred, with_logs))}\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", REQUEST_ID_HEADER: request_id})
 
         def result(request_id: str, sub: str | None = None) -> Response:
             pred = found(request_id, sub)
             if pred is None:
                 return fal_error(404, f"request {request_id} not found")
-            return self.result_response(pred)
+            return for_request(self.result_response(pred), pred.id)
 
         def cancel(request_id: str, sub: str | None = None) -> Response:
             pred = found(request_id, sub)
             if pred is None:
                 return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
             if pred.terminal:
-                return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+                return for_request(JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400), pred.id)
             self.service.cancel(request_id)
-            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+            return for_request(JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202), pred.id)
 
         tag = base.replace("/", "_").replace("{", "").replace("}", "")
         r.add_api_route(f"{base}/status", status, methods=["GET"], summary="Request status (?logs=1)",

@@ -64,7 +64,7 @@ class FalCommon(BaseModel):
     video_quality: Literal["low", "medium", "high", "maximum"] = "high"
     video_write_mode: Literal["fast", "balanced", "small"] = "balanced"
     return_frames_zip: bool = False
-    enable_safety_checker: bool = True
+    enable_safety_checker: bool = Field(False, description="fal's default is false (both wan-vace seed documents)")
     enable_prompt_expansion: bool = False
     sync_mode: bool = False
     preprocess: bool = Field(False, description="Run the annotator on video_url instead of taking it as a "
@@ -84,10 +84,12 @@ class FalPoseInput(FalVideoInput):
 
 
 class FalInpaintingInput(FalVideoInput):
-    """fal-ai/wan-vace-14b/inpainting: a mask video, or a mask image for the first frame."""
+    """fal-ai/wan-vace-14b/inpainting: a mask video, or a guiding mask image for the first frame that is
+    tracked through the video (SAM 2; ignored when a mask video is given)."""
 
     mask_video_url: str | None = None
-    mask_image_url: str | None = None
+    mask_image_url: str | None = Field(None, description="Mask of the first frame, tracked through the video "
+                                                         "(ignored when mask_video_url is given)")
 
     @model_validator(mode="after")
     def _needs_mask(self) -> FalInpaintingInput:
@@ -242,6 +244,8 @@ def _task(sub: str, data: FalCommon, available_tasks: set[str]) -> tuple[str | N
             return "control", options, "preprocess"  # a ready-made depth / pose video
         return kind, {**options, "preprocess": True}, "preprocess"
     if kind == "inpainting":
+        if not getattr(data, "mask_video_url", None):  # fal tracks its guiding mask image through the video
+            options["mask_tracking"] = "sam2"
         return "inpainting", options, "task"
     if kind == "outpainting":
         sides = {s: getattr(data, f"expand_{s}") for s in ("left", "right", "top", "bottom")}
