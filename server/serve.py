@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from vace.pipelines.engine.render_cap import default_render_side
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
 from vace.server.app import create_app
@@ -20,8 +21,6 @@ from vace.server.retention import RetentionPolicy
 from vace.server.settings import LOOPBACK_NAMES, ServeSettings, add_flags, from_flags
 from vace.server.worker.devices import worker_device_sets
 from vace.weights.loader import WeightsError, check_layout
-
-TINY_RENDER_SIDE = 256  # the random tiny models make noise: render it small, fast, at any requested size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,16 +48,14 @@ def serves_only_tiny(model_specs: list[str]) -> bool:
     return all((spec.partition("=")[2] or spec) in TINY_MODELS for spec in (model_specs or ["tiny"]))
 
 
-def default_render_side(model_specs: list[str], requested: int | None) -> int:
-    """--max-render-side as given (0 = no cap); unset: TINY_RENDER_SIDE when every served model is a tiny one."""
-    if requested is not None:
-        return requested
-    if serves_only_tiny(model_specs):
+def tiny_render_side(model_specs: list[str], requested: int | None) -> int:
+    """--max-render-side as given (0 = no cap); unset: the demo cap when every served model is a tiny one."""
+    side = default_render_side(model_specs, requested)
+    if requested is None and side:
         logging.getLogger("vace.server").info(
             "serving only tiny test models: renders are capped at %d px on the longer side and resized to "
-            "the requested size (--max-render-side)", TINY_RENDER_SIDE)
-        return TINY_RENDER_SIDE
-    return 0
+            "the requested size (--max-render-side)", side)
+    return side
 
 
 def is_loopback(host: str) -> bool:
@@ -92,7 +89,7 @@ def resolve(settings: ServeSettings) -> ServeSettings:
         # only tiny models: their tiny LoRAs and tiny distill, so the demo server runs every feature
         "lora_dir": settings.lora_dir or (resolve_tiny_loras() if tiny_only else None),
         "distill_lora": settings.distill_lora or (TINY_DISTILL if tiny_only else None),
-        "max_render_side": default_render_side(settings.model, settings.max_render_side),
+        "max_render_side": tiny_render_side(settings.model, settings.max_render_side),
         "public_url": (settings.public_url or f"{scheme}://{shown}:{settings.port}").rstrip("/"),
         "data_dir": settings.data_dir.resolve(),
     })

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up a fresh machine (CPU torch unless one is installed) and run the whole test suite.
+# Set up a fresh machine (torch's CPU build unless a torch is installed) and run the whole test suite, with the
+# dependency versions of constraints.txt (the set the suite last passed with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install "torch==2.13.0"
-"$PY" -m pip install -e ".[test]"
-command -v ffmpeg >/dev/null || true  # imageio-ffmpeg ships its own ffmpeg binary
+# A bare `pip install torch` from PyPI is the CUDA build (several GB); the tests need only the CPU one.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install "torch==2.13.0" \
+    --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+"$PY" -m pip install -c constraints.txt -e ".[test]"
 exec "$PY" -m pytest "$@"

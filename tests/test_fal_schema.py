@@ -195,11 +195,11 @@ def test_mask_image_url_follows_a_moving_subject(tmp_path, app, sub):
     """fal's mask_image_url is a guiding mask tracked through the video: the conditioning mask of every frame
     is the tracker's, and it moves with the subject (a static mask would stay where frame 0 put it)."""
     import numpy as np
+
+    from tests.synthetic import moving_square_frames, save_image, write_video
     from vace.pipelines.conditioning import tasks
     from vace.pipelines.conditioning.annotators import AnnotatorEnv
     from vace.pipelines.conditioning.inputs import load_inputs
-
-    from tests.synthetic import moving_square_frames, save_image, write_video
 
     frames = moving_square_frames(17, 96, 48, size=12, step=3)
     video = write_video(tmp_path / "v.mp4", frames, fps=8)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vace.pipelines.engine.render_cap import capped_request
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.api.replicate.routes import parse_duration, parse_prefer_wait
@@ -18,7 +19,7 @@ from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.service.webhooks import sign_standard_webhook, webhook_events_between
 from vace.server.settings import ServeSettings
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
-from vace.server.worker.runner import capped_request, progress_line
+from vace.server.worker.runner import progress_line
 
 
 @pytest.fixture()
@@ -225,7 +226,7 @@ def test_serve_refuses_port_0_without_a_public_url(tmp_path: Path):
 
 
 def test_tiny_only_servers_cap_renders_by_default():
-    from vace.server.serve import TINY_RENDER_SIDE, default_render_side
+    from vace.pipelines.engine.render_cap import TINY_RENDER_SIDE, default_render_side
 
     assert default_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
     assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE

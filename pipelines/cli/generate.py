@@ -5,12 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.conditioning.annotators import AnnotatorEnv
+from vace.pipelines.conditioning.tasks import preflight
+from vace.pipelines.engine.device import check_device
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.loras import LoraConfig
-from vace.pipelines.engine.render import Renderer
+from vace.pipelines.engine.memory import OFFLOAD_MODES
+from vace.pipelines.engine.render import Prepared, Renderer, RenderResult, prepare_request
+from vace.pipelines.engine.render_cap import capped_request, default_render_side, resize_result
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
 from vace.pipelines.job.loras import LoraSpec
@@ -23,7 +32,7 @@ from vace.pipelines.job.request import (
 )
 from vace.pipelines.outputs.retime import retime
 from vace.weights.catalog import HelperDirs
-from vace.weights.loader import WeightsError
+from vace.weights.loader import WeightsError, check_layout
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -132,11 +141,43 @@ def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
     return LoraConfig(library_dir=lora_dir, distill=recipe)
 
 
+# GenerationRequest field (or task option) -> the flag that sets it, so errors name what the user typed.
+FLAG_OF = {
+    "prompt": "--prompt", "negative_prompt": "--negative-prompt", "size": "--size", "width": "--size",
+    "height": "--size", "num_frames": "--frames", "fps": "--fps", "steps": "--steps", "guidance": "--guidance",
+    "shift": "--shift", "sampler": "--sampler", "seed": "--seed", "conditioning_scale": "--conditioning-scale",
+    "video": "--video", "mask": "--mask", "reference_images": "--ref", "first_frame": "--first-frame",
+    "last_frame": "--last-frame", "task": "--task", "task_options": "--task", "preset": "--preset", "loras": "--lora",
+}
+TASK_FLAG_OF = {
+    "preprocess": "--preprocess", "annotator": "--annotator", "expand_left": "--expand", "expand_right": "--expand",
+    "expand_top": "--expand", "expand_bottom": "--expand", "expand_ratio": "--expand-ratio",
+    "trim_borders": "--trim-borders", "zoom_factor": "--zoom-factor", "clip_position": "--clip-position",
+    "clip_frames": "--clip-frames", "mask_tracking": "--mask-tracking", "boxes": "--box",
+    "match_input_num_frames": "--match-input-frames", "match_input_frames_per_second": "--match-input-fps",
+}
+
+
+def flag_error(field: str, message: str) -> str:
+    """'num_frames', 'must be ...' -> '--frames: must be ...' (width/height keep their name after --size)."""
+    base, _, index = field.partition("[")
+    option = base.removeprefix("task_options.")
+    flag = TASK_FLAG_OF.get(option) if base.startswith("task_options.") else FLAG_OF.get(base)
+    if flag is None:
+        return f"{field}: {message}"
+    where = f" #{int(index.rstrip(']')) + 1}" if index else ""
+    detail = f"{base} {message}" if base in ("width", "height") else message
+    return f"{flag}{where}: {detail}"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="render one video without a server")
     gen.add_argument("--model", default="tiny", help="tiny | tiny-a14b | path to a diffusers VACE directory")
     gen.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    gen.add_argument("--offload", default="auto", help="memory mode: none | model | group | sequential | auto")
+    gen.add_argument("--offload", default="auto", choices=OFFLOAD_MODES, help="memory mode")
+    gen.add_argument("--max-render-side", type=int, default=None,
+                     help="render at most N px on the longer side, then resize to --size (default 256 for the "
+                          "tiny models, which make noise, else none; 0 = no cap)")
     gen.add_argument("--out", required=True, help="output .mp4 path")
     gen.add_argument("--lora-dir", default=None, metavar="DIR",
                      help="LoRA library that --lora names refer to (default for the tiny models: the tiny LoRAs)")
@@ -155,33 +196,76 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(handler=_generate)
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
+
+def _generate(args: argparse.Namespace) -> int:
+    """Every flag is checked and the inputs are decoded before the model loads; errors name the flag."""
     try:
-        request = request_from_args(args)
-        model = load_pipeline(resolve_model(args.model), device=args.device, offload=args.offload)
-        renderer = Renderer(model, loras=lora_config_from_args(args),
-                            helpers=HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl))
-        prepared = renderer.prepare(request)
-    except (RequestError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        device = check_device(args.device)
+    except ValueError as exc:
+        return _fail(f"--device: {exc}")
+    if args.max_render_side is not None and args.max_render_side < 0:
+        return _fail(f"--max-render-side: must be 0 (no cap) or a number of pixels, got {args.max_render_side}")
+    work = tempfile.mkdtemp(prefix="vace-generate-")
+    try:
+        request = request_from_args(args).validated()
+        model_dir = resolve_model(args.model)
+        check_layout(model_dir)
+        env_device = None if device == "auto" else device
+        preflight(request, AnnotatorEnv.for_model(model_dir, env_device))
+        max_side = default_render_side([args.model], args.max_render_side)
+        loras = lora_config_from_args(args)
+        helpers = HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl)
+        prepared = prepare_request(capped_request(request, max_side), Path(work), None, model_dir, env_device,
+                                   loras, helpers)
+    except RequestError as exc:
+        return _fail(flag_error(exc.field, exc.message))
+    except WeightsError as exc:
+        return _fail(f"--model: {exc}")
+    rendered = (prepared.request.width, prepared.request.height)
+    if rendered != (request.width, request.height):
+        print(f"rendering at {rendered[0]}x{rendered[1]} (--max-render-side {max_side}), resized to "
+              f"{request.width}x{request.height}", file=sys.stderr)
+    print(f"loading {args.model} from {model_dir} (device {args.device}, offload {args.offload}) ...",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        result = _render(args, model_dir, device, prepared, work, {"loras": loras, "helpers": helpers})
+    except WeightsError as exc:
+        return _fail(f"--model: {exc}")
+    result = retime(result, prepared, on_log=lambda line: print(line, file=sys.stderr))
+    result = resize_result(result, request.width, request.height)
+    plan = {k: result.metrics[k] for k in ("expanded_prompt", "temporal_downsample_factor", "rendered_frames",
+                                           "interpolator") if k in result.metrics}
+    report = {"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
+              "width": result.width, "height": result.height, "fps": result.fps, **plan,
+              "preset": result.metrics.get("preset"), "steps": result.metrics.get("steps"),
+              "loras": result.metrics.get("loras", []),
+              "transformer_evaluations": result.metrics.get("transformer_evaluations"),
+              "transformer_evaluations_skipped": result.metrics.get("transformer_evaluations_skipped"),
+              "timings": {k: round(v, 3) for k, v in result.timings.items()},
+              "total_seconds": round(time.perf_counter() - started, 3)}
+    if rendered != (request.width, request.height):
+        report["rendered_at"] = list(rendered)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _render(args: argparse.Namespace, model_dir: Path, device: str, prepared: Prepared, work: str,
+            options: dict) -> RenderResult:
+    """Load the model (saying how long it took) and render the prepared job with a progress bar."""
+    started = time.perf_counter()
+    model = load_pipeline(model_dir, device=device, offload=args.offload)
+    print(f"loaded in {time.perf_counter() - started:.1f}s on {model.device} (offload {model.offload})",
+          file=sys.stderr, flush=True)
     bar = tqdm(total=prepared.request.steps, desc="denoising", unit="step", file=sys.stderr)
 
     def progress(step: int, total: int) -> None:
         bar.update(step - bar.n)
 
-    result = renderer.render(prepared, on_progress=progress, output_path=args.out)
+    result = Renderer(model, work_dir=work, **options).render(prepared, on_progress=progress, output_path=args.out)
     bar.close()
-    result = retime(result, prepared, on_log=lambda line: print(line, file=sys.stderr))
-    plan = {k: result.metrics[k] for k in ("expanded_prompt", "temporal_downsample_factor", "rendered_frames",
-                                           "interpolator") if k in result.metrics}
-    print(json.dumps({"output": str(result.path), "seed": result.seed, "num_frames": result.num_frames,
-                      "width": result.width, "height": result.height, "fps": result.fps, **plan,
-                      "preset": result.metrics.get("preset"), "steps": result.metrics.get("steps"),
-                      "loras": result.metrics.get("loras", []),
-                      "transformer_evaluations": result.metrics.get("transformer_evaluations"),
-                      "transformer_evaluations_skipped": result.metrics.get("transformer_evaluations_skipped"),
-                      "timings": {k: round(v, 3) for k, v in result.timings.items()}}, indent=2))
-    return 0
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vace.pipelines.fixtures.tiny_model import write_tiny_bundle
+from vace.pipelines.fixtures.tiny_model import resolve_model, write_tiny_bundle
 from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
 from vace.weights.catalog import AUXILIARY, CHECKPOINTS, DISTILL_LORAS, INTERPOLATORS, PROMPT_EXTENDERS
 from vace.weights.integrity import verify_manifest, write_manifest
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=_list)
     ann = wsub.add_parser("annotators", help="check the annotator weights directories (depth, pose, flow, ...)")
     ann.add_argument("--root", help="annotators root (default: $VACE_ANNOTATORS_DIR, else beside --model)")
-    ann.add_argument("--model", help="model directory whose sibling annotators/ folder is the root")
+    ann.add_argument("--model", help="tiny | tiny-a14b | model directory whose sibling annotators/ folder is the root")
     ann.set_defaults(handler=_annotators)
 
 
@@ -98,7 +98,8 @@ def _list(args: argparse.Namespace) -> int:
 def _annotators(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    root = Path(args.root) if args.root else annotators_root(args.model)
+    model_dir = resolve_model(args.model) if args.model else None  # `tiny` is the built-in model, not a path
+    root = Path(args.root) if args.root else annotators_root(model_dir)
     print(f"annotators root: {root}")
     missing = 0
     for entry in ANNOTATOR_WEIGHTS.values():

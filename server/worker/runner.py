@@ -12,8 +12,8 @@ from typing import Any
 
 from vace.pipelines.engine.latent_preview import Preview
 from vace.pipelines.engine.render import RenderCancelled
+from vace.pipelines.engine.render_cap import capped_request, resize_result
 from vace.pipelines.job.request import RequestError
-from vace.pipelines.media.codec import resize_frames, write_mp4
 from vace.pipelines.media.fetch import FetchError
 from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.outputs.retime import retime
@@ -35,18 +35,6 @@ def progress_line(step: int, total: int) -> str:
     pct = int(100 * step / max(total, 1))
     filled = pct // 10
     return f"{pct:3d}%|{'#' * filled}{' ' * (10 - filled)}| {step}/{total} denoising step {step}/{total}"
-
-
-def capped_request(request: Any, max_side: int | None) -> Any:
-    """Shrink width/height so the longer side is at most max_side (multiples of 16, aspect kept)."""
-    if not max_side or max(request.width, request.height) <= max_side:
-        return request
-    scale = max_side / max(request.width, request.height)
-
-    def snap(v: int) -> int:
-        return max(16, int(v * scale) // 16 * 16)
-
-    return dataclasses.replace(request, width=snap(request.width), height=snap(request.height))
 
 
 class JobRunner:
@@ -131,8 +119,7 @@ class JobRunner:
             result = renderer.render(prepared, on_progress=on_progress, should_cancel=cancel_requested,
                                      output_path=out_path, on_preview=on_preview)
             result = retime(result, prepared, on_log=on_log, should_cancel=cancel_requested)
-            if (result.width, result.height) != (requested.width, requested.height):
-                result = _resize_output(result, requested.width, requested.height)
+            result = resize_result(result, requested.width, requested.height)
             output = {
                 "path": f"outputs/{out_path.name}", "content_type": "video/mp4", "file_name": out_path.name,
                 "file_size": out_path.stat().st_size, "width": result.width, "height": result.height,
@@ -196,12 +183,6 @@ class JobRunner:
 
 def _log_text(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines if line)
-
-
-def _resize_output(result: Any, width: int, height: int) -> Any:
-    frames = resize_frames(result.frames, width, height)
-    write_mp4(frames, result.path, result.fps)
-    return dataclasses.replace(result, frames=frames, width=width, height=height)
 
 
 class _Heartbeat(threading.Thread):

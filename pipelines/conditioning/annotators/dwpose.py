@@ -252,6 +252,10 @@ class DWPose:
 def export_tiny_models(folder: Path, config: dict, seed: int = 0) -> None:
     """A tiny YOLOX-style detector (3 strides, 85 outputs per anchor, sigmoid objectness/classes) and a tiny
     RTMPose-style SimCC head (133 keypoints, x/y bins at 2x input), exported to ONNX like the real files."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:  # torch's ONNX exporter needs it; serving real weights does not
+        raise RuntimeError("writing the tiny DWPose model needs the onnx package: pip install 'vace-server[tiny]'")
     import torch
     import torch.nn as nn
 
