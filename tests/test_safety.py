@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vace.pipelines.fixtures import tiny_safety
 from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.fixtures.tiny_safety import write_tiny_checker
 from vace.pipelines.outputs import safety
@@ -23,9 +24,9 @@ def test_tiny_checker_scores_frames(tmp_path):
     frames = np.random.default_rng(0).random((9, 40, 56, 3), dtype=np.float32)
     verdict = checker.check(frames)
     assert verdict.checked and verdict.frames == [0, 3, 5, 8] and len(verdict.scores) == 4
-    assert all(0 <= s <= safety.TINY_NOISE_NSFW + 1e-6 for s in verdict.scores)  # calibrated: noise is safe
+    assert all(0 <= s <= tiny_safety.TINY_NOISE_NSFW + 1e-6 for s in verdict.scores)  # calibrated: noise is safe
     assert verdict.nsfw is False
-    assert max(checker.scores(safety.calibration_frames())) == pytest.approx(safety.TINY_NOISE_NSFW, abs=1e-5)
+    assert max(checker.scores(tiny_safety.calibration_frames())) == pytest.approx(tiny_safety.TINY_NOISE_NSFW, abs=1e-5)
     checker.threshold = 0.0  # everything flagged
     assert checker.check(frames).nsfw is True
     checker.threshold = 1.01  # nothing flagged
