@@ -15,7 +15,7 @@ import uvicorn
 
 from vace.pipelines.engine.render_cap import default_render_side
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
-from vace.pipelines.fixtures.tiny_model import TINY_MODELS, resolve_model
+from vace.pipelines.fixtures.tiny_model import TINY_MODELS, only_tiny, resolve_model
 from vace.server.app import create_app
 from vace.server.retention import RetentionPolicy
 from vace.server.settings import LOOPBACK_NAMES, ServeSettings, add_flags, from_flags
@@ -45,7 +45,7 @@ def resolve_models(specs: list[str]) -> list[str]:
 
 def serves_only_tiny(model_specs: list[str]) -> bool:
     """Whether every `[NAME=]tiny|DIR` spec (none = tiny) names a built-in tiny model."""
-    return all((spec.partition("=")[2] or spec) in TINY_MODELS for spec in (model_specs or ["tiny"]))
+    return only_tiny(model_specs)
 
 
 def tiny_render_side(model_specs: list[str], requested: int | None) -> int:
@@ -56,6 +56,16 @@ def tiny_render_side(model_specs: list[str], requested: int | None) -> int:
             "serving only tiny test models: renders are capped at %d px on the longer side and resized to "
             "the requested size (--max-render-side)", side)
     return side
+
+
+def tiny_safety_checker(model_specs: list[str], requested: str | None) -> str | None:
+    """--safety-checker as given (`none` = no classifier); unset: the tiny checker when only tiny models are
+    served, so every documented request (WaveSpeed's default is to check) runs on a demo server. It is calibrated
+    to call the tiny models' noise safe and knows nothing of real content; the job's output says which ran."""
+    if requested is not None or not only_tiny(model_specs):
+        return requested
+    logging.getLogger("vace.server").info("serving only tiny test models: the safety checker is the tiny one")
+    return "tiny"
 
 
 def is_loopback(host: str) -> bool:
@@ -90,6 +100,7 @@ def resolve(settings: ServeSettings) -> ServeSettings:
         "lora_dir": settings.lora_dir or (resolve_tiny_loras() if tiny_only else None),
         "distill_lora": settings.distill_lora or (TINY_DISTILL if tiny_only else None),
         "max_render_side": tiny_render_side(settings.model, settings.max_render_side),
+        "safety_checker": tiny_safety_checker(settings.model, settings.safety_checker),
         "public_url": (settings.public_url or f"{scheme}://{shown}:{settings.port}").rstrip("/"),
         "data_dir": settings.data_dir.resolve(),
     })

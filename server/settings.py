@@ -76,8 +76,9 @@ class ServeSettings(BaseSettings):
                           json_schema_extra=_flag(negate="no-compile"))
     fp8: bool = Field(False, description="FP8 transformer weights (Ada/Hopper, needs torchao)")
     safety_checker: str | None = Field(None, description=(
-        "local NSFW image classifier for enable_safety_checker: a directory, or `tiny`"),
-        json_schema_extra=_flag(metavar="DIR|tiny"))
+        "local NSFW image classifier for enable_safety_checker: a directory, `tiny`, or `none` (default: `tiny` "
+        "when only tiny models are served, else none)"),
+        json_schema_extra=_flag(metavar="DIR|tiny|none"))
     safety_unavailable: Literal["refuse", "unchecked"] = Field("refuse", description=(
         "with no classifier installed, refuse requests that ask for the check, or serve them marked unchecked"))
     annotators_dir: Path | None = Field(None, description=(
@@ -141,7 +142,7 @@ class ServeSettings(BaseSettings):
     def safety(self) -> SafetyConfig:
         """The safety checker (`tiny` = the tiny random one) and the policy when none is installed."""
         spec = (self.safety_checker or "").strip()
-        checker = resolve_safety_checker() if spec == "tiny" else Path(spec) if spec else None
+        checker = resolve_safety_checker() if spec == "tiny" else Path(spec) if spec not in ("", "none") else None
         return SafetyConfig(checker=checker, policy=self.safety_unavailable)
 
     def lora_config(self) -> LoraConfig:

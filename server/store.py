@@ -88,6 +88,8 @@ predictions = Table(
     Column("change_seq", Integer, nullable=True, index=True),
     # The latest live preview while it denoises: {step, total, image (a JPEG data: URI), width, height}.
     Column("preview", JSON, nullable=True),
+    # The unix time of each line of `logs` the worker wrote (lines the store appends itself have none).
+    Column("log_times", JSON, nullable=True),
 )
 
 files = Table(
@@ -194,6 +196,7 @@ class Prediction:
     owner: str | None = None
     change_seq: int | None = None
     preview: dict[str, Any] | None = None
+    log_times: list[float] | None = None
     seq: int = 0
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 
@@ -18,6 +20,35 @@ def client(tmp_path, monkeypatch, tiny_model_dir):
                                   no_worker=True))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+def test_annotator_tasks_are_checked_where_the_worker_looks(tmp_path, tiny_model_dir):
+    """By default the annotators beside the served model (the tiny ones here) pass at submit, in every dialect;
+    with --annotators-dir pointing at an empty folder each dialect refuses naming the annotator and the folder."""
+    from fastapi.testclient import TestClient
+
+    from tests.synthetic import moving_square_frames, write_video
+    from vace.server.app import create_app
+    from vace.server.settings import ServeSettings
+
+    clip = write_video(tmp_path / "clip.mp4", moving_square_frames(9, 64, 48))
+    video = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    requests = [("/v1/models/vace/tiny/predictions", {"input": {"prompt": "x", "video": video, "task": "depth"}}),
+                ("/queue/fal-ai/wan-vace-14b/depth", {"prompt": "x", "video_url": video, "preprocess": True,
+                                                       "resolution": "240p", "aspect_ratio": "16:9"}),
+                ("/api/v3/wavespeed-ai/wan-2.1-14b-vace", {"prompt": "x", "video": video, "task": "depth",
+                                                           "enable_safety_checker": False})]
+    for annotators_dir, accepted in ((None, True), (tmp_path / "empty", False)):
+        settings = ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path / "data",
+                                 public_url="https://h:1", no_worker=True, annotators_dir=annotators_dir)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            for path, body in requests:
+                resp = client.post(path, json=body)
+                if accepted:
+                    assert resp.status_code in (200, 201), (path, resp.text)
+                else:
+                    assert resp.status_code in (400, 422) and "depth-anything-v2" in resp.text, (path, resp.text)
+                    assert str(tmp_path / "empty") in resp.text, resp.text
 
 
 def test_replicate_native_refuses_unknown_task_and_options_at_submit(client):

@@ -147,6 +147,15 @@ def test_file_metadata_as_a_text_field_or_a_file_part_and_unversioned_paths(serv
         assert http.delete(f"/files/{as_text.json()['id']}").status_code == 204
 
 
+def test_annotator_task_on_a_default_tiny_server(client, tmp_path: Path):
+    """vace/<model> with task depth: the annotator weights beside the tiny model are found at submit and run."""
+    video = write_video(tmp_path / "clip.mp4", moving_square_frames(9, 64, 64))
+    with open(video, "rb") as fh:
+        prediction = client.predictions.create(model="vace/tiny", input=small(video=fh, task="depth"))
+    prediction.wait()
+    assert prediction.status == "succeeded", prediction.error
+
+
 def test_cancel_running_prediction_stops_between_steps(client):
     prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
     wait_until_denoising(prediction, timeout=60)

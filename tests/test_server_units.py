@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,31 @@ def test_list_cursors_stop_exactly_at_both_ends(tmp_path: Path, store: Store):
     back = svc.list(page2.previous_cursor, limit=3)
     assert [p.id for p in back.results] == ids[:3] and back.previous_cursor is None and back.next_cursor
     assert [p.id for p in svc.list(back.next_cursor, limit=3).results] == ids[3:]
+
+
+def test_job_log_stamps_each_line_and_fal_reports_them():
+    from vace.server.api.fal.routes import log_entries
+    from vace.server.worker.job_log import JobLog
+
+    log = JobLog("requeued: worker restarted\n", None, since=100.0)
+    log.append("model: tiny; seed: 1")
+    log.append("step 1\nstep 2\n")
+    fields = log.fields()
+    assert fields["logs"] == "requeued: worker restarted\nmodel: tiny; seed: 1\nstep 1\nstep 2\n"
+    assert fields["log_times"][0] == 100.0 and len(fields["log_times"]) == 4
+    assert fields["log_times"][1] > 100.0 and fields["log_times"] == sorted(fields["log_times"])
+    pred = Prediction(id="p", endpoint="e", version="", dialect="fal", model="tiny", input={}, request={},
+                      status=PROCESSING, logs=fields["logs"] + "canceled\n", log_times=[1.0, 2.0, 3.0, 4.0],
+                      updated_at=5.0)
+    stamps = [e["timestamp"] for e in log_entries(pred)]
+    assert stamps == [datetime.fromtimestamp(t, timezone.utc).isoformat() for t in (1.0, 2.0, 3.0, 4.0, 5.0)]
+
+
+def test_tiny_only_servers_check_safety_with_the_tiny_checker_by_default(tmp_path, tiny_home):
+    from vace.server.serve import tiny_safety_checker
+
+    assert tiny_safety_checker([], None) == "tiny" and tiny_safety_checker(["demo=tiny-a14b"], None) == "tiny"
+    assert tiny_safety_checker(["/srv/weights/Wan2.1-VACE-14B"], None) is None
+    assert tiny_safety_checker(["tiny"], "none") == "none"  # the operator's choice stands
+    assert ServeSettings(safety_checker="none", data_dir=tmp_path).safety().checker is None
+    assert ServeSettings(safety_checker="tiny", data_dir=tmp_path).safety().checker == tiny_home / "safety-checker"

@@ -24,8 +24,8 @@ MODEL = "/api/v3/wavespeed-ai/wan-2.1-14b-vace"
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("wavespeed-api")
-    with pytest.MonkeyPatch.context() as mp:  # no classifier installed: the operator serves unchecked
-        mp.delenv("VACE_SAFETY_CHECKER", raising=False)
+    with pytest.MonkeyPatch.context() as mp:  # no classifier (not even the tiny one): the operator serves unchecked
+        mp.setenv("VACE_SAFETY_CHECKER", "none")
         mp.setenv("VACE_SAFETY_UNAVAILABLE", "unchecked")
         srv = Server(root / "data", tls=TLS.make(root / "tls"), api_key=API_KEY,
                      args=["--model", "tiny", "--max-render-side", "32", "--allow-host", "127.0.0.1"])
@@ -91,6 +91,21 @@ def test_submit_and_poll_result(api, server, media, tmp_path):
     assert [p.dialect for p in store.page(limit=1000) if p.id == data["id"]] == ["wavespeed"]
     store.close()
     assert api.get(f"/queue/fal-ai/wan-vace-14b/requests/{data['id']}").status_code == 404  # not a fal request
+
+
+def test_documented_default_task_depth_runs_the_annotator(api, server, media):
+    """WaveSpeed's default task is depth: the annotator runs on `video` with the weights beside the tiny model
+    (checked at submit where the worker will look for them)."""
+    resp = api.post(MODEL, json=example(video=media["video"], enable_sync_mode=True))
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert data["status"] == "completed", data
+    from vace.server.store import Store, database_url
+
+    store = Store(database_url(server.data_dir))
+    stored = store.get(data["id"])
+    store.close()
+    assert stored.job.request.task == "depth" and stored.job.request.task_options == {"preprocess": True}
 
 
 def test_sync_mode_and_signed_webhook(api, server, media):

@@ -482,18 +482,19 @@ class GroupRenderer:
 
     def __init__(self, group: RenderGroup, work_dir: str | Path | None = None,
                  fetch_policy: FetchPolicy | None = None, loras: LoraConfig | None = None,
-                 helpers: HelperDirs | None = None):
+                 helpers: HelperDirs | None = None, annotators_dir: Path | None = None):
         self.group = group
         self.work_dir = Path(work_dir or group.work_dir / "prepare")
         self.fetch_policy = fetch_policy
         self.loras = loras
         self.helpers = helpers
+        self.annotators_dir = annotators_dir
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """As Renderer.prepare; the LoRAs resolve here to local files, which every rank then loads."""
         spec = self.group.spec
         return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0],
-                               self.loras, self.helpers)
+                               self.loras, self.helpers, self.annotators_dir)
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None,

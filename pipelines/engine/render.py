@@ -68,10 +68,11 @@ class Prepared:
 
 def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
                     weights_path: Path | None, device: str | None, loras: LoraConfig | None = None,
-                    helpers: HelperDirs | None = None) -> Prepared:
+                    helpers: HelperDirs | None = None, annotators_dir: Path | None = None) -> Prepared:
     """Validate, resolve the seed, decode the inputs, plan the frames (temporal downsampling), expand the prompt
     and build the conditioning (annotators included) -- no transformer work. Annotator, interpolator and prompt
-    extender weights live beside the model (<weights>/../annotators, ...) unless configured otherwise; they run on
+    extender weights live beside the model (<weights>/../annotators, ...) unless configured otherwise
+    (`annotators_dir`, `helpers`); they run on
     `device`. Preset turbo becomes the distill recipe of `loras`, and the request's LoRAs resolve to local files
     (URLs fetched). Raises RequestError on bad input or missing helper weights."""
     started = time.perf_counter()
@@ -86,7 +87,7 @@ def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: Fe
     inputs = downsampled(inputs, plan)
     interpolator_dir = helpers.interpolator_dir(request.interpolator, weights_path) if plan.between else None
     metrics: dict[str, Any] = {}
-    env = AnnotatorEnv.for_model(weights_path, device)
+    env = AnnotatorEnv.for_model(weights_path, device, annotators_dir)
     if request.expand_prompt:
         request, metrics = expand_request(request, inputs, helpers, weights_path, env.resolved_device())
     cond = tasks.build(request.task, inputs, env)
@@ -98,19 +99,21 @@ class Renderer:
     """Renders requests on one loaded model (weights.loader.LoadedModel)."""
 
     def __init__(self, model: Any, work_dir: str | Path | None = None, fetch_policy: FetchPolicy | None = None,
-                 loras: LoraConfig | None = None, helpers: HelperDirs | None = None):
+                 loras: LoraConfig | None = None, helpers: HelperDirs | None = None,
+                 annotators_dir: Path | None = None):
         self.model = model
         self.pipe = model.pipeline
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="vace-render-"))
         self.fetch_policy = fetch_policy
         self.loras = loras or LoraConfig()
         self.helpers = helpers
+        self.annotators_dir = annotators_dir
         self.prompt_cache = prompt_cache_for(self.pipe)
 
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
         return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device,
-                               self.loras, self.helpers)
+                               self.loras, self.helpers, self.annotators_dir)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
         """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""

@@ -37,12 +37,13 @@ def release(model: Any) -> None:
 
 
 def renderer_for(model: Any, work_dir: Path, fetch_policy: FetchPolicy, loras: LoraConfig | None = None,
-                 helpers: HelperDirs | None = None) -> Any:
+                 helpers: HelperDirs | None = None, annotators_dir: Path | None = None) -> Any:
     """Renderer or GroupRenderer: the same prepare / render interface for JobRunner."""
     if isinstance(model, RenderGroup):
-        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers)
-
-    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers)
+        return GroupRenderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers,
+                             annotators_dir=annotators_dir)
+    return Renderer(model, work_dir=work_dir, fetch_policy=fetch_policy, loras=loras, helpers=helpers,
+                    annotators_dir=annotators_dir)
 
 
 

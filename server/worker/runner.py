@@ -22,6 +22,7 @@ from vace.server.metrics import INPUT_FETCH
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
+from vace.server.worker.job_log import JobLog
 from vace.server.worker.pool import ModelPool, renderer_for
 
 log = logging.getLogger("vace.worker")
@@ -55,14 +56,14 @@ class JobRunner:
 
     def run(self, job: Prediction) -> str:
         owner = self.config.worker_id
-        logs: list[str] = [job.logs.rstrip("\n")] if job.logs else []  # e.g. "requeued: ..." (no blank line after)
+        logs = JobLog(job.logs, job.log_times, job.updated_at)  # e.g. "requeued: ..."
         last_write = [0.0]
 
         def write_logs(force: bool = False, **values: Any) -> None:
             now = time.monotonic()
             if force or now - last_write[0] > 0.05:
                 last_write[0] = now
-                self.store.report(job.id, owner, logs=_log_text(logs), **values)
+                self.store.report(job.id, owner, **logs.fields(), **values)
 
         started = time.time()
         model = None  # until loaded: a job that fails before has no model kind to report
@@ -74,7 +75,7 @@ class JobRunner:
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
             renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config(),
-                                    self.config.settings.helper_dirs())
+                                    self.config.settings.helper_dirs(), self.config.settings.annotators_dir)
             if request.expand_prompt:
                 logs.append("expanding prompt")
                 write_logs(force=True)
@@ -134,11 +135,11 @@ class JobRunner:
                        **result.metrics, **self.held(started, model)}
             logs.append(f"done in {metrics['predict_time']:.2f}s")
             self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
-                              logs=_log_text(logs))
+                              **logs.fields())
             return SUCCEEDED
         except RenderCancelled as exc:
             logs.append(str(exc))
-            self.store.finish(job.id, owner, CANCELED, logs=_log_text(logs), metrics=self.held(started, model))
+            self.store.finish(job.id, owner, CANCELED, **logs.fields(), metrics=self.held(started, model))
             return CANCELED
         except FetchError as exc:
             return self._fail(job, owner, logs, {**self.held(started, model), "error_kind": INPUT_FETCH},
@@ -154,7 +155,7 @@ class JobRunner:
 
             shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
 
-    def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: list[str]) -> dict[str, Any]:
+    def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: JobLog) -> dict[str, Any]:
         """The job's delivery options: encoder settings, frames zip, safety check."""
         extra = deliver(result.frames, result.path, result.fps, job.job.delivery, out_dir, job.id,
                         self.safety)
@@ -164,9 +165,9 @@ class JobRunner:
                         if safety["checked"] else f"safety checker: NOT CHECKED ({safety['note']})")
         return extra
 
-    def _fail(self, job: Prediction, owner: str, logs: list[str], metrics: dict[str, Any], message: str) -> str:
+    def _fail(self, job: Prediction, owner: str, logs: JobLog, metrics: dict[str, Any], message: str) -> str:
         logs.append(message)
-        self.store.finish(job.id, owner, FAILED, error=message, logs=_log_text(logs), metrics=metrics)
+        self.store.finish(job.id, owner, FAILED, error=message, **logs.fields(), metrics=metrics)
         return FAILED
 
     def held(self, started: float, model: Any) -> dict[str, Any]:
@@ -179,10 +180,6 @@ class JobRunner:
         if model is not None:
             metrics["experts"] = 2 if model.two_experts else 1
         return metrics
-
-
-def _log_text(lines: list[str]) -> str:
-    return "".join(line + "\n" for line in lines if line)
 
 
 class _Heartbeat(threading.Thread):

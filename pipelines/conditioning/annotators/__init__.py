@@ -33,8 +33,10 @@ class AnnotatorEnv:
     preloaded: dict[str, object] = field(default_factory=dict)  # name -> a ready annotator used as is
 
     @classmethod
-    def for_model(cls, model_dir: str | Path | None, device: str | None = None) -> AnnotatorEnv:
-        return cls(root=annotators_root(model_dir), device=device)
+    def for_model(cls, model_dir: str | Path | None, device: str | None = None,
+                  configured: str | Path | None = None) -> AnnotatorEnv:
+        """The weights of the model's jobs: `configured` (--annotators-dir), else annotators/ beside it."""
+        return cls(root=annotators_root(model_dir, configured), device=device)
 
     def resolved_root(self) -> Path:
         return self.root if self.root is not None else annotators_root()

@@ -64,9 +64,12 @@ def render_service_error(request: Request, exc: ServiceError) -> JSONResponse:
 
 
 def log_entries(pred: Prediction) -> list[dict[str, Any]]:
-    stamp = iso(pred.updated_at)
-    return [{"message": line, "level": "INFO", "source": "USER", "timestamp": stamp}
-            for line in pred.logs.splitlines() if line.strip()]
+    """fal's log list: each line with the time the worker wrote it (the last change for lines without one)."""
+    times = pred.log_times or []
+    lines = [line for line in pred.logs.splitlines() if line]
+    return [{"message": line, "level": "INFO", "source": "USER",
+             "timestamp": iso(times[i] if i < len(times) else pred.updated_at)}
+            for i, line in enumerate(lines) if line.strip()]
 
 
 class FalAPI:
@@ -166,8 +169,7 @@ class FalAPI:
         data = fs.parse_input(sub, body)
         if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise FalInputError.of("enable_safety_checker", refused)
-        job = await asyncio.to_thread(self.build, app_id, sub, data)
-        model = pick_model(self.app.state.settings.served_models(), job.two_experts, app_id)
+        job, model = await asyncio.to_thread(self.build, app_id, sub, data)
         webhook = request.query_params.get("fal_webhook")
         extra = {"fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
         try:
@@ -182,7 +184,8 @@ class FalAPI:
             raise FalInputError([{"loc": ["body", fs.fal_field(f, job.media_fields)], "msg": m,
                                   "type": "value_error"} for f, m in exc.errors]) from exc
 
-    def build(self, app_id: str, sub: str, data: fs.FalCommon) -> fs.FalJob:
+    def build(self, app_id: str, sub: str, data: fs.FalCommon) -> tuple[fs.FalJob, str]:
+        """The job (inputs probed for `auto` sizes) and the served model it runs on, checked like the worker will."""
         def probe(ref: str, field_name: str) -> fs.MediaInfo:
             try:
                 resolved = self.service.urls.resolve_media(ref, field_name)
@@ -193,8 +196,10 @@ class FalAPI:
                 raise FalInputError.of(field_name, exc.message) from exc
 
         job = fs.build_job(app_id, sub, data, probe=probe)
-        preflight(job.request, lambda f: fs.fal_field(f, job.media_fields), FalInputError.of)
-        return job
+        settings = self.app.state.settings
+        model = pick_model(settings.served_models(), job.two_experts, app_id)
+        preflight(job.request, settings, model, lambda f: fs.fal_field(f, job.media_fields), FalInputError.of)
+        return job, model
 
     def _probe_policy(self) -> Any:
         import dataclasses

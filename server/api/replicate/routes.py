@@ -20,6 +20,7 @@ from vace.server.auth import require_api_key, tenant
 from vace.server.service.errors import InvalidInput, NotFound
 from vace.server.service.predictions import IDEMPOTENCY_HEADER, PredictionService
 from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
+from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Prediction, StoredFile
 
 DIALECT = "replicate"
@@ -125,9 +126,10 @@ def parse_duration(text: str) -> float:
 class ReplicateAPI:
     """Routes bound to the service and the model catalog of one server."""
 
-    def __init__(self, service: PredictionService, served: list[str]):
+    def __init__(self, service: PredictionService, settings: ServeSettings):
         self.service = service
-        self.models = catalog(served)
+        self.settings = settings
+        self.models = catalog(list(settings.served_models()))
 
     def model(self, owner: str, name: str) -> ReplicateModel:
         model = self.models.get(f"{owner}/{name}")
@@ -158,7 +160,7 @@ class ReplicateAPI:
             raise InvalidInput.of("Cancel-After", "must be at least 5s")
         try:
             gen = model.to_request(body.input)
-            preflight(gen, None, InvalidInput.of)
+            preflight(gen, self.settings, model.served, None, InvalidInput.of)
             # create() resolves URL hosts and writes the store: off the event loop
             pred = await asyncio.to_thread(
                 self.service.create, endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
@@ -329,7 +331,7 @@ class ReplicateAPI:
 
 def install(app: FastAPI) -> None:
     service: PredictionService = app.state.service
-    api = ReplicateAPI(service, list(app.state.settings.served_models()))
+    api = ReplicateAPI(service, app.state.settings)
     for prefix in PREFIXES:
         for version in VERSIONS:
             tag = f"{prefix}{version}".replace("/", "_")

@@ -93,9 +93,10 @@ class WaveSpeedAPI:
         if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise WaveSpeedInputError([("enable_safety_checker", refused)])
         job = ws.build_job(data)
-        preflight(job.request, lambda f: ws.wavespeed_field(f, data), lambda f, m: WaveSpeedInputError([(f, m)]))
-
-        model = pick_model(self.app.state.settings.served_models(), False, ws.MODEL_ID)
+        settings = self.app.state.settings
+        model = pick_model(settings.served_models(), False, ws.MODEL_ID)
+        preflight(job.request, settings, model, lambda f: ws.wavespeed_field(f, data),
+                  lambda f, m: WaveSpeedInputError([(f, m)]))
         try:
             return self.service.create(endpoint=ws.MODEL_ID, model=model, job=Job(job.request, job.deliver),
                                        input=body,

@@ -1,0 +1,16 @@
+"""predictions.log_times: the unix time of each line of `logs` the worker wrote (fal reports one per line)."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+
+
+def upgrade() -> None:
+    op.add_column("predictions", sa.Column("log_times", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("predictions") as batch:
+        batch.drop_column("log_times")
