@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+
+import torch
 
 # Each entry: module with `register(subparsers)`; modules own their subcommands and handlers.
 SUBCOMMAND_MODULES = (
@@ -17,8 +20,15 @@ SUBCOMMAND_MODULES = (
 )
 
 
+def version_line() -> str:
+    """`vace-server X (torch Y, CUDA Z or cpu only)`: what a bug report needs first."""
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "cpu only"
+    return f"vace-server {importlib.metadata.version('vace-server')} (torch {torch.__version__}, {cuda})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vace", description="VACE video generation server and tools")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -122,4 +122,12 @@ def test_generate_with_a_lora_and_preset_turbo(tmp_path, tiny_model_dir):
     assert report["preset"] == "turbo" and report["steps"] == 4 and report["transformer_evaluations"] == 4
     assert [(r["lora"], r["scale"]) for r in report["loras"]] == [("tiny-distill", 1.0), ("tiny-style", 0.5)]
     proc = vace("generate", "--model", "tiny", "--prompt", "a", "--lora", "nope", "--out", str(tmp_path / "n.mp4"))
-    assert proc.returncode == 2 and "loras[0].name: no LoRA named 'nope'" in proc.stderr
+    assert proc.returncode == 2 and "error: --lora #1: no LoRA named 'nope'" in proc.stderr
+
+
+def test_version(capsys):
+    from vace.server.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("vace-server 0.1.0 (torch ")

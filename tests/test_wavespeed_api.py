@@ -96,9 +96,14 @@ def test_submit_and_poll_result(api, server, media, tmp_path):
 def test_documented_default_task_depth_runs_the_annotator(api, server, media):
     """WaveSpeed's default task is depth: the annotator runs on `video` with the weights beside the tiny model
     (checked at submit where the worker will look for them)."""
-    resp = api.post(MODEL, json=example(video=media["video"], enable_sync_mode=True))
+    resp = api.post(MODEL, json=example(video=media["video"]))
     assert resp.status_code == 200, resp.text
     data = resp.json()["data"]
+    deadline = time.monotonic() + 600
+    while data["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        data = api.get(f"/api/v3/predictions/{data['id']}/result").json()["data"]
     assert data["status"] == "completed", data
     from vace.server.store import Store, database_url
 

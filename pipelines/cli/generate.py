@@ -160,12 +160,13 @@ TASK_FLAG_OF = {
 
 def flag_error(field: str, message: str) -> str:
     """'num_frames', 'must be ...' -> '--frames: must be ...' (width/height keep their name after --size)."""
-    base, _, index = field.partition("[")
+    base, _, rest = field.partition("[")
+    index = rest.partition("]")[0]
     option = base.removeprefix("task_options.")
     flag = TASK_FLAG_OF.get(option) if base.startswith("task_options.") else FLAG_OF.get(base)
     if flag is None:
         return f"{field}: {message}"
-    where = f" #{int(index.rstrip(']')) + 1}" if index else ""
+    where = f" #{int(index) + 1}" if index.isdigit() else ""
     detail = f"{base} {message}" if base in ("width", "height") else message
     return f"{flag}{where}: {detail}"
 
