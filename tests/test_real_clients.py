@@ -111,7 +111,7 @@ print(json.dumps({"version": replicate.__version__, "url": str(output.url)}))
     submitted = call("-H", "Content-Type: application/json", "-d", json.dumps(body),
                      f"{api}/wavespeed-ai/wan-2.1-14b-vace")
     assert submitted["code"] == 200, submitted
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1200  # 81 frames (WaveSpeed's shortest duration) through the depth annotator
     while (data := call(f"{api}/predictions/{submitted['data']['id']}/result")["data"])["status"] not in \
             ("completed", "failed"):
         assert time.monotonic() < deadline, data
