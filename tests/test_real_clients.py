@@ -1,6 +1,6 @@
 """The clients our users run, unmodified, against one fresh tiny demo server over TLS (loopback only): the
 JavaScript `replicate` (with a file input) and `@fal-ai/client` (pointed here by its requestMiddleware) under
-Debian's Node, replicate 2.x for Python with the bare host as base URL, and curl for WaveSpeed."""
+Debian's Node, replicate 2.x for Python (base URL HOST/v1, like its default), and curl for WaveSpeed."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ with open(sys.argv[1], "rb") as fh:
 open(sys.argv[2], "wb").write(output.read())
 print(json.dumps({"version": replicate.__version__, "url": str(output.url)}))
 """
-    env = {**os.environ, "PYTHONPATH": str(replicate_2x()), "REPLICATE_BASE_URL": server.base_url,
+    env = {**os.environ, "PYTHONPATH": str(replicate_2x()), "REPLICATE_BASE_URL": f"{server.base_url}/v1",
            "REPLICATE_API_TOKEN": API_KEY, "SSL_CERT_FILE": str(server.tls.ca_file)}
     out = tmp_path / "replicate2.mp4"
     proc = subprocess.run([sys.executable, "-c", script, str(video), str(out)], env=env, capture_output=True,

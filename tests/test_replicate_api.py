@@ -57,8 +57,7 @@ def test_openapi_documents_routes_and_inputs(server: Server):
     with server.client() as http:
         spec = http.get("/openapi.json").json()
     for path in ("/v1/predictions", "/replicate/v1/predictions", "/v1/models/{owner}/{name}/predictions",
-                 "/v1/predictions/{prediction_id}/cancel", "/v1/files", "/v1/webhooks/default/secret", "/health",
-                 "/predictions", "/models/{owner}/{name}/predictions", "/files", "/replicate/predictions"):
+                 "/v1/predictions/{prediction_id}/cancel", "/v1/files", "/v1/webhooks/default/secret", "/health"):
         assert path in spec["paths"], path
     pruna = spec["components"]["schemas"]["ReplicateInput_prunaai_vace_14b"]["properties"]
     assert len(pruna) == 12
@@ -126,25 +125,22 @@ def test_create_wait_with_a_file_uploaded_by_the_client(client, tmp_path: Path):
     assert client.files.delete(uploaded.id)
 
 
-def test_file_metadata_as_a_text_field_or_a_file_part_and_unversioned_paths(server: Server):
-    """The JavaScript client sends `metadata` as a JSON file part; Python clients as a text field. Clients whose
-    base URL ends in /v1 (replicate 2.x, JavaScript) reach the same routes with the bare host as base URL."""
+def test_file_metadata_as_a_text_field_or_a_file_part(server: Server):
+    """The JavaScript client sends `metadata` as a JSON file part; Python clients as a text field."""
     import json
 
     with server.client() as http:
         as_text = http.post("/v1/files", files={"content": ("a.txt", b"one", "text/plain")},
                             data={"metadata": json.dumps({"k": 1})})
-        as_part = http.post("/files", files={"content": ("b.txt", b"two", "text/plain"),
+        as_part = http.post("/v1/files", files={"content": ("b.txt", b"two", "text/plain"),
                                              "metadata": ("blob", json.dumps({"k": 2}).encode(), "application/json")})
         assert (as_text.status_code, as_part.status_code) == (201, 201), (as_text.text, as_part.text)
         assert as_text.json()["metadata"] == {"k": 1} and as_part.json()["metadata"] == {"k": 2}
-        bad = http.post("/files", files={"content": ("c.txt", b"3"),
+        bad = http.post("/v1/files", files={"content": ("c.txt", b"3"),
                                          "metadata": ("blob", b"{nope", "application/json")})
         assert bad.status_code == 422 and bad.json()["invalid_fields"][0]["field"] == "metadata"
-        same = http.get(f"/files/{as_part.json()['id']}").json()
-        assert same == http.get(f"/v1/files/{as_part.json()['id']}").json()
-        assert http.get("/models/prunaai/vace-14b").json()["latest_version"]["id"]
-        assert http.delete(f"/files/{as_text.json()['id']}").status_code == 204
+        assert http.get(f"/v1/files/{as_part.json()['id']}").json()["metadata"] == {"k": 2}
+        assert http.delete(f"/v1/files/{as_text.json()['id']}").status_code == 204
 
 
 def test_annotator_task_on_a_default_tiny_server(client, tmp_path: Path):

@@ -24,10 +24,9 @@ from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Prediction, StoredFile
 
 DIALECT = "replicate"
+# replicate 1.x joins "/v1/..." onto its base URL (the bare host); 2.x and the JavaScript client join "/..." onto
+# a base URL that ends in /v1 (host/v1), as their own defaults do. The root's /predictions/{id} is the web page.
 PREFIXES = ("", "/replicate")
-# replicate 1.x joins "/v1/..." onto its base URL, 2.x (and the JavaScript client) join "/..." onto a base URL
-# that ends in /v1: serving both forms lets every client work with the bare host, or 2.x / JS with host/v1.
-VERSIONS = ("/v1", "")
 MAX_WAIT_S = 60
 _STATUS = {QUEUED: "starting", PROCESSING: "processing"}
 # Replicate's predict_time, the seed used, and what the job held: gpu_seconds (= seconds x gpus), the model's experts
@@ -177,12 +176,11 @@ class ReplicateAPI:
         return JSONResponse(prediction_json(pred, self.service, base, waiting=bool(wait_s)), status_code=201,
                             headers=headers)
 
-    def router(self, v: str = "/v1") -> APIRouter:
-        """Every route under `v` ("/v1", or "" for clients whose base URL already ends in /v1)."""
+    def router(self) -> APIRouter:
         r = APIRouter(dependencies=[Depends(require_api_key)], tags=["replicate"])
         svc = self.service
 
-        @r.post(f"{v}/models/{{owner}}/{{name}}/predictions", status_code=201, summary="Create a prediction (model)")
+        @r.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction (model)")
         async def create_by_model(owner: str, name: str, body: PredictionCreate, request: Request,
                                   prefer: str | None = Header(None),
                                   cancel_after: str | None = Header(None, alias="Cancel-After"),
@@ -190,7 +188,7 @@ class ReplicateAPI:
             model = self.model(owner, name)
             return await self.create(request, model, model.versions[0], body, prefer, cancel_after, idempotency_key)
 
-        @r.post(f"{v}/predictions", status_code=201, summary="Create a prediction (version)")
+        @r.post("/v1/predictions", status_code=201, summary="Create a prediction (version)")
         async def create_by_version(body: PredictionCreate, request: Request, prefer: str | None = Header(None),
                                     cancel_after: str | None = Header(None, alias="Cancel-After"),
                                     idempotency_key: str | None = IDEMPOTENCY) -> Response:
@@ -199,7 +197,7 @@ class ReplicateAPI:
             model, version = self.by_version(body.version)
             return await self.create(request, model, version, body, prefer, cancel_after, idempotency_key)
 
-        @r.get(f"{v}/predictions", summary="List predictions, newest first")
+        @r.get("/v1/predictions", summary="List predictions, newest first")
         def list_predictions(request: Request, cursor: str | None = None) -> dict:
             page = svc.list(cursor)
             base = base_url(request, svc)
@@ -210,43 +208,43 @@ class ReplicateAPI:
             return {"next": link(page.next_cursor), "previous": link(page.previous_cursor),
                     "results": [prediction_json(p, svc, base) for p in page.results]}
 
-        @r.get(f"{v}/predictions/{{prediction_id}}", summary="Get a prediction")
+        @r.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
         def get_prediction(prediction_id: str, request: Request) -> dict:
             return prediction_json(svc.get(prediction_id), svc, base_url(request, svc))
 
-        @r.post(f"{v}/predictions/{{prediction_id}}/cancel", summary="Cancel a prediction")
+        @r.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
         def cancel_prediction(prediction_id: str, request: Request) -> dict:
             return prediction_json(svc.cancel(prediction_id), svc, base_url(request, svc))
 
-        @r.get(f"{v}/predictions/{{prediction_id}}/stream", summary="Server-sent events of a prediction",
+        @r.get("/v1/predictions/{prediction_id}/stream", summary="Server-sent events of a prediction",
                response_class=StreamingResponse)
         def stream_prediction(prediction_id: str, request: Request) -> StreamingResponse:
             svc.get(prediction_id)
             return StreamingResponse(self.events(prediction_id, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})
 
-        @r.get(f"{v}/models", summary="List models")
+        @r.get("/v1/models", summary="List models")
         def list_models(request: Request) -> dict:
             return {"next": None, "previous": None,
                     "results": [self.model_json(m, request) for m in self.models.values()]}
 
-        @r.get(f"{v}/models/{{owner}}/{{name}}", summary="Get a model")
+        @r.get("/v1/models/{owner}/{name}", summary="Get a model")
         def get_model(owner: str, name: str, request: Request) -> dict:
             return self.model_json(self.model(owner, name), request)
 
-        @r.get(f"{v}/models/{{owner}}/{{name}}/versions", summary="List a model's versions")
+        @r.get("/v1/models/{owner}/{name}/versions", summary="List a model's versions")
         def list_versions(owner: str, name: str) -> dict:
             model = self.model(owner, name)
             return {"next": None, "previous": None, "results": [model.version_json(v) for v in model.versions]}
 
-        @r.get(f"{v}/models/{{owner}}/{{name}}/versions/{{version_id}}", summary="Get a model version")
+        @r.get("/v1/models/{owner}/{name}/versions/{version_id}", summary="Get a model version")
         def get_version(owner: str, name: str, version_id: str) -> dict:
             model = self.model(owner, name)
             if version_id not in model.versions:
                 raise NotFound(f"version {version_id} of {model.ref} not found")
             return model.version_json(version_id)
 
-        @r.post(f"{v}/files", status_code=201, summary="Upload a file to use as an input")
+        @r.post("/v1/files", status_code=201, summary="Upload a file to use as an input")
         async def upload_file(request: Request, content: UploadFile = File(...),
                               metadata: UploadFile | str | None = Form(None)) -> dict:
             if metadata is not None and not isinstance(metadata, str):  # the JavaScript client: a JSON file part
@@ -259,28 +257,28 @@ class ReplicateAPI:
             record = svc.files.save(content.filename or "file", content.content_type, data, meta)
             return file_json(record, base_url(request, svc))
 
-        @r.get(f"{v}/files", summary="List uploaded files")
+        @r.get("/v1/files", summary="List uploaded files")
         def list_files(request: Request) -> dict:
             base = base_url(request, svc)
             return {"next": None, "previous": None, "results": [file_json(f, base) for f in svc.files.list()]}
 
-        @r.get(f"{v}/files/{{file_id}}", summary="Get an uploaded file's metadata")
+        @r.get("/v1/files/{file_id}", summary="Get an uploaded file's metadata")
         def get_file(file_id: str, request: Request) -> dict:
             return file_json(svc.files.get(file_id), base_url(request, svc))
 
-        @r.get(f"{v}/files/{{file_id}}/download", summary="Download an uploaded file")
+        @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
         def download_file(file_id: str) -> Response:
             from fastapi.responses import FileResponse
 
             record = svc.files.get(file_id)
             return FileResponse(svc.files.path(record), media_type=record.content_type, filename=record.name)
 
-        @r.delete(f"{v}/files/{{file_id}}", status_code=204, summary="Delete an uploaded file")
+        @r.delete("/v1/files/{file_id}", status_code=204, summary="Delete an uploaded file")
         def delete_file(file_id: str) -> Response:
             svc.files.delete(file_id)
             return Response(status_code=204)
 
-        @r.get(f"{v}/webhooks/default/secret", summary="The key webhooks are signed with")
+        @r.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
         def webhook_secret() -> dict:
             return {"key": svc.webhook_secret}
 
@@ -332,11 +330,11 @@ class ReplicateAPI:
 def install(app: FastAPI) -> None:
     service: PredictionService = app.state.service
     api = ReplicateAPI(service, app.state.settings)
+    router = api.router()
     for prefix in PREFIXES:
-        for version in VERSIONS:
-            tag = f"{prefix}{version}".replace("/", "_")
-            app.include_router(api.router(version), prefix=prefix,
-                               generate_unique_id_function=lambda route, t=tag: f"replicate{t}_{route.name}")
+        app.include_router(router, prefix=prefix,
+                           generate_unique_id_function=lambda route, p=prefix: f"replicate{p.replace('/', '_')}_"
+                                                                                f"{route.name}")
     service.webhooks.formatters[DIALECT] = functools.partial(webhook_message, service=service)
     app.state.openapi_input_schemas.update(
         {f"ReplicateInput_{m.owner}_{m.name}".replace("-", "_").replace(".", "_"):
