@@ -50,7 +50,7 @@ def serves_only_tiny(model_specs: list[str]) -> bool:
 
 def tiny_render_side(model_specs: list[str], requested: int | None) -> int:
     """--max-render-side as given (0 = no cap); unset: the demo cap when every served model is a tiny one."""
-    side = default_render_side(model_specs, requested)
+    side = default_render_side(only_tiny(model_specs), requested)
     if requested is None and side:
         logging.getLogger("vace.server").info(
             "serving only tiny test models: renders are capped at %d px on the longer side and resized to "

@@ -227,12 +227,13 @@ def test_serve_refuses_port_0_without_a_public_url(tmp_path: Path):
 
 
 def test_tiny_only_servers_cap_renders_by_default():
-    from vace.pipelines.engine.render_cap import TINY_RENDER_SIDE, default_render_side
+    from vace.pipelines.engine.render_cap import TINY_RENDER_SIDE
+    from vace.server.serve import tiny_render_side
 
-    assert default_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
-    assert default_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
-    assert default_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) == 0
-    assert default_render_side(["tiny"], 0) == 0 and default_render_side(["tiny"], 64) == 64
+    assert tiny_render_side([], None) == TINY_RENDER_SIDE  # no --model = tiny
+    assert tiny_render_side(["tiny", "demo=tiny-a14b"], None) == TINY_RENDER_SIDE
+    assert tiny_render_side(["tiny", "/srv/weights/Wan2.1-VACE-14B"], None) == 0
+    assert tiny_render_side(["tiny"], 0) == 0 and tiny_render_side(["tiny"], 64) == 64
 
 
 def test_a_poll_after_stop_never_replaces_the_worker(store: Store, monkeypatch: pytest.MonkeyPatch):

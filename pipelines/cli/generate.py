@@ -217,7 +217,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_layout(model_dir)
         env_device = None if device == "auto" else device
         preflight(request, AnnotatorEnv.for_model(model_dir, env_device))
-        max_side = default_render_side([args.model], args.max_render_side)
+        max_side = default_render_side(args.model in TINY_MODELS, args.max_render_side)
         loras = lora_config_from_args(args)
         helpers = HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl)
         prepared = prepare_request(capped_request(request, max_side), Path(work), None, model_dir, env_device,

@@ -9,17 +9,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vace.pipelines.fixtures.tiny_model import only_tiny
 from vace.pipelines.media.codec import resize_frames, write_mp4
 
 TINY_RENDER_SIDE = 256
 
 
-def default_render_side(model_specs: list[str], requested: int | None) -> int:
-    """The cap as given (0 = none); unset: TINY_RENDER_SIDE when every model named ([NAME=]PATH) is a tiny one."""
+def default_render_side(only_tiny_models: bool, requested: int | None) -> int:
+    """The cap as given (0 = none); unset: TINY_RENDER_SIDE when every model rendered on is a tiny one."""
     if requested is not None:
         return requested
-    return TINY_RENDER_SIDE if only_tiny(model_specs) else 0
+    return TINY_RENDER_SIDE if only_tiny_models else 0
 
 
 def capped_request(request: Any, max_side: int | None) -> Any:
