@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,14 +15,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vace.server.api.common import DIALECTS
-from vace.server.auth import require_api_key
+from vace.server.auth import Access, require_api_key
+from vace.server.limits import MB, Limits, RequestLimits
 from vace.server.metrics import ServerMetrics, WorkerState
+from vace.server.openapi_errors import document_errors
 from vace.server.problems import problem, service_problem
 from vace.server.retention import RetentionPolicy
-from vace.server.service.errors import InvalidInput, NotFound, ServiceError
+from vace.server.service.errors import InvalidInput, NotFound, ServiceError, StoreUnavailable
 from vace.server.service.loras import library_listing
 from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.service.webhooks import DeliveryPolicy
@@ -29,7 +35,7 @@ from vace.server.store import PROCESSING, QUEUED, Store, database_url
 from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.executor import make_executor, worker_states
-from vace.server.worker.supervisor import READY, SETUP_FAILED, WorkerSupervisor
+from vace.server.worker.supervisor import DEGRADED, READY, SETUP_FAILED, WorkerSupervisor
 
 log = logging.getLogger("vace.server")
 
@@ -40,7 +46,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The app for resolved settings (see serve.resolve): `model` holds NAME=DIR specs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(settings.data_dir, settings.database_url))
-    supervisor = make_executor(store, WorkerConfig(settings=settings, database_url=store.url))
+    supervisor = make_executor(store, WorkerConfig(settings=settings, database_url=store.url,
+                                                   test_stop_at_step=settings.test_stop_at_step))
     run_worker = not settings.no_worker
 
     def workers() -> list[WorkerState]:
@@ -53,6 +60,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
         models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs()), metrics)
+    if run_worker:
+        service.on_created = supervisor.wake  # hand-off: the worker claims at once, no fast poll
+        service.feed.poke = supervisor.take_changed  # the feed reads when the worker wrote
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +82,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.to_thread(supervisor.stop)
+            # The graceful drain: no new jobs; the running one gets --drain-timeout to finish, then is requeued.
+            await asyncio.to_thread(supervisor.stop, settings.drain_timeout_s)
             await service.stop()
             store.close()
 
@@ -84,9 +95,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.service = service
     app.state.supervisor = supervisor
     app.state.metrics = metrics
+    app.state.access = Access(settings.api_keys, settings.admin_keys)
     app.state.error_renderers = []  # (path prefix, renderer) pairs a dialect adds for its own error bodies
     app.state.openapi_input_schemas = {}
     _add_error_handlers(app)
+    app.add_middleware(RequestLimits, render=functools.partial(render_error, app), limits=Limits(
+        max_body_bytes=int(settings.max_body_mb * MB), max_upload_bytes=int(settings.max_upload_mb * MB),
+        max_json_depth=settings.max_json_depth))
     _add_core_routes(app)
     for name in DIALECTS:
         importlib.import_module(name).install(app)
@@ -115,22 +130,32 @@ def _add_core_routes(app: FastAPI) -> None:
     settings: ServeSettings = app.state.settings
     run_worker = not settings.no_worker
 
-    @app.get("/health", tags=["server"], summary="STARTING (503) until the model is loaded, then READY")
+    @app.get("/health", tags=["server"], summary="READY (200) while a worker can take jobs; otherwise 503 with "
+             "the state (STARTING, DEGRADED, SETUP_FAILED) and the reason",
+             responses={503: {"description": "No worker can take jobs now; `reason` says why",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}})
     @app.get("/health-check", tags=["server"], include_in_schema=False)
     def health() -> JSONResponse:
         supervisor: WorkerSupervisor = app.state.supervisor
+        state, reason = READY, None
         if run_worker:
             supervisor.read_reports()
-        state = supervisor.state if run_worker else READY
-        counts = app.state.store.count_active()
-        body = {"status": state, "models": list(settings.served_models()), "queue": {"queued": counts[QUEUED],
-                "processing": counts[PROCESSING], "max": settings.queue_max},
-                "worker": {"enabled": run_worker, "restarts": supervisor.restarts,
-                           "pid": supervisor.pid}}
+            state, reason = supervisor.health
+        body: dict[str, Any] = {"status": state, "models": list(settings.served_models()),
+                                "worker": {"enabled": run_worker, "restarts": supervisor.restarts,
+                                           "pid": supervisor.pid}}
+        try:
+            counts = app.state.store.count_active()
+            body["queue"] = {"queued": counts[QUEUED], "processing": counts[PROCESSING], "max": settings.queue_max}
+        except Exception as exc:  # noqa: BLE001 - health must answer, and say why it is not READY
+            state, reason = DEGRADED, f"the store cannot be read: {type(exc).__name__}: {exc}"
+            body["status"] = state
         if getattr(supervisor, "loaded", None):  # the levers applied: attention backend, compilation, offload
             body["worker"]["loaded"] = supervisor.loaded
         if hasattr(supervisor, "workers"):  # several workers (--gpus / --sequence-parallel)
             body["workers"] = supervisor.workers
+        if reason:
+            body["reason"] = reason
         if state == SETUP_FAILED:
             body["error"] = supervisor.error
         return JSONResponse(body, status_code=200 if state == READY else 503)
@@ -153,16 +178,27 @@ def _add_core_routes(app: FastAPI) -> None:
         return FileResponse(path, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
 
+def render_error(app: FastAPI, request: Request, exc: ServiceError) -> Any:
+    """`exc` as the response of the dialect that owns the request's path (RFC 7807 elsewhere)."""
+    for prefix, renderer in app.state.error_renderers:
+        if request.url.path.startswith(prefix):
+            return renderer(request, exc)
+    return service_problem(exc)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
-    def render(request: Request, exc: ServiceError) -> Any:
-        for prefix, renderer in app.state.error_renderers:
-            if request.url.path.startswith(prefix):
-                return renderer(request, exc)
-        return service_problem(exc)
+    render = functools.partial(render_error, app)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Any:
         return render(request, exc)
+
+    @app.exception_handler(DBAPIError)
+    async def store_error(request: Request, exc: DBAPIError) -> Any:
+        log.error("store error answering %s %s: %s", request.method, request.url.path, exc.orig)
+        return render(request, StoreUnavailable(
+            "the store cannot be read or written right now (a full or read-only disk?); nothing was changed, "
+            "retry later", headers={"Retry-After": "5"}))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
@@ -187,8 +223,18 @@ def _add_openapi(app: FastAPI) -> None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schema.setdefault("components", {}).setdefault("schemas", {}).update(app.state.openapi_input_schemas)
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        secured = {route.path for route in app.routes if isinstance(route, APIRoute)
+                   and any(d.call is require_api_key for d in route.dependant.dependencies)}
+        document_errors(schema, functools.partial(_sample_error, app), lambda path: path in secured)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+
+
+def _sample_error(app: FastAPI, path: str, exc: ServiceError) -> tuple[int, str, Any]:
+    """How the server answers `exc` on `path`: status, content type and body (for the OpenAPI document)."""
+    response = render_error(app, Request({"type": "http", "method": "GET", "path": path, "headers": [],
+                                          "query_string": b""}), exc)
+    return response.status_code, response.media_type, json.loads(response.body)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vace.server.limits import PayloadTooLarge
-from vace.server.service.errors import InvalidInput, NotFound, QueueFull, ServiceError, Unauthorized
+from vace.server.service.errors import InvalidInput, NotFound, QueueFull, ServiceError, StoreUnavailable, Unauthorized
 
 # (path, error) -> (HTTP status, media type, JSON body) as the server would answer it on that path
 ErrorSample = Callable[[str, ServiceError], "tuple[int, str, Any]"]
@@ -33,7 +33,8 @@ def body_schema(body: Any) -> dict[str, Any]:
 
 def possible_errors(path: str, method: str, operation: dict[str, Any], secured: bool) -> list[ServiceError]:
     """The errors an operation can answer with, from its shape: a key check, path parameters (not found), a
-    body (too large, invalid; a JSON create may find the queue full), query parameters (invalid)."""
+    body (too large, invalid; a JSON create may find the queue full), query parameters (invalid), and a store
+    that cannot be written (503)."""
     errors: list[ServiceError] = []
     if secured:
         errors.append(Unauthorized("the API key is not valid"))
@@ -46,6 +47,8 @@ def possible_errors(path: str, method: str, operation: dict[str, Any], secured: 
         errors.append(InvalidInput.of("field", "message"))
     if method == "post" and body is not None and "application/json" in body.get("content", {}):
         errors.append(QueueFull("the queue is full", headers={"Retry-After": "5"}))
+    if secured:  # the API's routes all use the store
+        errors.append(StoreUnavailable("the store cannot be read or written", headers={"Retry-After": "5"}))
     return errors
 
 

@@ -21,6 +21,7 @@ from vace.pipelines.engine.loras import ADAPTER_CAPACITY, LoraConfig
 from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.outputs.safety import SafetyConfig
+from vace.server.auth import check_keys
 from vace.weights.catalog import HelperDirs
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -49,7 +50,8 @@ class ServeSettings(BaseSettings):
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); goes with --ssl-keyfile")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM); goes with --ssl-certfile")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
-        "accepted bearer token (repeatable; VACE_API_KEYS takes a comma-separated list)"),
+        "accepted bearer token, one per tenant: a key sees, lists and cancels only its own predictions and "
+        "files (repeatable; VACE_API_KEYS takes a comma-separated list)"),
         json_schema_extra=_flag(flag="api-key", metavar="KEY"))
     allow_insecure_no_auth: bool = Field(False, description=(
         "allow serving a non-loopback address without any API key"))
@@ -128,12 +130,39 @@ class ServeSettings(BaseSettings):
         json_schema_extra=_flag(metavar="H"))
     metrics_public: bool = Field(False, description=(
         "serve GET /metrics without the API key (for a Prometheus that cannot send one)"))
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "bearer token that sees, lists and cancels every key's predictions and files (repeatable; "
+        "VACE_ADMIN_KEYS takes a comma-separated list); each --api-key sees only its own"),
+        json_schema_extra=_flag(flag="admin-key", metavar="KEY"))
+    max_body_mb: float = Field(64.0, gt=0, description=(
+        "largest JSON request body in MB (inputs given as data: URIs count); larger answers 413"))
+    max_upload_mb: float = Field(512.0, gt=0, description="largest file upload in MB; larger answers 413")
+    max_json_depth: int = Field(32, ge=4, le=256, description="deepest nesting of arrays/objects in a JSON body")
+    worker_timeout_s: float = Field(600.0, gt=0, description=(
+        "a worker that sends no heartbeat for this long (a hung GPU, a stopped process) is killed and replaced, "
+        "and its job fails saying so; the worker beats at every denoising step and between a job's phases, so "
+        "this must exceed the slowest of those (the first, compiled step; a model switch; input preparation)"),
+        json_schema_extra=_flag(flag="worker-timeout", metavar="SECONDS"))
+    drain_timeout_s: float = Field(60.0, ge=0, description=(
+        "on SIGTERM/SIGINT: stop taking jobs and give the running one this long to finish, then requeue it"),
+        json_schema_extra=_flag(flag="drain-timeout", metavar="SECONDS"))
+    test_stop_at_step: int | None = Field(None, ge=1, description=(
+        "fault-test hook: the first worker stops itself (SIGSTOP) at this denoising step of its first job"),
+        json_schema_extra=_flag(metavar="STEP"))
     log_level: str = Field("info", description="debug | info | warning | error")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
-        return [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+        if isinstance(value, str):  # an environment variable: comma-separated, blank = none
+            return [k.strip() for k in value.split(",")] if value.strip() else []
+        return value
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _usable_keys(cls, value: list[str], info: Any) -> list[str]:
+        check_keys(value, "--admin-key" if info.field_name == "admin_keys" else "--api-key")
+        return value
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(allow_hosts=set(self.allow_host), max_bytes=self.fetch_max_bytes,

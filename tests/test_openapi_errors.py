@@ -25,13 +25,13 @@ def test_each_operation_documents_what_its_renderer_answers():
     }}
     document_errors(schema, sample, secured=lambda path: path != "/health")
     get = schema["paths"]["/v1/predictions/{id}"]["get"]["responses"]
-    assert sorted(get) == ["200", "401", "404", "422"]
+    assert sorted(get) == ["200", "401", "404", "422", "503"]
     assert get["404"]["content"]["application/problem+json"]["schema"]["required"] == [
         "detail", "status", "title", "type"]
     create = schema["paths"]["/v1/predictions"]["post"]["responses"]
-    assert sorted(create) == ["201", "401", "413", "422", "429"]
+    assert sorted(create) == ["201", "401", "413", "422", "429", "503"]
     assert create["429"]["headers"] == {"Retry-After": {"schema": {"type": "string"}}}
     upload = schema["paths"]["/ws/upload"]["post"]["responses"]
-    assert sorted(upload) == ["200", "400", "401", "413"]  # bad input is a 400 there; no queue for uploads
+    assert sorted(upload) == ["200", "400", "401", "413", "503"]  # bad input is a 400 there; no queue for uploads
     assert upload["400"]["content"]["application/json"]["schema"]["required"] == ["code", "message"]
     assert sorted(schema["paths"]["/health"]["get"]["responses"]) == ["200"]

@@ -25,6 +25,7 @@ def req(**kw) -> GenerationRequest:
         (dict(num_frames=400), "num_frames", "between 5 and 241"),
         (dict(sampler="ddim"), "sampler", "unipc, dpm++, euler"),
         (dict(reference_images=["a.png"] * 6), "reference_images", "at most 5"),
+        (dict(reference_images=["a.png"] * 3, num_frames=5), "reference_images", "3 reference images need at least 9"),
         (dict(seed=-2), "seed", "-1 (random)"),
         (dict(steps=0), "steps", "between 1 and 100"),
         (dict(conditioning_scale=3.0), "conditioning_scale", "between 0 and 2"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -122,8 +123,8 @@ def test_malformed_urls_are_invalid_input_not_a_crash(tmp_path: Path, store: Sto
     media = {"video": url} if field_name == "video" else {}
     webhook = url if field_name == "webhook" else None
     with pytest.raises(InvalidInput) as info:
-        svc.create(endpoint="vace/tiny", model="tiny", job=Job(GenerationRequest(prompt="a", **media)),
-                   input={}, dialect="replicate", webhook=webhook)
+        asyncio.run(svc.create(endpoint="vace/tiny", model="tiny", job=Job(GenerationRequest(prompt="a", **media)),
+                               input={}, dialect="replicate", webhook=webhook))
     assert info.value.errors[0][0] == field_name and "malformed URL" in info.value.errors[0][1]
 
 
@@ -162,7 +163,7 @@ def test_start_webhook_describes_the_start_even_when_first_seen_finished(tmp_pat
     processing with no output, and `output`/`completed` carry the result."""
     service = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="http://127.0.0.1:1"))
     sent: list[tuple[str, Prediction]] = []
-    service.webhooks.enqueue = lambda pred, event: sent.append((event, pred))  # type: ignore[method-assign]
+    service.webhooks.enqueue = lambda pred, event, outbox=None: sent.append((event, pred))  # type: ignore
     done = _pred(status=SUCCEEDED, started_at=1.0, completed_at=2.0, output={"path": "outputs/p.mp4"},
                  metrics={"predict_time": 1.0}, webhook="http://example.com/h",
                  webhook_events=["start", "output", "completed"])
@@ -276,19 +277,16 @@ def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store
     assert logs.startswith("requeued: the server stopped\nKeyError") and "\n\n" not in logs
 
 
-def test_the_watch_tick_reads_a_whole_row_once_per_revision(tmp_path: Path, store: Store):
+def test_the_watch_reads_each_change_once_in_sequence_order(tmp_path: Path, store: Store):
     import time
 
     a, b = queued(store, 2)
     svc = PredictionService(store, ServiceConfig(data_dir=tmp_path / "data", public_url="https://x"))
-    since = time.time() - 5.0
-    first = svc.feed.read(since, time.time())
+    first = svc.feed.read(time.time())
     assert [p.id for p in first] == [a, b]
-    for pred in first:
-        svc.feed.apply(pred)
-    assert svc.feed.read(since, time.time()) == []  # still in the window, revisions already seen
+    assert svc.feed.read(time.time()) == []  # the cursor moved past them: nothing is read twice
     store.claim("w1", 30)
-    [changed] = svc.feed.read(since, time.time())
+    [changed] = svc.feed.read(time.time())
     assert changed.id == a and changed.status == PROCESSING and changed.input == {"prompt": "0"}
 
 

@@ -146,8 +146,17 @@ class GenerationRequest:
 
         if not isinstance(self.preset, str) or not self.preset:
             raise RequestError("preset", f"expected a preset name, got {self.preset!r}")
+        num_frames = snap_frames(self.num_frames)
+        latent_frames = (num_frames - 1) // 4 + 1  # the VAE packs 4 frames (the first alone) into a latent frame
+        if len(self.reference_images) > latent_frames:
+            raise RequestError(
+                "reference_images",
+                f"{len(self.reference_images)} reference images need at least "
+                f"{4 * (len(self.reference_images) - 1) + 1} frames (each takes the place of one latent frame, "
+                f"and {num_frames} frames make {latent_frames}); give fewer images or more frames",
+            )
         loras = [spec.to_dict() for spec in parse_loras(self.loras)]
-        return dataclasses.replace(self, num_frames=snap_frames(self.num_frames), loras=loras)
+        return dataclasses.replace(self, num_frames=num_frames, loras=loras)
 
     def with_seed(self) -> GenerationRequest:
         """Resolve seed -1 to a concrete random seed."""

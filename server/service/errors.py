@@ -35,3 +35,9 @@ class QueueFull(ServiceError):
 
 class Unauthorized(ServiceError):
     status, title = 401, "Unauthenticated"
+
+
+class StoreUnavailable(ServiceError):
+    """The database could not be read or written (a full or read-only disk, a lost connection)."""
+
+    status, title = 503, "Service unavailable"

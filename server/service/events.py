@@ -1,5 +1,9 @@
-"""The change feed: one watcher reads the store's changed rows and fans each change out to the waiters of
-that prediction (SSE, long polls) and to the webhook dispatcher."""
+"""The change feed: one watcher follows the store's change sequence (numbered in commit order, so no change is
+missed however long its write waited on a lock) and fans each change out to the waiters of that prediction
+(SSE, long polls) and to the webhook dispatcher.
+
+It reads the database when a local worker says it wrote (`poke`, no query) and otherwise every FALLBACK_S
+(writes by other processes, Cancel-After deadlines), so an idle server costs well under one query a second."""
 
 from __future__ import annotations
 
@@ -14,27 +18,36 @@ from vace.server.store import Prediction, Store
 
 log = logging.getLogger("vace.events")
 
-WATCH_INTERVAL_S = 0.15
+WATCH_INTERVAL_S = 0.15  # how often the (free) poke flag is looked at
+FALLBACK_S = 3.0  # the longest wait between two reads of the database
 UPDATE_RECHECK_S = 5.0
 
 ChangeHandler = Callable[["Prediction | None", Prediction], None]
 
 
 class ChangeFeed:
-    def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[], None]):
+    def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[bool], None]):
         self.store = store
         self.on_change = on_change
-        self.on_tick = on_tick
+        self.on_tick = on_tick  # called after every tick, True when the tick read the database
+        self.poke: Callable[[], bool] = lambda: False  # a local worker wrote (see server.worker.liveness)
         self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
         self._subscribers: set[asyncio.Queue[Prediction]] = set()
         self._seen: dict[str, Prediction] = {}
+        self._cursor = 0
+        self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        recent = self.store.changed_since(time.time() - 10.0)  # baseline: no events for changes already made
-        for pred in recent + [p for p in self.store.page(limit=1000) if not p.terminal]:
-            self._seen[pred.id] = pred
+        self._cursor = self.store.last_change()  # baseline: no events for changes already made
+        for pred in self.store.page(limit=1000):
+            if not pred.terminal:
+                self._seen[pred.id] = pred
         self._task = asyncio.create_task(self._watch(), name="prediction-watch")
+
+    def nudge(self) -> None:
+        """Read the database at the next tick (this process just wrote, e.g. a create or a cancel)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -90,36 +103,37 @@ class ChangeFeed:
         finally:
             self._subscribers.discard(queue)
 
-    def read(self, since: float, now: float) -> list[Prediction]:
-        """The database side of one watch tick: Cancel-After deadlines, then the rows changed since `since`
-        (re-reading one more second: a write stamped just before `now` may commit after this read, and workers
-        stamp updated_at with their own clocks). That window overlaps the next ticks', so only (id, rev) is read
-        first and a whole row (its input may hold megabytes of data: URIs) only at a revision not yet seen.
-        Safe in a thread: only _watch, which awaits this, changes _seen."""
+    def read(self, now: float) -> list[Prediction]:
+        """The database side of one watch tick: Cancel-After deadlines, then every row changed after the cursor,
+        in sequence order. Safe in a thread: only _watch, which awaits this, moves the cursor."""
         for due in self.store.due_for_cancel(now):
             self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
-        seen = self._seen
-        return self.store.get_many([pid for pid, rev in self.store.changed_revs(since - 1.0)
-                                    if pid not in seen or seen[pid].rev < rev])
+        changed = self.store.changes_after(self._cursor)
+        if changed:
+            self._cursor = max(p.change_seq or 0 for p in changed)
+        return changed
 
     async def _watch(self) -> None:
-        since = time.time() - 1.0
+        last_read = 0.0
         while True:
             try:
-                now = time.time()
-                # In a thread: a database waiting on a lock (or a network round trip) must not stall every request.
-                changed = await asyncio.to_thread(self.read, since, now)
-                since = now
-                for pred in changed:
-                    self.apply(pred)
-                for pid in [p.id for p in self._seen.values() if p.terminal and p.updated_at < now - 10.0]:
-                    del self._seen[pid]  # past the re-read window: no more changes can arrive
-                self.on_tick()
+                now = time.monotonic()
+                due = self._wake.is_set() or self.poke() or now - last_read >= FALLBACK_S
+                if due:
+                    self._wake.clear()
+                    last_read = now
+                    # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.
+                    for pred in await asyncio.to_thread(self.read, time.time()):
+                        self.apply(pred)
+                    for pid in [p.id for p in self._seen.values() if p.terminal]:
+                        del self._seen[pid]  # no more changes can come
+                self.on_tick(due)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the feed must survive a transient database error
                 log.exception("prediction watch failed")
-            await asyncio.sleep(WATCH_INTERVAL_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), WATCH_INTERVAL_S)
 
     def apply(self, pred: Prediction) -> None:
         """One changed row: wake its waiters and tell the handler (once per revision)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import NotFound
+from vace.server.service.tenants import EVERYONE, Tenant
 from vace.server.store import Store, StoredFile, new_id
 
 
@@ -29,7 +30,7 @@ class FileStorage:
         (data_dir / "files").mkdir(parents=True, exist_ok=True)
 
     def save(self, name: str, content_type: str | None, data: bytes,
-             metadata: dict[str, Any] | None = None) -> StoredFile:
+             metadata: dict[str, Any] | None = None, tenant: Tenant = EVERYONE) -> StoredFile:
         file_id, now = new_id(), self.clock()
         safe = re.sub(r"[^\w.-]", "_", os.path.basename(name or "file"))[:200] or "file"
         rel = f"files/{file_id}-{safe}"
@@ -38,13 +39,13 @@ class FileStorage:
         record = StoredFile(id=file_id, name=safe, content_type=ctype, size=len(data),
                             sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),
                             metadata=metadata or {}, created_at=now, expires_at=self.retention.file_expiry(now),
-                            path=rel)
+                            path=rel, owner=tenant.owner)
         return self.store.insert_file(record)
 
-    def get(self, file_id: str) -> StoredFile:
-        """A stored upload; NotFound once it has expired, even before the sweep deletes it."""
+    def get(self, file_id: str, tenant: Tenant = EVERYONE) -> StoredFile:
+        """A stored upload `tenant` may see; NotFound once it has expired, even before the sweep deletes it."""
         record = self.store.get_file(file_id)
-        if record is None:
+        if record is None or not tenant.sees(record.owner):
             raise NotFound(f"file {file_id!r} not found")
         if record.expired(self.clock()):
             raise NotFound(f"file {file_id!r} not found: it expired at {utc(record.expires_at)}")
@@ -53,10 +54,10 @@ class FileStorage:
     def path(self, record: StoredFile) -> Path:
         return self.data_dir / record.path
 
-    def list(self) -> list[StoredFile]:
-        return self.store.list_files(now=self.clock())
+    def list(self, tenant: Tenant = EVERYONE) -> list[StoredFile]:
+        return self.store.list_files(now=self.clock(), owner=tenant.owner)
 
-    def delete(self, file_id: str) -> None:
-        record = self.get(file_id)
+    def delete(self, file_id: str, tenant: Tenant = EVERYONE) -> None:
+        record = self.get(file_id, tenant)
         self.store.delete_file(file_id)
         self.path(record).unlink(missing_ok=True)

@@ -30,7 +30,9 @@ from vace.server.service.cursor import decode_cursor, encode_cursor
 from vace.server.service.errors import InvalidInput, NotFound, QueueFull
 from vace.server.service.events import ChangeFeed
 from vace.server.service.files import FileStorage
+from vace.server.service.intake import Intake
 from vace.server.service.loras import check_loras
+from vace.server.service.tenants import EVERYONE, Tenant
 from vace.server.service.urls import MediaUrls
 from vace.server.service.webhooks import (
     DEFAULT_WEBHOOK_EVENTS,
@@ -39,7 +41,7 @@ from vace.server.service.webhooks import (
     WebhookDispatcher,
     load_secret,
 )
-from vace.server.store import QUEUED, Prediction, Store, new_id
+from vace.server.store import QUEUED, AdmissionRefused, Prediction, Store, new_id
 from vace.weights.catalog import HelperDirs
 
 log = logging.getLogger("vace.predictions")
@@ -56,6 +58,7 @@ class ServiceConfig:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     own_netlocs: set[str] = field(default_factory=set)  # host:port spellings that reach this server
     webhooks: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (prompt limits)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # default: keep everything
     helpers: HelperDirs = field(default_factory=HelperDirs)  # frame interpolators, prompt extenders
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
@@ -91,9 +94,11 @@ class PredictionService:
         self.files = FileStorage(store, config.data_dir, config.retention, config.clock)
         self.urls = MediaUrls(config.public_url, config.own_netlocs, config.data_dir / "outputs", self.files,
                               self.fetch_policy)
-        self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy, self.metrics.webhook_delivered)
+        self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy, store, self.metrics.webhook_delivered)
         self.webhook_secret = load_secret(config.data_dir)
-        self.feed = ChangeFeed(store, self._on_change, self.webhooks.flush_throttled)
+        self.feed = ChangeFeed(store, self._on_change, self.webhooks.on_tick)
+        self.intake = Intake(config.models, self.fetch_policy)
+        self.on_created: Callable[[], None] = lambda: None  # the app wakes the worker here
         self._retention_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -108,6 +113,11 @@ class PredictionService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention_task
         await self.webhooks.stop()
+        self.intake.close()
+
+    def webhook_secret_for(self, owner: str | None) -> str:
+        """The signing secret of a tenant's webhooks (each key has its own)."""
+        return Tenant(owner).webhook_secret(self.webhook_secret)
 
     def _on_change(self, prev: Prediction | None, pred: Prediction) -> None:
         self.webhooks.on_change(prev, pred)
@@ -124,80 +134,104 @@ class PredictionService:
 
     # ---- predictions -------------------------------------------------------------------------------------------
 
-    def create(self, *, endpoint: str, model: str, job: Job, input: dict[str, Any], dialect: str,
-               version: str = "", webhook: str | None = None, webhook_events: list[str] | None = None,
-               cancel_after_s: float | None = None, extra: dict[str, Any] | None = None,
-               idempotency_key: str | None = None, tenant: str = "", previews: bool = False) -> Prediction:
-        """Validate and enqueue. Raises InvalidInput (field names are GenerationRequest's) or QueueFull.
+    async def create(self, *, endpoint: str, model: str, job: Job, input: dict[str, Any], dialect: str,
+                     version: str = "", webhook: str | None = None, webhook_events: list[str] | None = None,
+                     cancel_after_s: float | None = None, extra: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None, tenant: Tenant = EVERYONE,
+                     previews: bool = False) -> Prediction:
+        """Check everything, then enqueue. Raises InvalidInput (field names are GenerationRequest's) or QueueFull;
+        nothing is stored unless every check passed. URL lookups and media fetches run on the intake's pool.
         With an idempotency key, a key this tenant used before returns that first prediction (whatever its
         state; nothing new is validated, queued or counted against the queue cap). `previews` opts in to live
         preview events (SSE and the `preview` webhook event)."""
-        scoped = scoped_idempotency_key(tenant, idempotency_key) if idempotency_key is not None else None
-        if scoped is not None and (first := self.store.get_by_idempotency_key(scoped)) is not None:
-            return first
-        try:
-            request = resolve_preset(job.request.validated())
-            check_loras(request, model, self.config.models.get(model), self.config.loras, self.config.fetch_policy)
-            require_helpers(request, self.config.helpers, self.config.models.get(model))
-        except RequestError as exc:
-            raise InvalidInput.of(exc.field, exc.message) from exc
-        resolve = self.urls.resolve_media
-        media = {name: resolve(getattr(request, name), name) for name in MEDIA_FIELDS if getattr(request, name)}
-        refs = [resolve(r, f"reference_images[{i}]") for i, r in enumerate(request.reference_images)]
-        request = dataclasses.replace(request, reference_images=refs, model=model, **media)
-        if webhook:
-            self.urls.check_public_url(webhook, "webhook")
+        scoped = scoped_idempotency_key(tenant.owner or "", idempotency_key) if idempotency_key is not None else None
+        if scoped is not None:
+            first = await asyncio.to_thread(self.store.get_by_idempotency_key, scoped)
+            if first is not None:
+                return first
+        request = await self.intake.run(self._checked_request, job, model, webhook, tenant)
         events = list(DEFAULT_WEBHOOK_EVENTS if webhook_events is None else webhook_events)
         bad = [e for e in events if e not in WEBHOOK_EVENTS]
         if bad:
             raise InvalidInput.of("webhook_events_filter", f"unknown event {bad[0]!r}; use {', '.join(WEBHOOK_EVENTS)}")
         if "preview" in events and not previews:
             raise InvalidInput.of("webhook_events_filter", "the preview event needs previews: true on the prediction")
-        queued = self.store.count_active()[QUEUED]
-        if queued >= self.config.queue_max:
-            retry = self.retry_after_s()
-            raise QueueFull(f"the queue is full ({queued} predictions waiting); retry in {retry} s",
-                            headers={"Retry-After": str(retry)})
         now = time.time()
         pred = Prediction(id=new_id(), endpoint=endpoint, version=version, dialect=dialect, model=model,
                           input=input, request=Job(request, job.delivery).to_dict(), status=QUEUED, webhook=webhook,
                           webhook_events=events if webhook else None, created_at=now,
                           cancel_at=now + cancel_after_s if cancel_after_s else None,
-                          extra={**(extra or {}), **({"previews": True} if previews else {})}, idempotency_key=scoped)
-        return self.store.insert_once(pred)[0]
+                          extra={**(extra or {}), **({"previews": True} if previews else {})},
+                          owner=tenant.owner, idempotency_key=scoped)
+        try:
+            pred, _ = await asyncio.to_thread(self.store.insert_once, pred, self.config.queue_max)
+        except AdmissionRefused as exc:
+            retry = await asyncio.to_thread(self.retry_after_s)
+            raise QueueFull(f"the queue is full ({exc.queued} predictions waiting); retry in {retry} s",
+                            headers={"Retry-After": str(retry)}) from None
+        self.on_created()
+        self.feed.nudge()
+        return pred
+
+    def _checked_request(self, job: Job, model: str, webhook: str | None, tenant: Tenant) -> Any:
+        """The validated request with its media references resolved, prompts within the text encoder's limit
+        and every media input fetched and checked by content; InvalidInput naming the field otherwise."""
+        try:
+            request = resolve_preset(job.request.validated())
+            check_loras(request, model, self.config.models.get(model), self.config.loras, self.config.fetch_policy)
+            require_helpers(request, self.config.helpers, self.config.models.get(model))
+            self.intake.check_prompts(request, model)
+            resolve = self.urls.resolve_media
+            media = {name: resolve(getattr(request, name), name, tenant)
+                     for name in MEDIA_FIELDS if getattr(request, name)}
+            refs = [resolve(r, f"reference_images[{i}]", tenant) for i, r in enumerate(request.reference_images)]
+            request = dataclasses.replace(request, reference_images=refs, model=model, **media)
+            if webhook:
+                self.urls.check_public_url(webhook, "webhook")
+            self.intake.check_media(request)
+        except RequestError as exc:
+            raise InvalidInput.of(exc.field, exc.message) from exc
+        return request
 
     def retry_after_s(self) -> int:
-        """A rough wait until a queue slot frees: the mean run time of recent predictions."""
-        times = [p.metrics.get("predict_time") for p in self.store.page(limit=20)
-                 if p.metrics and p.metrics.get("predict_time")]
-        return max(1, round(sum(times) / len(times))) if times else 5
+        """Seconds until a queue slot is likely to free, from measured throughput: the mean time between the
+        last completions (a slot frees with each). Falls back to 5 s before there is any history."""
+        done = self.store.recent_completions(20)
+        if len(done) < 2:
+            return 5
+        return max(1, round((done[0] - done[-1]) / (len(done) - 1)))
 
-    def get(self, prediction_id: str) -> Prediction:
+    def get(self, prediction_id: str, tenant: Tenant = EVERYONE) -> Prediction:
+        """The prediction, if `tenant` may see it (NotFound otherwise: another key's ids do not exist for it)."""
         pred = self.store.get(prediction_id)
-        if pred is None:
+        if pred is None or not tenant.sees(pred.owner):
             raise NotFound(f"prediction {prediction_id!r} not found")
         return pred
 
-    def cancel(self, prediction_id: str) -> Prediction:
-        self.get(prediction_id)
-        return self.store.request_cancel(prediction_id)  # type: ignore[return-value]
+    def cancel(self, prediction_id: str, tenant: Tenant = EVERYONE) -> Prediction:
+        self.get(prediction_id, tenant)
+        pred = self.store.request_cancel(prediction_id)
+        self.feed.nudge()
+        return pred  # type: ignore[return-value]
 
     def queue_position(self, pred: Prediction) -> int:
         return self.store.queue_position(pred) if pred.status == QUEUED else 0
 
-    def list(self, cursor: str | None = None, limit: int = 100, endpoint_prefix: str | None = None) -> Page:
-        """Newest first; cursors are opaque strings for the next (older) and previous (newer) pages."""
+    def list(self, cursor: str | None = None, limit: int = 100, endpoint_prefix: str | None = None,
+             tenant: Tenant = EVERYONE) -> Page:
+        """Newest first, only what `tenant` may see; cursors are opaque strings for the next (older) and previous
+        (newer) pages."""
         before, after = decode_cursor(cursor) if cursor else (None, None)
-        rows = self.store.page(before_seq=before, after_seq=after, limit=limit + 1, endpoint_prefix=endpoint_prefix)
+        scope = {"endpoint_prefix": endpoint_prefix, "owner": tenant.owner}
+        rows = self.store.page(before_seq=before, after_seq=after, limit=limit + 1, **scope)
         # The extra row tells whether there is more in the paging direction; the other direction needs a query.
         if after is not None:
             has_newer, rows = len(rows) > limit, rows[-limit:]
-            has_older = bool(rows) and bool(self.store.page(before_seq=rows[-1].seq, limit=1,
-                                                            endpoint_prefix=endpoint_prefix))
+            has_older = bool(rows) and bool(self.store.page(before_seq=rows[-1].seq, limit=1, **scope))
         else:
             has_older, rows = len(rows) > limit, rows[:limit]
             has_newer = before is not None and bool(rows) and bool(self.store.page(
-                after_seq=rows[0].seq, limit=1, endpoint_prefix=endpoint_prefix))
+                after_seq=rows[0].seq, limit=1, **scope))
         next_cursor = encode_cursor("b", rows[-1].seq) if has_older else None
         previous_cursor = encode_cursor("a", rows[0].seq) if has_newer else None
         return Page(rows, next_cursor, previous_cursor)

@@ -11,6 +11,7 @@ from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, check_url
 from vace.server.service.errors import InvalidInput
 from vace.server.service.files import FileStorage, utc
+from vace.server.service.tenants import EVERYONE, Tenant
 
 _FILE_PATH = re.compile(r"^(?:/[\w.-]+)*/v1/files/(?P<id>[a-z0-9]+)(?:/download)?$")
 _OUTPUT_PATH = re.compile(r"^/outputs/(?P<name>[\w.-]+)$")
@@ -42,10 +43,12 @@ class MediaUrls:
         path = self.outputs_dir / name
         return path if "/" not in name and path.is_file() else None
 
-    def _local_ref(self, parsed: urllib.parse.ParseResult, field_name: str) -> str | None:
-        """A URL of this server's own upload or output -> the file's local path (None if not ours)."""
+    def _local_ref(self, parsed: urllib.parse.ParseResult, field_name: str, tenant: Tenant) -> str | None:
+        """A URL of this server's own upload (the tenant's) or output -> the file's local path (None if not)."""
         if m := _FILE_PATH.match(parsed.path):
             record = self.files.store.get_file(m["id"])
+            if record and not tenant.sees(record.owner):
+                return None
             if record and record.expired(self.files.clock()):
                 raise InvalidInput.of(field_name, f"uploaded file {record.id} expired at {utc(record.expires_at)} "
                                                   "(--file-retention-hours); upload it again")
@@ -55,8 +58,9 @@ class MediaUrls:
             return str(path) if path else None
         return None
 
-    def resolve_media(self, ref: str, field_name: str) -> str:
-        """Accept data: URIs, this server's file/output URLs and public http(s) URLs; refuse local paths."""
+    def resolve_media(self, ref: str, field_name: str, tenant: Tenant = EVERYONE) -> str:
+        """Accept data: URIs, this server's file (the tenant's own) and output URLs and public http(s) URLs;
+        refuse local paths."""
         if not isinstance(ref, str) or not ref:
             raise InvalidInput.of(field_name, "expected a URL, a data: URI or an uploaded file")
         if ref.startswith("data:"):
@@ -64,7 +68,7 @@ class MediaUrls:
         if ref.startswith(("http://", "https://")):
             parsed = parse_url(ref, field_name)
             if parsed.netloc in self.own_netlocs:
-                local = self._local_ref(parsed, field_name)
+                local = self._local_ref(parsed, field_name, tenant)
                 if local:
                     return local
                 raise InvalidInput.of(field_name, f"{ref} is not a file on this server")

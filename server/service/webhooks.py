@@ -1,7 +1,10 @@
 """Webhooks: which events a change makes, per-prediction throttling, signing, and delivery with retries.
 
 A dialect registers a formatter under its name; the dispatcher asks it for the message of each event and
-delivers the messages of one prediction in order, each retried with backoff before the next.
+delivers the messages of one prediction in order. `start` and `completed` come from the store's webhook outbox,
+written in the same transaction as the state change: they are never lost, and their retries (attempt count,
+next attempt time) are kept in the database, so a restart resumes them. `output` and `logs` are progress
+updates from the change feed, throttled, retried in memory (the `completed` event carries the final state).
 """
 
 from __future__ import annotations
@@ -24,7 +27,18 @@ import httpx
 
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, check_url
-from vace.server.store import PROCESSING, QUEUED, TERMINAL, Prediction, new_id
+from vace.server.store import (
+    GAVE_UP,
+    PENDING,
+    PROCESSING,
+    QUEUED,
+    SENT,
+    TERMINAL,
+    OutboxEvent,
+    Prediction,
+    Store,
+    new_id,
+)
 
 log = logging.getLogger("vace.webhooks")
 
@@ -32,6 +46,9 @@ WEBHOOK_EVENTS = ("start", "output", "logs", "completed", "preview")  # preview:
 DEFAULT_WEBHOOK_EVENTS = ("output", "completed")
 THROTTLED_EVENTS = ("output", "logs", "preview")
 THROTTLE_S = 0.5
+OUTBOX_HOLD_S = 60.0  # a claimed outbox event is this process's to send for this long
+RESULTS = {"sent": "delivered", "refused": "refused", "not_sent": "not_sent"}  # -> DeliveryResult outcomes
+EVENT_ORDER = {"start": 0, "logs": 1, "output": 1, "completed": 2}
 
 
 @dataclass
@@ -104,17 +121,21 @@ def as_started(pred: Prediction) -> Prediction:
 
 
 class WebhookDispatcher:
-    """Throttles `output`/`logs` events per prediction and delivers in order. Lives on the event loop."""
+    """Delivers each prediction's events in order: outbox events (start, completed) with persisted retries, feed
+    events (output, logs) throttled. Lives on the event loop."""
 
-    def __init__(self, policy: DeliveryPolicy, fetch_policy: FetchPolicy, on_result: DeliveryResult):
+    def __init__(self, policy: DeliveryPolicy, fetch_policy: FetchPolicy, store: Store, on_result: DeliveryResult):
         self.policy = policy
         self.fetch_policy = fetch_policy
+        self.store = store
         self.on_result = on_result
         self.formatters: dict[str, WebhookFormatter] = {}
         self._last_sent: dict[tuple[str, str], float] = {}
         self._pending: dict[str, tuple[list[str], Prediction]] = {}
-        self._deliveries: dict[str, asyncio.Queue[tuple[str, Prediction]]] = {}
+        self._deliveries: dict[str, asyncio.Queue[tuple[str, Prediction, OutboxEvent | None]]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._outbox_at: float | None = 0.0  # when the outbox next needs reading (None: nothing pending)
+        self._reading = False
         self._http: Any = None
 
     async def start(self) -> None:
@@ -126,10 +147,52 @@ class WebhookDispatcher:
         if self._http:
             await self._http.aclose()
 
+    # ---- the change feed's side --------------------------------------------------------------------------------
+
     def on_change(self, prev: Prediction | None, pred: Prediction) -> None:
         if pred.webhook:
-            wanted = [e for e in webhook_events_between(prev, pred) if e in (pred.webhook_events or ())]
+            wanted = [e for e in webhook_events_between(prev, pred)
+                      if e in THROTTLED_EVENTS and e in (pred.webhook_events or ())]
             self.schedule(pred, wanted)
+
+    def on_tick(self, read_db: bool) -> None:
+        """After each feed tick: send throttled events that are due, and read the outbox when the feed saw a
+        change (a state change may have written it) or a persisted retry falls due."""
+        self.flush_throttled()
+        due = self._outbox_at is not None and time.time() >= self._outbox_at
+        if (read_db or due) and not self._reading:
+            self._reading = True
+            task = asyncio.create_task(self._read_outbox(), name="webhook-outbox")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _read_outbox(self) -> None:
+        try:
+            events = await asyncio.to_thread(self._claim_due)
+            for event, pred in sorted(events, key=lambda e: (e[0].id, EVENT_ORDER[e[0].event])):
+                self.enqueue(as_started(pred) if event.event == "start" else pred, event.event, event)
+        except Exception:  # noqa: BLE001 - read again at the next change or fallback tick
+            log.exception("reading the webhook outbox failed")
+            self._outbox_at = time.time() + self.policy.backoff_s
+        finally:
+            self._reading = False
+
+    def _claim_due(self) -> list[tuple[OutboxEvent, Prediction]]:
+        """The due outbox events this process claimed (another API process on the database skips them), with
+        their predictions; rows for events the prediction did not ask for are closed here."""
+        now = time.time()
+        claimed = []
+        for event in self.store.outbox_due(now):
+            pred = self.store.get(event.prediction_id)
+            if pred is None or not pred.webhook or event.event not in (pred.webhook_events or ()):
+                self.store.outbox_record(event.id, SENT, event.attempts, event.next_at, "not subscribed")
+                continue
+            if self.store.outbox_claim(event.id, now, OUTBOX_HOLD_S):
+                claimed.append((event, pred))
+        self._outbox_at = self.store.outbox_next_at()
+        return claimed
+
+    # ---- throttling --------------------------------------------------------------------------------------------
 
     def schedule(self, pred: Prediction, events: list[str]) -> None:
         now = time.monotonic()
@@ -158,50 +221,86 @@ class WebhookDispatcher:
                 self._pending.pop(pid)
                 self.schedule(pred, [])
 
-    def enqueue(self, pred: Prediction, event: str) -> None:
+    # ---- delivery ----------------------------------------------------------------------------------------------
+
+    def enqueue(self, pred: Prediction, event: str, outbox: OutboxEvent | None = None) -> None:
         queue = self._deliveries.get(pred.id)
         if queue is None:
             queue = self._deliveries[pred.id] = asyncio.Queue()
             task = asyncio.create_task(self._deliver_all(pred.id, queue), name=f"webhooks-{pred.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        queue.put_nowait((event, pred))
+        queue.put_nowait((event, pred, outbox))
 
-    async def _deliver_all(self, prediction_id: str, queue: asyncio.Queue[tuple[str, Prediction]]) -> None:
+    async def _deliver_all(self, prediction_id: str,
+                           queue: asyncio.Queue[tuple[str, Prediction, OutboxEvent | None]]) -> None:
         try:
             while not queue.empty():
-                event, pred = queue.get_nowait()
+                event, pred, outbox = queue.get_nowait()
                 formatter = self.formatters.get(pred.dialect)
                 message = formatter(pred, event) if formatter else None
-                if message is not None and pred.webhook:
+                if message is None or not pred.webhook:
+                    if outbox is not None:
+                        await asyncio.to_thread(self.store.outbox_record, outbox.id, SENT, outbox.attempts,
+                                                outbox.next_at, "nothing to send")
+                    continue
+                if outbox is None:
                     await self.deliver(pred.webhook, message, event, prediction_id)
+                else:
+                    await self._deliver_outbox(pred.webhook, message, outbox)
         finally:
             self._deliveries.pop(prediction_id, None)
 
-    async def deliver(self, url: str, message: WebhookMessage, event: str, prediction_id: str) -> bool:
-        outcome, failed = await self._attempts(url, message, event, prediction_id)
-        self.on_result(outcome, failed)
-        return outcome == "delivered"
+    async def _deliver_outbox(self, url: str, message: WebhookMessage, outbox: OutboxEvent) -> None:
+        """One attempt; the outcome (or the next attempt's time) goes back to the outbox."""
+        attempts = outbox.attempts + 1
+        outcome, error = await self.attempt(url, message, outbox.event, outbox.prediction_id)
+        if outcome == "retry" and attempts >= self.policy.attempts:
+            log.warning("webhook %s for %s gave up after %d attempts", outbox.event, outbox.prediction_id, attempts)
+            outcome = "refused"
+        next_at = time.time() + self.backoff_s(attempts)
+        state = {"sent": SENT, "refused": GAVE_UP, "retry": PENDING}[outcome]
+        if state != PENDING:
+            self.on_result(RESULTS[outcome], attempts - (outcome == "sent"))
+        await asyncio.to_thread(self.store.outbox_record, outbox.id, state, attempts, next_at, error)
+        if state == PENDING and (self._outbox_at is None or next_at < self._outbox_at):
+            self._outbox_at = next_at
 
-    async def _attempts(self, url: str, message: WebhookMessage, event: str, prediction_id: str) -> tuple[str, int]:
-        """POST with retries -> (outcome, attempts that failed)."""
-        headers = {"content-type": "application/json", "user-agent": "vace-server-webhooks", **message.headers}
+    def backoff_s(self, attempts: int) -> float:
+        """The wait after the `attempts`-th failed attempt."""
+        return min(30.0, self.policy.backoff_s * 2 ** (attempts - 1))
+
+    async def deliver(self, url: str, message: WebhookMessage, event: str, prediction_id: str) -> bool:
+        """Attempts with backoff in memory (progress events); the outcome goes to on_result."""
         for attempt in range(self.policy.attempts):
             if attempt:
-                await asyncio.sleep(min(30.0, self.policy.backoff_s * 2 ** (attempt - 1)))
-            try:
-                await asyncio.to_thread(check_url, url, self.fetch_policy, "webhook")
-                resp = await self._http.post(url, content=message.body, headers=headers)
-                if resp.status_code < 300:
-                    return "delivered", attempt
-                if 400 <= resp.status_code < 500 and resp.status_code not in (408, 409, 429):
-                    log.warning("webhook %s for %s refused with HTTP %s", event, prediction_id, resp.status_code)
-                    return "refused", attempt + 1
-                log.info("webhook %s for %s: HTTP %s, will retry", event, prediction_id, resp.status_code)
-            except RequestError as exc:
-                log.warning("webhook %s for %s not sent: %s", event, prediction_id, exc)
-                return "not_sent", attempt
-            except httpx.HTTPError as exc:
-                log.info("webhook %s for %s failed (%s), will retry", event, prediction_id, exc)
+                await asyncio.sleep(self.backoff_s(attempt))
+            outcome, _ = await self.attempt(url, message, event, prediction_id)
+            if outcome != "retry":
+                self.on_result(RESULTS[outcome], attempt + (outcome == "refused"))
+                return outcome == "sent"
         log.warning("webhook %s for %s gave up after %d attempts", event, prediction_id, self.policy.attempts)
-        return "gave_up", self.policy.attempts
+        self.on_result("gave_up", self.policy.attempts)
+        return False
+
+    async def attempt(self, url: str, message: WebhookMessage, event: str,
+                      prediction_id: str) -> tuple[str, str | None]:
+        """One POST: ("sent" | "refused" | "retry", error). The URL is checked and connected to at the checked
+        address (no second lookup)."""
+        headers = {"content-type": "application/json", "user-agent": "vace-server-webhooks", **message.headers}
+        try:
+            targets = await asyncio.to_thread(check_url, url, self.fetch_policy, "webhook")
+            resp = await self._http.post(targets[0].url, content=message.body, **targets[0].request_kwargs(headers))
+        except RequestError as exc:
+            log.warning("webhook %s for %s not sent: %s", event, prediction_id, exc)
+            return "refused", exc.message
+        except httpx.HTTPError as exc:
+            log.info("webhook %s for %s failed (%s), will retry", event, prediction_id, exc)
+            return "retry", f"{type(exc).__name__}: {exc}"
+        if resp.status_code < 300:
+            return "sent", None
+        if 400 <= resp.status_code < 500 and resp.status_code not in (408, 409, 429):
+            log.warning("webhook %s for %s refused with HTTP %s", event, prediction_id, resp.status_code)
+            return "refused", f"HTTP {resp.status_code}"
+        log.info("webhook %s for %s: HTTP %s, will retry", event, prediction_id, resp.status_code)
+        return "retry", f"HTTP {resp.status_code}"

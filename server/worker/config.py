@@ -19,6 +19,7 @@ class WorkerConfig:
     device: str = "auto"
     devices: tuple[str, ...] = ()  # a sequence-parallel group (2+ devices, see devices.py); () = `device`
     lease_s: float = LEASE_S
+    test_stop_at_step: int | None = None  # settings.test_stop_at_step, for the first worker only
 
     @property
     def models(self) -> dict[str, str]:

@@ -269,8 +269,21 @@ class RayExecutor:
     def read_reports(self) -> None:
         pass  # the feeder threads keep each slot's state current
 
-    def stop(self) -> None:
-        """End the actors; a job one was running goes back to the queue (as with the local executor)."""
+    def wake(self) -> None:
+        pass  # the slots' feeder threads wait on the store's own announcements
+
+    def take_changed(self) -> bool:
+        return True  # no local worker to tell us: the change feed reads every tick
+
+    queries = 0  # the actors' store statements are not counted here
+
+    @property
+    def health(self) -> tuple[str, str | None]:
+        return self.state, self.error
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        """End the actors; a job one was running goes back to the queue (as with the local executor; the actors
+        are not drained)."""
         import ray  # the [ray] extra
 
         self.stopping.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -23,12 +25,84 @@ from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.job_log import JobLog
+from vace.server.worker.liveness import Liveness
 from vace.server.worker.pool import ModelPool, renderer_for
 
 log = logging.getLogger("vace.worker")
 
 IDLE_POLL_S = 0.1
 IDLE_WAIT_S = 2.0  # the longest an idle worker waits between claims when the database announces new work
+WAKE_WAIT_S = 5.0  # SQLite: the fallback claim poll (a create on this host wakes the worker at once)
+STORE_RETRY_MAX_S = 10.0
+
+
+class StoreWrites:
+    """The worker's writes to the store. Each one that lands pokes the change feed; a failure is reported to the
+    supervisor (so /health can say why), and a job's final write is retried until the store takes it again."""
+
+    def __init__(self, store: Store, liveness: Liveness | None = None, events: Any = None):
+        self.store = store
+        self.liveness = liveness
+        self.events = events
+        self.failing = False
+
+    def _landed(self) -> None:
+        if self.liveness is not None:
+            self.liveness.changed()
+        if self.failing:
+            self.failing = False
+            self._tell(None)
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning("store write failed: %s", exc)
+        if not self.failing:
+            self.failing = True
+        self._tell(f"{type(exc).__name__}: {exc}")
+
+    def _tell(self, detail: str | None) -> None:
+        if self.events is not None:
+            self.events.put(("store", detail))
+
+    def beat(self) -> None:
+        if self.liveness is not None:
+            self.liveness.beat()
+
+    def report(self, prediction_id: str, owner: str, **values: Any) -> None:
+        """A progress write; one that fails is dropped (the next one carries the newer state)."""
+        try:
+            self.store.report(prediction_id, owner, **values)
+        except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write is not
+            self._failed(exc)
+            return
+        self._landed()
+
+    def finish(self, prediction_id: str, owner: str, status: str, **values: Any) -> None:
+        """The final write, retried with backoff (heartbeating all the while) until the store takes it."""
+        delay = 0.5
+        while True:
+            try:
+                self.store.finish(prediction_id, owner, status, **values)
+            except Exception as exc:  # noqa: BLE001 - a full or read-only disk: wait for it to come back
+                self._failed(exc)
+                self.beat()
+                time.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            self._landed()
+            return
+
+    def claim(self, owner: str, lease_s: float, models: list[str]) -> Prediction | None:
+        try:
+            job = self.store.claim(owner, lease_s, models=models)
+        except Exception as exc:  # noqa: BLE001 - the claim loop waits and tries again
+            self._failed(exc)
+            return None
+        if job is not None:
+            self._landed()
+        elif self.failing:
+            self.failing = False
+            self._tell(None)
+        return job
 
 
 def progress_line(step: int, total: int) -> str:
@@ -44,8 +118,9 @@ class JobRunner:
     Kept separate from the claim loop so a multi-process group (sequence parallel) can drive it too.
     """
 
-    def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig):
+    def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig, writes: StoreWrites | None = None):
         self.store = store
+        self.writes = writes or StoreWrites(store)
         self.pool = pool
         self.config = config
         self.data_dir = Path(config.settings.data_dir)
@@ -63,7 +138,7 @@ class JobRunner:
             now = time.monotonic()
             if force or now - last_write[0] > 0.05:
                 last_write[0] = now
-                self.store.report(job.id, owner, **logs.fields(), **values)
+                self.writes.report(job.id, owner, **logs.fields(), **values)
 
         started = time.time()
         model = None  # until loaded: a job that fails before has no model kind to report
@@ -74,6 +149,7 @@ class JobRunner:
             request = stored.request
             work_dir = self.data_dir / "work" / job.id
             model = self.pool.get(job.model)
+            self.writes.beat()  # between phases too: each phase must end within --worker-timeout
             renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config(),
                                     self.config.settings.helper_dirs(), self.config.settings.annotators_dir)
             if request.expand_prompt:
@@ -82,6 +158,7 @@ class JobRunner:
             prepared = renderer.prepare(capped_request(request, self.config.settings.max_render_side))
             if request.expand_prompt:
                 logs.append(f"expanded prompt: {prepared.request.prompt}")
+            self.writes.beat()
             requested = dataclasses.replace(prepared.request, width=request.width, height=request.height)
             if prepared.request.width != request.width or prepared.request.height != request.height:
                 logs.append(f"rendering at {prepared.request.width}x{prepared.request.height} "
@@ -97,6 +174,9 @@ class JobRunner:
             last_step = [0.0]
 
             def on_progress(step: int, total: int) -> None:
+                self.writes.beat()  # the heartbeat comes from the denoising loop: a hung step stops it
+                if step == self.config.test_stop_at_step:
+                    os.kill(os.getpid(), signal.SIGSTOP)  # fault-test hook: a hang mid-job
                 now = time.perf_counter()
                 if step > 1:  # the first step's time also holds the pipeline's set-up (conditioning encode)
                     step_seconds.append(round(now - last_step[0], 4))
@@ -128,18 +208,19 @@ class JobRunner:
                 "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
                 "prompt": prepared.request.prompt,
             }
+            self.writes.beat()
             output.update(self._deliver(job, result, out_dir, logs))
             output["file_size"] = out_path.stat().st_size
             metrics = {"seed": result.seed, "step_seconds": step_seconds,
                        "timings": {k: round(v, 3) for k, v in result.timings.items()},
                        **result.metrics, **self.held(started, model)}
             logs.append(f"done in {metrics['predict_time']:.2f}s")
-            self.store.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
+            self.writes.finish(job.id, owner, SUCCEEDED, output=output, metrics=metrics, progress=100.0,
                               **logs.fields())
             return SUCCEEDED
         except RenderCancelled as exc:
             logs.append(str(exc))
-            self.store.finish(job.id, owner, CANCELED, **logs.fields(), metrics=self.held(started, model))
+            self.writes.finish(job.id, owner, CANCELED, **logs.fields(), metrics=self.held(started, model))
             return CANCELED
         except FetchError as exc:
             return self._fail(job, owner, logs, {**self.held(started, model), "error_kind": INPUT_FETCH},
@@ -167,7 +248,7 @@ class JobRunner:
 
     def _fail(self, job: Prediction, owner: str, logs: JobLog, metrics: dict[str, Any], message: str) -> str:
         logs.append(message)
-        self.store.finish(job.id, owner, FAILED, error=message, **logs.fields(), metrics=metrics)
+        self.writes.finish(job.id, owner, FAILED, error=message, **logs.fields(), metrics=metrics)
         return FAILED
 
     def held(self, started: float, model: Any) -> dict[str, Any]:
@@ -202,11 +283,16 @@ class _Heartbeat(threading.Thread):
         self.stopped.set()
 
 
-def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> None:
-    """Process entry point: load the default model, then claim and run jobs until `stop` is set."""
+def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, liveness: Liveness | None = None) -> None:
+    """Process entry point: load the default model, then claim and run jobs until `stop` is set (a job already
+    running is finished first: that is the graceful drain)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     exit_with_parent()
+    # A service manager signals the whole process group on stop; the server drains this worker through `stop`.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     store = Store(config.database_url)
+    writes = StoreWrites(store, liveness, events)
     pool = ModelPool(config, Path(config.settings.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
@@ -216,15 +302,20 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None) -> N
         if events is not None:
             events.put(("setup_failed", f"{type(exc).__name__}: {exc}"))
         return
+    writes.beat()
     if events is not None:
         events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
                               "offload": getattr(model, "offload", None), "device": str(getattr(model, "device", ""))}))
-    runner = JobRunner(store, pool, config)
+    runner = JobRunner(store, pool, config, writes)
     queued = store.listener(QUEUE_CHANNEL, poll_s=IDLE_POLL_S)  # PostgreSQL wakes it at once; SQLite is polled
     while stop is None or not stop.is_set():
-        job = store.claim(config.worker_id, config.lease_s, models=list(config.models))
+        writes.beat()
+        job = writes.claim(config.worker_id, config.lease_s, models=list(config.models))
         if job is None:
-            queued.wait(IDLE_WAIT_S)
+            if liveness is not None and not queued.pushes:
+                liveness.wait_for_work(WAKE_WAIT_S)
+            else:
+                queued.wait(IDLE_WAIT_S)
             continue
         log.info("running %s on %s", job.id, job.model)
         status = runner.run(job)

@@ -1,4 +1,9 @@
-"""Keeps one GPU worker process alive and reports the server's health state."""
+"""Keeps one GPU worker process alive and reports the server's health state.
+
+A worker that dies is replaced; so is one that stops heartbeating (a SIGSTOP, a hung GPU kernel, a deadlock):
+past `--worker-timeout` seconds of silence it is killed, the job it held is failed with a message saying so,
+and a fresh worker starts. A store that cannot be written (full or read-only disk) never stops supervision:
+what could not be recorded is retried on every poll, and /health says why the server is not READY."""
 
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ from vace.server.metrics import WorkerState
 from vace.server.store import Store
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.devices import worker_configs, worker_device_sets
+from vace.server.worker.liveness import Liveness
 from vace.server.worker.runner import worker_main
 
 log = logging.getLogger("vace.supervisor")
 
-STARTING, READY, SETUP_FAILED = "STARTING", "READY", "SETUP_FAILED"
+STARTING, READY, DEGRADED, SETUP_FAILED = "STARTING", "READY", "DEGRADED", "SETUP_FAILED"
 RESTART_DELAY_S = 1.0
 STOP_GRACE_S = 3.0
 
@@ -35,11 +41,16 @@ class WorkerSupervisor:
         self.worker_id = ""
         self.state = STARTING
         self.error: str | None = None
+        self.reason: str | None = None  # why the state is not READY, for /health
         self.restarts = 0
         self.loaded: dict[str, Any] | None = None  # what the worker reported when ready (model, levers)
+        self.liveness = Liveness(self.ctx)
+        self.store_error: str | None = None  # the worker's last failed store write, until one succeeds
         self._events: Any = None
         self._stop: Any = None
         self._last_start = 0.0
+        self._hung_for: float | None = None
+        self._unsettled: list[tuple[str, str]] = []  # (worker id, message): held jobs still to be failed
         # poll() runs in a worker thread that outlives the cancelled supervise task at shutdown: the lock and
         # the flag keep it from replacing a worker that stop() just ended (and failing its requeued job).
         self._lock = threading.Lock()
@@ -54,22 +65,46 @@ class WorkerSupervisor:
         self.worker_id = f"worker-{uuid.uuid4().hex[:12]}"
         self._events = self.ctx.Queue()
         self._stop = self.ctx.Event()
-        config = dataclasses.replace(self.config, worker_id=self.worker_id)
-        self.process = self.ctx.Process(target=worker_main, args=(config, self._events, self._stop),
+        self._hung_for = None
+        self.liveness.reset()
+        # The fault-test hook stops only the first worker: its replacement must be able to finish the queue.
+        config = dataclasses.replace(self.config, worker_id=self.worker_id,
+                                     test_stop_at_step=None if self.restarts else self.config.test_stop_at_step)
+        self.process = self.ctx.Process(target=worker_main, args=(config, self._events, self._stop, self.liveness),
                                         name=self.worker_id, daemon=not self.config.devices)
         # (a daemonic process may not have children: a sequence-parallel worker spawns its ranks)
         self.process.start()
         self._last_start = time.monotonic()
-        self.state = STARTING
+        self.state = DEGRADED if self.restarts else STARTING
         log.info("started worker %s (pid %s)", self.worker_id, self.process.pid)
 
+    def wake(self) -> None:
+        """New work is queued: the worker claims it now rather than at its next fallback poll."""
+        self.liveness.wake()
+
+    def take_changed(self) -> bool:
+        """Whether the worker wrote to the store since the last call (the change feed's cue to read)."""
+        return self.liveness.take_changed()
+
     def poll(self) -> None:
-        """Read the worker's reports; replace it if it died. Call this often."""
+        """Read the worker's reports; replace it if it died or hung; record what earlier polls could not. Call
+        this often; it never raises for a store error."""
         with self._lock:
             if self._stopping:
                 return
             self.read_reports()
+            self._kill_if_hung()
             self._replace_if_dead()
+            self._settle()
+
+    @property
+    def health(self) -> tuple[str, str | None]:
+        """(state, why it is not READY) for /health."""
+        if self.state == READY and self.store_error:
+            return DEGRADED, f"the worker cannot write to the store: {self.store_error}"
+        if self.state == SETUP_FAILED:
+            return SETUP_FAILED, self.error
+        return self.state, self.reason
 
     def read_reports(self) -> None:
         """Take in what the worker reported (ready / setup failed) without waiting; /health calls this too."""
@@ -79,48 +114,93 @@ class WorkerSupervisor:
             except (queue.Empty, OSError, ValueError):
                 break
             if kind == "ready":
-                self.state, self.error, self.loaded = READY, None, detail
+                self.state, self.error, self.reason, self.loaded = READY, None, None, detail
             elif kind == "setup_failed":
-                self.state, self.error = SETUP_FAILED, detail
+                self.state, self.error, self.reason = SETUP_FAILED, detail, f"the model did not load: {detail}"
+            elif kind == "store":  # None once a write succeeds again
+                self.store_error = detail
+
+    def _kill_if_hung(self) -> None:
+        """SIGKILL a worker silent past the timeout (a stopped process dies too); _replace_if_dead follows."""
+        if self.process is None or self.state != READY or self._hung_for is not None:
+            return
+        silent = self.liveness.silent_for()
+        if silent <= self.config.settings.worker_timeout_s:
+            return
+        self._hung_for = silent
+        log.error("worker %s (pid %s) sent no heartbeat for %.0f s: killing and replacing it", self.worker_id,
+                  self.process.pid, silent)
+        self.process.kill()
+        self.process.join(STOP_GRACE_S)
 
     def _replace_if_dead(self) -> None:
         if self.process is None or self.process.is_alive():
             return
         code = self.process.exitcode
+        if self._hung_for is not None:
+            cause = f"the worker stopped responding (no heartbeat for {self._hung_for:.0f} s)"
+        else:
+            cause = f"the worker process died (exit code {code})"
         self.process = None
-        failed = self.store.fail_held(
-            f"the worker process died (exit code {code}) while running this prediction; it was not retried",
-            owner=self.worker_id)
-        if failed:
-            log.error("worker %s died (exit code %s) running %s", self.worker_id, code, ", ".join(failed))
+        # Recorded by _settle, after the replacement has started: a store that cannot be written must not keep
+        # the server without a worker.
+        self._unsettled.append((self.worker_id, f"{cause} while running this prediction; it was stopped and "
+                                                "not retried"))
         if self.state == SETUP_FAILED:
             log.error("worker could not load its model: %s", self.error)
             return
-        log.warning("worker %s exited with code %s; starting a new one", self.worker_id, code)
+        log.warning("%s; starting a new one", cause)
         self.restarts += 1
+        self.reason = f"{cause}; a new worker is starting"
         wait = RESTART_DELAY_S - (time.monotonic() - self._last_start)
         if wait > 0:
             time.sleep(min(wait, RESTART_DELAY_S))
         self.start()
 
-    def stop(self) -> None:
-        """Stop the worker; a job it was running goes back to the queue."""
+    def _settle(self) -> None:
+        """Fail the jobs that replaced workers held, as far as the store lets us now."""
+        while self._unsettled:
+            worker_id, message = self._unsettled[0]
+            try:
+                failed = self.store.fail_held(message, owner=worker_id)
+            except Exception as exc:  # noqa: BLE001 - retried on the next poll
+                log.warning("cannot record the end of %s's job yet: %s", worker_id, exc)
+                return
+            if failed:
+                log.error("%s: %s", ", ".join(failed), message)
+            self._unsettled.pop(0)
+
+    def begin_stop(self) -> None:
+        """Stop taking jobs: the worker finishes the one it runs, then exits (the graceful drain)."""
         with self._lock:
             self._stopping = True
-            if self.process is not None:
-                self._stop_process()
+            if self._stop is not None:
+                self._stop.set()
+                self.liveness.wake()  # out of its idle wait at once
 
-    def _stop_process(self) -> None:
-        self._stop.set()
-        self.process.join(0.5)
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop the worker, giving a running job `drain_s` seconds to finish; past that the worker is ended and
+        the job goes back to the queue."""
+        self.begin_stop()
+        with self._lock:
+            if self.process is not None:
+                self._stop_process(drain_s)
+
+    def _stop_process(self, drain_s: float) -> None:
+        self.process.join(max(drain_s, 0.5))
         if self.process.is_alive():
+            log.warning("worker %s still busy after the %.0f s drain: stopping it and requeueing its job",
+                        self.worker_id, drain_s)
             self.process.terminate()
             self.process.join(STOP_GRACE_S)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
         self.process = None
-        self.store.requeue_held(self.worker_id, "requeued: the server stopped while this prediction was running")
+        try:
+            self.store.requeue_held(self.worker_id, "requeued: the server stopped while this prediction was running")
+        except Exception:  # noqa: BLE001 - the next start fails it as interrupted (single host) or its lease ends
+            log.exception("could not requeue %s's job", self.worker_id)
 
 
 class SupervisorSet:
@@ -141,16 +221,32 @@ class SupervisorSet:
         for member in self.members:
             member.read_reports()
 
-    def stop(self) -> None:
+    def wake(self) -> None:
         for member in self.members:
-            member.stop()
+            member.wake()
+
+    def take_changed(self) -> bool:
+        return any([m.liveness.take_changed() for m in self.members])  # a list: every flag cleared
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        for member in self.members:
+            member.begin_stop()  # all drain at once
+        for member in self.members:
+            member.stop(drain_s)
+
+    @property
+    def health(self) -> tuple[str, str | None]:
+        """SETUP_FAILED if any worker failed to load; READY when every worker is; else the first reason."""
+        states = [m.health for m in self.members]
+        for wanted in (SETUP_FAILED, DEGRADED, STARTING):
+            for state, reason in states:
+                if state == wanted:
+                    return state, reason
+        return READY, None
 
     @property
     def state(self) -> str:
-        states = {m.state for m in self.members}
-        if SETUP_FAILED in states:
-            return SETUP_FAILED
-        return READY if states == {READY} else STARTING
+        return self.health[0]
 
     @property
     def error(self) -> str | None:
@@ -166,8 +262,8 @@ class SupervisorSet:
 
     @property
     def workers(self) -> list[dict[str, Any]]:
-        return [{"devices": list(m.config.devices or (m.config.device,)), "state": m.state,
-                 "pid": m.pid, "restarts": m.restarts, "loaded": m.loaded}
+        return [{"devices": list(m.config.devices or (m.config.device,)), "state": m.health[0],
+                 "reason": m.health[1], "pid": m.pid, "restarts": m.restarts, "loaded": m.loaded}
                 for m in self.members]
 
 

@@ -6,7 +6,6 @@ under `/queue/{app}/requests/{id}` and `/queue/{app}/{sub}/requests/{id}` (the c
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import json
@@ -24,9 +23,10 @@ from vace.server.api.common import preflight
 from vace.server.api.fal import schema as fs
 from vace.server.api.fal.schema import FalInputError
 from vace.server.api.models import pick_model
-from vace.server.auth import require_api_key
+from vace.server.auth import require_api_key, tenant_of
 from vace.server.service.errors import InvalidInput, ServiceError
 from vace.server.service.predictions import PredictionService
+from vace.server.service.tenants import Tenant
 from vace.server.service.webhooks import WebhookMessage
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, Prediction
 
@@ -169,26 +169,26 @@ class FalAPI:
         data = fs.parse_input(sub, body)
         if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise FalInputError.of("enable_safety_checker", refused)
-        job, model = await asyncio.to_thread(self.build, app_id, sub, data)
+        tenant = tenant_of(request)
+        job, model = await self.service.intake.run(self.build, app_id, sub, data, tenant)  # probes: own pool
         webhook = request.query_params.get("fal_webhook")
         extra = {"fal": {"sync_mode": job.sync_mode, "media_fields": job.media_fields}}
         try:
-            return await asyncio.to_thread(  # resolves URL hosts and writes the store: off the event loop
-                self.service.create, endpoint=f"{app_id}/{sub}".rstrip("/"), model=model,
-                job=Job(job.request, job.deliver),
+            return await self.service.create(
+                endpoint=f"{app_id}/{sub}".rstrip("/"), model=model, job=Job(job.request, job.deliver),
                 input=body, dialect=DIALECT, webhook=webhook, webhook_events=["completed"] if webhook else None,
-                extra=extra)
+                extra=extra, tenant=tenant)
         except InvalidInput as exc:
             if exc.errors and exc.errors[0][0] == "webhook":
                 raise FalInputError.of("fal_webhook", exc.errors[0][1]) from exc
             raise FalInputError([{"loc": ["body", fs.fal_field(f, job.media_fields)], "msg": m,
                                   "type": "value_error"} for f, m in exc.errors]) from exc
 
-    def build(self, app_id: str, sub: str, data: fs.FalCommon) -> tuple[fs.FalJob, str]:
+    def build(self, app_id: str, sub: str, data: fs.FalCommon, tenant: Tenant) -> tuple[fs.FalJob, str]:
         """The job (inputs probed for `auto` sizes) and the served model it runs on, checked like the worker will."""
         def probe(ref: str, field_name: str) -> fs.MediaInfo:
             try:
-                resolved = self.service.urls.resolve_media(ref, field_name)
+                resolved = self.service.urls.resolve_media(ref, field_name, tenant)
                 return probe_media(resolved, field_name, self._probe_policy())
             except InvalidInput as exc:
                 raise FalInputError.of(field_name, exc.errors[0][1] if exc.errors else exc.detail) from exc
@@ -208,9 +208,11 @@ class FalAPI:
 
     # ---- routes ------------------------------------------------------------------------------------------------
 
-    def lookup(self, app_id: str, request_id: str) -> Prediction | None:
+    def lookup(self, app_id: str, request_id: str, tenant: Tenant) -> Prediction | None:
         pred = self.service.store.get(request_id)
         if pred is None or pred.dialect != DIALECT or not (pred.endpoint + "/").startswith(app_id + "/"):
+            return None
+        if not tenant.sees(pred.owner):
             return None
         return pred
 
@@ -252,20 +254,20 @@ class FalAPI:
                         openapi_extra=schema, name=f"fal_submit_{path}")
 
     def _add_request_routes(self, r: APIRouter, app_id: str, base: str) -> None:
-        def found(request_id: str, sub: str | None) -> Prediction | None:
+        def found(request: Request, request_id: str, sub: str | None) -> Prediction | None:
             if sub is not None and sub not in fs.SUBPATHS:
                 return None
-            return self.lookup(app_id, request_id)
+            return self.lookup(app_id, request_id, tenant_of(request))
 
-        def status(request_id: str, logs: str = "0", sub: str | None = None) -> Response:
-            pred = found(request_id, sub)
+        def status(request: Request, request_id: str, logs: str = "0", sub: str | None = None) -> Response:
+            pred = found(request, request_id, sub)
             if pred is None:
                 return fal_error(404, f"request {request_id} not found")
             body = self.status_json(pred, with_logs=logs.lower() in ("1", "true", "yes"))
             return for_request(JSONResponse(body, status_code=200 if body["status"] == "COMPLETED" else 202), pred.id)
 
         async def stream(request: Request, request_id: str, logs: str = "0", sub: str | None = None) -> Response:
-            if found(request_id, sub) is None:
+            if found(request, request_id, sub) is None:
                 return fal_error(404, f"request {request_id} not found")
             with_logs = logs.lower() in ("1", "true", "yes")
 
@@ -278,14 +280,14 @@ class FalAPI:
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", REQUEST_ID_HEADER: request_id})
 
-        def result(request_id: str, sub: str | None = None) -> Response:
-            pred = found(request_id, sub)
+        def result(request: Request, request_id: str, sub: str | None = None) -> Response:
+            pred = found(request, request_id, sub)
             if pred is None:
                 return fal_error(404, f"request {request_id} not found")
             return for_request(self.result_response(pred), pred.id)
 
-        def cancel(request_id: str, sub: str | None = None) -> Response:
-            pred = found(request_id, sub)
+        def cancel(request: Request, request_id: str, sub: str | None = None) -> Response:
+            pred = found(request, request_id, sub)
             if pred is None:
                 return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
             if pred.terminal:

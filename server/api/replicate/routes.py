@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field
 from vace.pipelines.job.job import Job
 from vace.server.api.common import preflight
 from vace.server.api.replicate.schema import ReplicateModel, catalog
-from vace.server.auth import require_api_key, tenant
+from vace.server.auth import require_api_key, tenant_of
 from vace.server.service.errors import InvalidInput, NotFound
 from vace.server.service.predictions import IDEMPOTENCY_HEADER, PredictionService
 from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
@@ -97,7 +96,7 @@ def webhook_message(pred: Prediction, event: str, service: PredictionService) ->
     if event == "preview":
         payload["preview"] = pred.preview
     body = json.dumps(payload).encode()
-    return WebhookMessage(body, standard_webhook_headers(service.webhook_secret, body))
+    return WebhookMessage(body, standard_webhook_headers(service.webhook_secret_for(pred.owner), body))
 
 
 def parse_prefer_wait(prefer: str | None) -> int | None:
@@ -160,11 +159,10 @@ class ReplicateAPI:
         try:
             gen = model.to_request(body.input)
             preflight(gen, self.settings, model.served, None, InvalidInput.of)
-            # create() resolves URL hosts and writes the store: off the event loop
-            pred = await asyncio.to_thread(
-                self.service.create, endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
+            pred = await self.service.create(
+                endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,
                 dialect=DIALECT, version=version, webhook=body.webhook, webhook_events=body.webhook_events_filter,
-                cancel_after_s=cancel_s, idempotency_key=idempotency_key, tenant=tenant(request),
+                cancel_after_s=cancel_s, idempotency_key=idempotency_key, tenant=tenant_of(request),
                 previews=body.previews)
         except InvalidInput as exc:
             raise InvalidInput(exc.detail, [(model.field_name(f), m) for f, m in exc.errors]) from exc
@@ -199,7 +197,7 @@ class ReplicateAPI:
 
         @r.get("/v1/predictions", summary="List predictions, newest first")
         def list_predictions(request: Request, cursor: str | None = None) -> dict:
-            page = svc.list(cursor)
+            page = svc.list(cursor, tenant=tenant_of(request))
             base = base_url(request, svc)
 
             def link(c: str | None) -> str | None:
@@ -210,16 +208,16 @@ class ReplicateAPI:
 
         @r.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
         def get_prediction(prediction_id: str, request: Request) -> dict:
-            return prediction_json(svc.get(prediction_id), svc, base_url(request, svc))
+            return prediction_json(svc.get(prediction_id, tenant_of(request)), svc, base_url(request, svc))
 
         @r.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
         def cancel_prediction(prediction_id: str, request: Request) -> dict:
-            return prediction_json(svc.cancel(prediction_id), svc, base_url(request, svc))
+            return prediction_json(svc.cancel(prediction_id, tenant_of(request)), svc, base_url(request, svc))
 
         @r.get("/v1/predictions/{prediction_id}/stream", summary="Server-sent events of a prediction",
                response_class=StreamingResponse)
         def stream_prediction(prediction_id: str, request: Request) -> StreamingResponse:
-            svc.get(prediction_id)
+            svc.get(prediction_id, tenant_of(request))
             return StreamingResponse(self.events(prediction_id, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})
 
@@ -254,33 +252,35 @@ class ReplicateAPI:
             except json.JSONDecodeError as exc:
                 raise InvalidInput.of("metadata", f"must be JSON: {exc}") from exc
             data = await content.read()
-            record = svc.files.save(content.filename or "file", content.content_type, data, meta)
+            record = svc.files.save(content.filename or "file", content.content_type, data, meta,
+                                    tenant_of(request))
             return file_json(record, base_url(request, svc))
 
         @r.get("/v1/files", summary="List uploaded files")
         def list_files(request: Request) -> dict:
             base = base_url(request, svc)
-            return {"next": None, "previous": None, "results": [file_json(f, base) for f in svc.files.list()]}
+            return {"next": None, "previous": None,
+                    "results": [file_json(f, base) for f in svc.files.list(tenant_of(request))]}
 
         @r.get("/v1/files/{file_id}", summary="Get an uploaded file's metadata")
         def get_file(file_id: str, request: Request) -> dict:
-            return file_json(svc.files.get(file_id), base_url(request, svc))
+            return file_json(svc.files.get(file_id, tenant_of(request)), base_url(request, svc))
 
         @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
-        def download_file(file_id: str) -> Response:
+        def download_file(file_id: str, request: Request) -> Response:
             from fastapi.responses import FileResponse
 
-            record = svc.files.get(file_id)
+            record = svc.files.get(file_id, tenant_of(request))
             return FileResponse(svc.files.path(record), media_type=record.content_type, filename=record.name)
 
         @r.delete("/v1/files/{file_id}", status_code=204, summary="Delete an uploaded file")
-        def delete_file(file_id: str) -> Response:
-            svc.files.delete(file_id)
+        def delete_file(file_id: str, request: Request) -> Response:
+            svc.files.delete(file_id, tenant_of(request))
             return Response(status_code=204)
 
         @r.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
-        def webhook_secret() -> dict:
-            return {"key": svc.webhook_secret}
+        def webhook_secret(request: Request) -> dict:
+            return {"key": svc.webhook_secret_for(tenant_of(request).owner)}
 
         return r
 

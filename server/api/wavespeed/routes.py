@@ -5,7 +5,6 @@ Every answer is the `{code, message, data}` envelope; errors carry a non-200 cod
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import hmac
@@ -23,9 +22,10 @@ from vace.server.api.common import preflight
 from vace.server.api.models import pick_model
 from vace.server.api.wavespeed import schema as ws
 from vace.server.api.wavespeed.schema import WaveSpeedInputError
-from vace.server.auth import require_api_key
+from vace.server.auth import require_api_key, tenant_of
 from vace.server.service.errors import InvalidInput, ServiceError
 from vace.server.service.predictions import PredictionService
+from vace.server.service.tenants import Tenant
 from vace.server.service.webhooks import WebhookMessage
 from vace.server.store import Prediction, new_id
 
@@ -80,7 +80,8 @@ def webhook_message(pred: Prediction, event: str, service: PredictionService) ->
     body = json.dumps(prediction_data(pred, service)).encode()
     msg_id, ts = f"msg_{new_id()}", int(time.time())
     return WebhookMessage(body, {"webhook-id": msg_id, "webhook-timestamp": str(ts),
-                                 "webhook-signature": sign_v3(service.webhook_secret, msg_id, ts, body)})
+                                 "webhook-signature": sign_v3(service.webhook_secret_for(pred.owner), msg_id, ts,
+                                                              body)})
 
 
 class WaveSpeedAPI:
@@ -88,7 +89,7 @@ class WaveSpeedAPI:
         self.app = app
         self.service: PredictionService = app.state.service
 
-    def create(self, body: Any, webhook: str | None) -> Prediction:
+    async def create(self, body: Any, webhook: str | None, tenant: Tenant) -> Prediction:
         data = ws.parse_input(body)
         if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
             raise WaveSpeedInputError([("enable_safety_checker", refused)])
@@ -98,11 +99,10 @@ class WaveSpeedAPI:
         preflight(job.request, settings, model, lambda f: ws.wavespeed_field(f, data),
                   lambda f, m: WaveSpeedInputError([(f, m)]))
         try:
-            return self.service.create(endpoint=ws.MODEL_ID, model=model, job=Job(job.request, job.deliver),
-                                       input=body,
-                                       dialect=DIALECT, webhook=webhook,
-                                       webhook_events=["completed"] if webhook else None,
-                                       extra={"wavespeed": {"sync_mode": job.sync_mode}})
+            return await self.service.create(endpoint=ws.MODEL_ID, model=model, job=Job(job.request, job.deliver),
+                                             input=body, dialect=DIALECT, webhook=webhook,
+                                             webhook_events=["completed"] if webhook else None,
+                                             extra={"wavespeed": {"sync_mode": job.sync_mode}}, tenant=tenant)
         except InvalidInput as exc:
             raise WaveSpeedInputError([(ws.wavespeed_field(f, data), m) for f, m in exc.errors]) from exc
 
@@ -119,7 +119,7 @@ class WaveSpeedAPI:
             except ValueError:
                 return error_response(400, "Invalid input: the request body must be JSON")
             try:
-                pred = await asyncio.to_thread(self.create, body, webhook)  # DNS + store writes: off the loop
+                pred = await self.create(body, webhook, tenant_of(request))
             except WaveSpeedInputError as exc:
                 return error_response(400, exc.message)
             if pred.extra.get("wavespeed", {}).get("sync_mode"):
@@ -128,9 +128,9 @@ class WaveSpeedAPI:
 
         @r.get("/predictions/{prediction_id}/result", summary="A prediction's status and outputs")
         @r.get("/predictions/{prediction_id}", summary="A prediction's status and outputs")
-        def result(prediction_id: str) -> JSONResponse:
+        def result(prediction_id: str, request: Request) -> JSONResponse:
             pred = svc.store.get(prediction_id)
-            if pred is None or pred.dialect != DIALECT:
+            if pred is None or pred.dialect != DIALECT or not tenant_of(request).sees(pred.owner):
                 return error_response(404, f"prediction {prediction_id} not found")
             if pred.data_removed and pred.status == "succeeded":
                 return error_response(410, f"prediction {prediction_id}: its outputs were removed after the "
@@ -138,15 +138,16 @@ class WaveSpeedAPI:
             return JSONResponse(ws.envelope(prediction_data(pred, svc)))
 
         @r.post("/media/upload/binary", summary="Upload a file to use as an input")
-        async def upload(file: UploadFile = File(...)) -> JSONResponse:
-            record = svc.files.save(file.filename or "file", file.content_type, await file.read())
+        async def upload(request: Request, file: UploadFile = File(...)) -> JSONResponse:
+            record = svc.files.save(file.filename or "file", file.content_type, await file.read(),
+                                    tenant=tenant_of(request))
             kind = record.content_type.split("/")[0] if "/" in record.content_type else "file"
             return JSONResponse(ws.envelope({"type": kind, "download_url": svc.url(f"/v1/files/{record.id}/download"),
                                              "filename": record.name, "size": record.size}))
 
         @r.get("/webhook/secret", summary="The secret webhooks are signed with (v3 scheme)")
-        def webhook_secret() -> JSONResponse:
-            return JSONResponse(ws.envelope({"secret": svc.webhook_secret}))
+        def webhook_secret(request: Request) -> JSONResponse:
+            return JSONResponse(ws.envelope({"secret": svc.webhook_secret_for(tenant_of(request).owner)}))
 
         return r
 
