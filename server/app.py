@@ -143,7 +143,9 @@ def _add_core_routes(app: FastAPI) -> None:
             state, reason = supervisor.health
         body: dict[str, Any] = {"status": state, "models": list(settings.served_models()),
                                 "worker": {"enabled": run_worker, "restarts": supervisor.restarts,
-                                           "pid": supervisor.pid}}
+                                           "pid": supervisor.pid},
+                                # statements sent to the store so far (read before this request's own query)
+                                "store_queries": {"api": app.state.store.queries, "worker": supervisor.queries}}
         try:
             counts = app.state.store.count_active()
             body["queue"] = {"queued": counts[QUEUED], "processing": counts[PROCESSING], "max": settings.queue_max}

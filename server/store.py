@@ -267,7 +267,12 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.queries = 0  # statements sent, for /health (the idle load of the queue)
+        event.listen(self.engine, "before_cursor_execute", self._count)
         upgrade_database(self.engine)
+
+    def _count(self, *_: Any) -> None:
+        self.queries += 1
 
     @property
     def single_host(self) -> bool:

@@ -88,15 +88,18 @@ def test_worker_death_fails_its_job_and_a_new_worker_takes_over(data_dir: Path):
         server.stop()
 
 
-def test_a_failing_job_fails_alone(data_dir: Path):
+def test_undecodable_media_is_refused_at_submit_and_the_queue_goes_on(data_dir: Path):
+    """A video that cannot be decoded used to fail in the worker; it is now refused when submitted (sniffed
+    and decoded far enough at submit), naming the field, and creates no prediction. A job that does fail in
+    the worker fails alone: see test_server_trust (a hung worker's job fails, the next one succeeds)."""
     server = Server(data_dir, args=["--model", "tiny"]).start()
     try:
         with server.client() as http:
-            broken = "data:video/mp4;base64,AAAAAAAA"  # passes the API checks, cannot be decoded
-            bad = create(http, video=broken)
+            broken = "data:video/mp4;base64,AAAAAAAA"  # well-formed base64, not a video
+            resp = http.post("/v1/models/vace/tiny/predictions", json={"input": small(video=broken)})
+            assert resp.status_code == 422 and resp.json()["invalid_fields"][0]["field"] == "video"
+            assert http.get("/v1/predictions").json()["results"] == []
             good = create(http)
-            body = wait_for(http, bad, lambda b: b["status"] in TERMINAL)
-            assert body["status"] == "failed" and "video" in body["error"]
             assert wait_for(http, good, lambda b: b["status"] in TERMINAL)["status"] == "succeeded"
     finally:
         server.stop()

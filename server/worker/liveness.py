@@ -17,6 +17,7 @@ class Liveness:
         self._beat = ctx.Value("d", time.time(), lock=False)  # one aligned double: written whole
         self._wake = ctx.Event()
         self._changed = ctx.Event()
+        self._queries = ctx.Value("q", 0, lock=False)  # the worker's store statements (one writer)
 
     # ---- worker side -------------------------------------------------------------------------------------------
 
@@ -41,6 +42,10 @@ class Liveness:
         """A store write happened: the change feed should read."""
         self._changed.set()
 
+    def count_queries(self, total: int) -> None:
+        """The worker's store has sent `total` statements so far."""
+        self._queries.value = total
+
     # ---- supervisor / API side ---------------------------------------------------------------------------------
 
     def silent_for(self, now: float | None = None) -> float:
@@ -56,6 +61,10 @@ class Liveness:
             self._changed.clear()
             return True
         return False
+
+    @property
+    def queries(self) -> int:
+        return int(self._queries.value)
 
     def reset(self) -> None:
         """A fresh worker starts with a fresh heartbeat."""

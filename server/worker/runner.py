@@ -66,6 +66,7 @@ class StoreWrites:
     def beat(self) -> None:
         if self.liveness is not None:
             self.liveness.beat()
+            self.liveness.count_queries(self.store.queries)
 
     def report(self, prediction_id: str, owner: str, **values: Any) -> None:
         """A progress write; one that fails is dropped (the next one carries the newer state)."""

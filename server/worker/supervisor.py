@@ -86,6 +86,11 @@ class WorkerSupervisor:
         """Whether the worker wrote to the store since the last call (the change feed's cue to read)."""
         return self.liveness.take_changed()
 
+    @property
+    def queries(self) -> int:
+        """Store statements the current worker has sent."""
+        return self.liveness.queries
+
     def poll(self) -> None:
         """Read the worker's reports; replace it if it died or hung; record what earlier polls could not. Call
         this often; it never raises for a store error."""
@@ -227,6 +232,10 @@ class SupervisorSet:
 
     def take_changed(self) -> bool:
         return any([m.liveness.take_changed() for m in self.members])  # a list: every flag cleared
+
+    @property
+    def queries(self) -> int:
+        return sum(m.queries for m in self.members)
 
     def stop(self, drain_s: float = 0.0) -> None:
         for member in self.members:
