@@ -193,3 +193,49 @@ def test_the_queue_cap_is_exact_under_concurrency(tiny_model_dir: Path, tmp_path
                 assert done["status"] == "succeeded", done["error"]
     finally:
         worker.stop()
+
+
+def test_a_pending_webhook_retry_survives_a_restart(tiny_model_dir: Path, tmp_path: Path):
+    """The receiver fails the `completed` delivery; the server is stopped with the retry pending in the outbox;
+    the restarted server delivers it."""
+    import http.server
+    import threading
+
+    accept = threading.Event()
+    received: list[dict] = []
+    failed: list[int] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            if accept.is_set():
+                received.append(body)
+                self.send_response(200)
+            else:
+                failed.append(1)
+                self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{httpd.server_port}/hook"
+    args = ["--model", f"tiny={tiny_model_dir}", "--allow-host", "127.0.0.1", "--webhook-attempts", "20"]
+    server = Server(tmp_path / "data", api_key=KEY_A, args=args)
+    try:
+        server.start()
+        with server.client() as http:
+            pred = http.post(CREATE, json={"input": tiny_input(), "webhook": hook,
+                                           "webhook_events_filter": ["completed"]}).json()
+            wait_for(lambda: finished(http, pred["id"]), "the prediction to finish")
+        wait_for(lambda: failed, "a failed delivery attempt")
+        server.stop()
+        accept.set()
+        server.start()
+        wait_for(lambda: received, "the completed webhook after the restart")
+        assert received[0]["id"] == pred["id"] and received[0]["status"] == "succeeded"
+    finally:
+        server.stop()
+        httpd.shutdown()
