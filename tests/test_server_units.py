@@ -168,6 +168,8 @@ def test_start_webhook_describes_the_start_even_when_first_seen_finished(tmp_pat
                  metrics={"predict_time": 1.0}, webhook="http://example.com/h",
                  webhook_events=["start", "output", "completed"])
     service.webhooks.schedule(done, ["start", "output", "completed"])
+    service.webhooks._outbox_at = None  # nothing pending in the outbox: the tick sends the held events at once
+    service.webhooks.on_tick(False)
     assert [e for e, _ in sent] == ["start", "output", "completed"]
     start = sent[0][1]
     assert start.status == PROCESSING and start.output is None and start.completed_at is None

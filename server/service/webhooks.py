@@ -48,7 +48,6 @@ THROTTLED_EVENTS = ("output", "logs", "preview")
 THROTTLE_S = 0.5
 OUTBOX_HOLD_S = 60.0  # a claimed outbox event is this process's to send for this long
 RESULTS = {"sent": "delivered", "refused": "refused", "not_sent": "not_sent"}  # -> DeliveryResult outcomes
-EVENT_ORDER = {"start": 0, "logs": 1, "output": 1, "completed": 2}
 
 
 @dataclass
@@ -134,6 +133,7 @@ class WebhookDispatcher:
         self._pending: dict[str, tuple[list[str], Prediction]] = {}
         self._deliveries: dict[str, asyncio.Queue[tuple[str, Prediction, OutboxEvent | None]]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._held: list[tuple[Prediction, str]] = []  # this tick's feed events, sent after its outbox read
         self._outbox_at: float | None = 0.0  # when the outbox next needs reading (None: nothing pending)
         self._reading = False
         self._http: Any = None
@@ -157,25 +157,38 @@ class WebhookDispatcher:
 
     def on_tick(self, read_db: bool) -> None:
         """After each feed tick: send throttled events that are due, and read the outbox when the feed saw a
-        change (a state change may have written it) or a persisted retry falls due."""
+        change (a state change may have written it) or a persisted retry falls due. Feed events of the tick wait
+        for that read, so each prediction's events go out in order: start, progress, completed."""
         self.flush_throttled()
+        held, self._held = self._held, []
         due = self._outbox_at is not None and time.time() >= self._outbox_at
         if (read_db or due) and not self._reading:
             self._reading = True
-            task = asyncio.create_task(self._read_outbox(), name="webhook-outbox")
+            task = asyncio.create_task(self._read_outbox(held), name="webhook-outbox")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        else:
+            for pred, event in held:
+                self.enqueue(pred, event)
 
-    async def _read_outbox(self) -> None:
+    async def _read_outbox(self, held: list[tuple[Prediction, str]]) -> None:
+        events: list[tuple[OutboxEvent, Prediction]] = []
         try:
             events = await asyncio.to_thread(self._claim_due)
-            for event, pred in sorted(events, key=lambda e: (e[0].id, EVENT_ORDER[e[0].event])):
-                self.enqueue(as_started(pred) if event.event == "start" else pred, event.event, event)
         except Exception:  # noqa: BLE001 - read again at the next change or fallback tick
             log.exception("reading the webhook outbox failed")
             self._outbox_at = time.time() + self.policy.backoff_s
         finally:
             self._reading = False
+        events.sort(key=lambda x: x[0].id)
+        for outbox, pred in events:
+            if outbox.event == "start":
+                self.enqueue(as_started(pred), "start", outbox)
+        for pred, event in held:
+            self.enqueue(pred, event)
+        for outbox, pred in events:
+            if outbox.event != "start":
+                self.enqueue(pred, outbox.event, outbox)
 
     def _claim_due(self) -> list[tuple[OutboxEvent, Prediction]]:
         """The due outbox events this process claimed (another API process on the database skips them), with
@@ -208,7 +221,7 @@ class WebhookDispatcher:
             self._pending[pred.id] = (self._pending[pred.id][0], pred)
         for event in to_send:
             self._last_sent[(pred.id, event)] = now
-            self.enqueue(as_started(pred) if event == "start" else pred, event)
+            self._held.append((as_started(pred) if event == "start" else pred, event))  # sent by on_tick
         if pred.terminal:
             for key in [k for k in self._last_sent if k[0] == pred.id]:
                 del self._last_sent[key]
