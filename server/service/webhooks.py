@@ -265,19 +265,23 @@ class WebhookDispatcher:
             self._deliveries.pop(prediction_id, None)
 
     async def _deliver_outbox(self, url: str, message: WebhookMessage, outbox: OutboxEvent) -> None:
-        """One attempt; the outcome (or the next attempt's time) goes back to the outbox."""
-        attempts = outbox.attempts + 1
-        outcome, error = await self.attempt(url, message, outbox.event, outbox.prediction_id)
-        if outcome == "retry" and attempts >= self.policy.attempts:
-            log.warning("webhook %s for %s gave up after %d attempts", outbox.event, outbox.prediction_id, attempts)
-            outcome = "refused"
-        next_at = time.time() + self.backoff_s(attempts)
-        state = {"sent": SENT, "refused": GAVE_UP, "retry": PENDING}[outcome]
-        if state != PENDING:
-            self.on_result(RESULTS[outcome], attempts - (outcome == "sent"))
-        await asyncio.to_thread(self.store.outbox_record, outbox.id, state, attempts, next_at, error)
-        if state == PENDING and (self._outbox_at is None or next_at < self._outbox_at):
-            self._outbox_at = next_at
+        """Attempts until sent, refused or out of attempts, in order with the prediction's other events; after
+        each failure the attempt count and the next attempt's time go to the outbox, so a restart resumes."""
+        attempts = outbox.attempts
+        while True:
+            attempts += 1
+            outcome, error = await self.attempt(url, message, outbox.event, outbox.prediction_id)
+            if outcome == "retry" and attempts >= self.policy.attempts:
+                log.warning("webhook %s for %s gave up after %d attempts", outbox.event, outbox.prediction_id,
+                            attempts)
+                outcome = "refused"
+            state = {"sent": SENT, "refused": GAVE_UP, "retry": PENDING}[outcome]
+            wait = self.backoff_s(attempts)
+            await asyncio.to_thread(self.store.outbox_record, outbox.id, state, attempts, time.time() + wait, error)
+            if state != PENDING:
+                self.on_result(RESULTS[outcome], attempts - (outcome == "sent"))
+                return
+            await asyncio.sleep(wait)
 
     def backoff_s(self, attempts: int) -> float:
         """The wait after the `attempts`-th failed attempt."""
