@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# A bare `pip install torch` from PyPI is the CUDA build (several GB); the tests need only the CPU one.
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install "torch==2.13.0" \
-    --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+# A bare `pip install torch` from PyPI is the CUDA build (several GB); the tests need only the CPU one. Where the
+# package index offers a CPU wheel (as on our CI machines) the pin takes it; elsewhere set TORCH_INDEX_URL to
+# PyTorch's CPU index (https://download.pytorch.org/whl/cpu).
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
 "$PY" -m pip install -c constraints.txt -e ".[test]"
 exec "$PY" -m pytest "$@"
