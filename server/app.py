@@ -8,6 +8,8 @@ import functools
 import importlib
 import json
 import logging
+import mimetypes
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -111,8 +113,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
-    import time
-
     def once() -> None:  # in a thread, like the change feed's reads: database calls must not stall the loop
         supervisor.poll()
         if not store.single_host:
@@ -175,7 +175,6 @@ def _add_core_routes(app: FastAPI) -> None:
         path = app.state.service.urls.output_path(name)
         if path is None:
             raise NotFound(f"output {name!r} not found")
-        import mimetypes
 
         return FileResponse(path, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 

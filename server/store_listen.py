@@ -49,7 +49,7 @@ class Listener:
         if not self.pushes:
             time.sleep(min(timeout, self.poll_s))
             return []
-        import psycopg
+        import psycopg  # optional: the [postgres] extra
 
         try:
             if self._conn is None:

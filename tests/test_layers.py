@@ -121,3 +121,32 @@ def test_the_contract_catches_a_planted_upward_import(tmp_path, monkeypatch):
     assert any("vace.weights.a.x imports vace.server.a.y (a layer above it)" in p for p in problems)
     assert find_cycle(edges) in (["vace.pipelines.b", "vace.pipelines.c", "vace.pipelines.b"],
                                  ["vace.pipelines.c", "vace.pipelines.b", "vace.pipelines.c"])
+
+
+# Dependencies heavy enough (or optional enough) to be imported where they are used, never at module level of
+# modules the API process loads; every such import says why in a comment.
+LOCAL_OK = {"torch", "transformers", "diffusers", "torchvision", "onnxruntime", "onnx", "torchao", "cv2",
+            "tokenizers", "ray", "psycopg", "uvicorn", "safetensors", "accelerate", "playwright", "peft", "s3fs",
+            "fsspec"}
+
+
+def test_function_local_imports_are_heavy_dependencies_with_a_reason():
+    problems = []
+    for module, path in modules():
+        source = path.read_text()
+        lines = source.split("\n")
+        tree = ast.parse(source, str(path))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in top or getattr(node, "level", 0):
+                continue
+            name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            root = (name or "").split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if root == "vace":
+                continue  # reported by the layer test
+            if root not in LOCAL_OK:
+                problems.append(f"{where}: `{root}` imported inside a function (import it at module level)")
+            elif "#" not in lines[node.end_lineno - 1] and not lines[node.lineno - 2].strip().startswith("#"):
+                problems.append(f"{where}: a function-local import of `{root}` without a comment saying why")
+    assert problems == [], "\n".join(problems)

@@ -72,7 +72,7 @@ def check_layout(root: str | Path) -> dict[str, Any]:
 
 
 def resolve_device(device: str | None = None) -> str:
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -49,7 +49,9 @@ def counted_flops(config: Mapping[str, Any], width: int, height: int, num_frames
     """The same figure counted by torch's FLOP counter over one real WanVACETransformer3DModel forward on the
     meta device (no memory, no compute): a config or shape that transformer_flops() gets wrong shows here."""
     import torch  # heavy optional deps, imported only when counting
-    from diffusers import WanVACETransformer3DModel
+    from diffusers import WanVACETransformer3DModel  # diffusers loads only where a model is built
+
+    # torch loads only where tensors are used (the API process never needs it)
     from torch.utils.flop_counter import FlopCounterMode
 
     frames = (num_frames - 1) // VAE_TEMPORAL + 1

@@ -40,7 +40,7 @@ class GpuCapabilities:
 
 
 def probe_capabilities(device: str = "cuda") -> GpuCapabilities:
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     packages = frozenset(p for p in ("sageattention", "flash_attn", "flash_attn_interface", "torchao")
                          if importlib.util.find_spec(p) is not None)
@@ -71,7 +71,7 @@ def choose_attention_backend(caps: GpuCapabilities, requested: str = "auto") -> 
 
 
 def _compile_repeated_block_forwards(transformer: Any) -> int:
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     count = 0
     for module in transformer.modules():
@@ -82,7 +82,9 @@ def _compile_repeated_block_forwards(transformer: Any) -> int:
 
 
 def _quantize_fp8(transformer: Any) -> None:
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+
+    # optional: torchao only for --fp8
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def in_blocks(module: torch.nn.Module, fqn: str) -> bool:

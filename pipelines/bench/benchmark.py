@@ -134,7 +134,7 @@ def transformer_config(spec: str) -> dict[str, Any]:
 
 def _run_sharded(cfg: BenchConfig, random: RandomSpec | None) -> dict[str, Any]:
     """The same job through a pipelines.distributed render group of cfg.sequence_parallel ranks."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     device = resolve_device(cfg.device)
     if device.startswith("cuda"):
@@ -165,8 +165,8 @@ def _run_sharded(cfg: BenchConfig, random: RandomSpec | None) -> dict[str, Any]:
 def _measure(cfg: BenchConfig, renderer: Any, info: dict[str, Any], load_seconds: float) -> dict[str, Any]:
     """Render one job with `renderer` (Renderer or GroupRenderer) and build the report; `info` describes
     the model (name, device, dtype, offload, levers, transformer config; `devices` for a group)."""
-    import diffusers
-    import torch
+    import diffusers  # diffusers loads only where a model is built
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     cuda = info["device"].startswith("cuda")
     ranks = len(info.get("devices", [info["device"]]))

@@ -139,7 +139,7 @@ def _config(case: Case, device: str) -> BenchConfig:
 
 def _return_gpu_memory() -> None:
     """After the caller dropped its last reference to a model: collect it and hand its blocks back to CUDA."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -147,7 +147,7 @@ def _return_gpu_memory() -> None:
 
 def correctness(device: str) -> dict[str, Any]:
     """The tiny model's forward and a short render on `device` (the GPU, as served) against CPU fp32."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     tiny = resolve_model("tiny")
     models = {d: load_pipeline(tiny, device=d) for d in ("cpu", device)}
@@ -179,7 +179,7 @@ def correctness(device: str) -> dict[str, Any]:
 
 def nan_check(model: Any, width: int = WIDTH, height: int = HEIGHT, frames: int = FRAMES) -> dict[str, Any]:
     """One transformer forward (the 14B in bf16 at full size, in the suite) on random inputs: finite everywhere?"""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     transformer, device = model.pipeline.transformer, model.device
     config, dtype = transformer.config, transformer.dtype
@@ -211,7 +211,7 @@ def _row(case: Case, result: dict[str, Any]) -> dict[str, Any]:
 
 def run_suite(device: str = "cuda", budget_s: float = BUDGET_S) -> dict[str, Any]:
     """Run every planned case that fits the budget on this CUDA machine; one report."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     if not torch.cuda.is_available():
         raise BenchError("--suite gpu needs a CUDA GPU and none is visible here (--dry-run prints the plan)")

@@ -64,7 +64,7 @@ class RandomSpec:
 
 def keep_fp32_modules(model: Any) -> Any:
     """Cast the modules the class asks to keep in fp32 (rope, time embedder, norms, ...) back to fp32."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for name, module in model.named_modules():
@@ -76,8 +76,12 @@ def keep_fp32_modules(model: Any) -> Any:
 def random_components(spec: RandomSpec, device: str, text_encoder: bool = True) -> dict[str, Any]:
     """The pipeline's components at `spec` with random weights, allocated on `device` (meta works: nothing is
     allocated). The text encoder is None unless `text_encoder`."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+
+    # diffusers loads only where a model is built
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+
+    # transformers loads only where a model is built
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer"))
@@ -109,7 +113,7 @@ def weight_bytes(spec: RandomSpec) -> int:
 
 def available_bytes(device: str) -> int | None:
     """Free memory where the weights will be allocated: free GPU memory, or MemAvailable of the host."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     if device.startswith("cuda"):
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) if torch.cuda.is_available() else None
@@ -142,7 +146,7 @@ def build_model(spec: str, device: str, offload: str, text_encoder: bool = True,
         random = RandomSpec.default(spec, device, dtype)
     else:
         return load_pipeline(resolve_model(spec), device=device, offload=offload, text_encoder=text_encoder)
-    from diffusers import WanVACEPipeline
+    from diffusers import WanVACEPipeline  # diffusers loads only where a model is built
 
     # Offloaded modes (and `auto`, which decides from the sizes) start from host memory; `none` allocates in place.
     # Random initialisation is far faster on a GPU, so weights that fit there are made there and then moved.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vace.pipelines.fixtures.tiny_model import resolve_model, write_tiny_bundle
 from vace.weights.annotators import ANNOTATOR_WEIGHTS, annotators_root
@@ -49,7 +50,6 @@ def _manifest(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     problems = verify_manifest(args.dir)
-    from pathlib import Path
 
     # An annotators root: every annotator folder present must also hold the files its loader needs.
     for entry in ANNOTATOR_WEIGHTS.values():
@@ -96,8 +96,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _annotators(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     model_dir = resolve_model(args.model) if args.model else None  # `tiny` is the built-in model, not a path
     root = Path(args.root) if args.root else annotators_root(model_dir)
     print(f"annotators root: {root}")

@@ -69,8 +69,8 @@ class PromptExtender:
     """A loaded extender; `expand()` moves it to `device` for one rewrite and back to the CPU."""
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
-        import torch
-        import transformers
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import transformers  # transformers loads only where a model is built
 
         transformers.utils.logging.disable_progress_bar()
         self.folder = Path(folder)
@@ -80,11 +80,12 @@ class PromptExtender:
             raise FileNotFoundError(entry.describe_missing(self.folder))
         self.device = device
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # transformers loads only where a model is built
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         self.chat_template = processor_chat_template(self.folder)
         if self.vision:
+            # transformers loads only where a model is built
             from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
             # The image processor alone: AutoProcessor would also build the video processor (needs torchvision).
@@ -92,7 +93,7 @@ class PromptExtender:
             self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 str(self.folder), local_files_only=True, dtype=dtype)
         else:
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM  # transformers loads only where a model is built
 
             self.model = AutoModelForCausalLM.from_pretrained(str(self.folder), local_files_only=True, dtype=dtype)
         self.model.eval()
@@ -117,7 +118,7 @@ class PromptExtender:
         return {**self.tokenizer([text], return_tensors="pt"), **vision}
 
     def expand(self, prompt: str, images: Sequence[Any] = (), seed: int = 0) -> Expansion:
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         note = ""
         if images and not self.vision:
@@ -154,7 +155,7 @@ def _cuda_devices(device: str) -> list[int]:
 
 def _free_cuda(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         torch.cuda.empty_cache()
 

@@ -14,7 +14,7 @@ def check_device(spec: str) -> str:
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if not match:
         raise ValueError(f"expected {DEVICE_FORMS}, got {spec!r}")
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     if not torch.cuda.is_available():
         raise ValueError(f"{spec!r} asks for a CUDA GPU and none is visible here (torch {torch.__version__}, "

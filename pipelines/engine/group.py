@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import multiprocessing
 import os
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -135,8 +137,8 @@ def free_port() -> int:
 
 def broadcast_tensors(tensors: list[Any] | None, device: Any, src: int = 0) -> list[Any]:
     """Broadcast a list of tensors (entries may be None) from `src`; other ranks pass None."""
-    import torch
-    import torch.distributed as dist
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    import torch.distributed as dist  # torch loads only where tensors are used (the API process never needs it)
 
     meta = [[None if t is None else (tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None]
     dist.broadcast_object_list(meta, src=src, device=device if device.type == "cuda" else None)
@@ -155,8 +157,8 @@ def broadcast_tensors(tensors: list[Any] | None, device: Any, src: int = 0) -> l
 
 def agreed_flag(flag: bool, device: Any) -> bool:
     """True on every rank when any rank passes True (one all-reduce)."""
-    import torch
-    import torch.distributed as dist
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    import torch.distributed as dist  # torch loads only where tensors are used (the API process never needs it)
 
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
@@ -210,8 +212,8 @@ def _rank_main(rank: int, spec: GroupSpec, port: int, conn: Any, cancel: Any, pa
     """Entry point of one rank process."""
     exit_with_parent(parent_pid)
     try:
-        import torch
-        import torch.distributed as dist
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import torch.distributed as dist  # torch loads only where tensors are used (the API process never needs it)
 
         device = torch.device(spec.devices[rank])
         if device.type == "cuda":
@@ -277,9 +279,6 @@ class RenderGroup:
     """Spawns and supervises the ranks of one sequence-parallel group; renders one job at a time."""
 
     def __init__(self, spec: GroupSpec, work_dir: str | Path | None = None, start: bool = True):
-        import multiprocessing
-        import tempfile
-
         if spec.size < 2:
             raise ValueError("a render group needs at least 2 devices (use Renderer for one)")
         self.spec = spec

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 WAN21_RGB_FACTORS = np.array([
     [-0.1299, -0.1692, 0.2932],
@@ -110,8 +111,6 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def strip_image(frames: np.ndarray, frame_height: int = FRAME_HEIGHT) -> tuple[bytes, int, int]:
     """(T, h, w, 3) uint8 -> a JPEG of the frames side by side, each scaled to `frame_height` rows."""
-    from PIL import Image
-
     t, h, w, _ = frames.shape
     width = max(1, round(w * frame_height / h))
     strip = Image.new("RGB", (width * t, frame_height))

@@ -12,8 +12,8 @@ from vace.weights.loader import WeightsError, check_layout, has_two_experts, res
 
 
 def _quiet_libraries() -> None:
-    import diffusers
-    import transformers
+    import diffusers  # diffusers loads only where a model is built
+    import transformers  # transformers loads only where a model is built
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
@@ -44,10 +44,12 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
     float32 everywhere on CPU unless `dtype` (bfloat16 | float32) says otherwise for the transformer(s) and text
     encoder. `offload` is a memory mode of pipelines.memory (none|model|group|sequential|auto).
     `text_encoder=False` leaves the text encoder unloaded (None): the pipeline then needs prompt embeddings."""
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+
+    # diffusers loads only where a model is built
     from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
-    from diffusers.schedulers import UniPCMultistepScheduler
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from diffusers.schedulers import UniPCMultistepScheduler  # diffusers loads only where a model is built
+    from transformers import AutoTokenizer, UMT5EncoderModel  # transformers loads only where a model is built
 
     set_offline()
     _quiet_libraries()

@@ -147,7 +147,7 @@ class LoraLibrary:
 
 
 def _check_safetensors(path: Path, where: str) -> None:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError, safe_open  # safetensors loads only where weights are read
 
     try:
         with safe_open(str(path), framework="pt"):
@@ -168,7 +168,7 @@ def key_format(keys: Sequence[str]) -> str:
 def convert(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
     """Raw LoRA tensors -> diffusers/PEFT keys (`transformer.` prefix) through WanLoraLoaderMixin's converters;
     RequestError if diffusers cannot read them or they hold anything but transformer LoRA factors."""
-    from diffusers import WanVACEPipeline
+    from diffusers import WanVACEPipeline  # diffusers loads only where a model is built
 
     try:
         converted = WanVACEPipeline.lora_state_dict(state_dict)
@@ -190,8 +190,8 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
 def lora_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]], str]:
     """(converted key -> shape, key format) of a LoRA file, converted on the meta device: only the header and the
     alpha scalars are read, so checking a LoRA at submit loads no weights."""
-    import torch
-    from safetensors import SafetensorError, safe_open
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    from safetensors import SafetensorError, safe_open  # safetensors loads only where weights are read
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -211,8 +211,8 @@ def lora_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]], str
 
 def read_lora(path: Path, where: str) -> tuple[dict[str, Any], dict | None]:
     """The LoRA's converted tensors (CPU) and its diffusers adapter metadata (rank/alpha), if it has any."""
-    from diffusers import WanVACEPipeline
-    from safetensors import SafetensorError
+    from diffusers import WanVACEPipeline  # diffusers loads only where a model is built
+    from safetensors import SafetensorError  # safetensors loads only where weights are read
 
     try:
         raw, metadata = WanVACEPipeline.lora_state_dict(str(path.parent), weight_name=path.name,
@@ -225,7 +225,7 @@ def read_lora(path: Path, where: str) -> tuple[dict[str, Any], dict | None]:
 
 def linear_shapes_from_weights(model_dir: str | Path, sub: str = "transformer") -> dict[str, tuple[int, int]]:
     """module name -> (out, in) features of every 2-D weight in a model's transformer, from the headers."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # safetensors loads only where weights are read
 
     shapes = {}
     for file in sorted((Path(model_dir) / sub).glob("*.safetensors")):

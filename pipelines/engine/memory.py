@@ -89,7 +89,7 @@ def choose_offload(free_bytes: int, sizes: dict[str, int]) -> str:
 
 
 def free_gpu_bytes(device: str) -> int | None:
-    import torch
+    import torch  # torch loads only where tensors are used (the API process never needs it)
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None
@@ -113,8 +113,8 @@ def resolve_offload(mode: str, device: str, sizes: dict[str, int]) -> str:
 
 def apply_memory_mode(pipe: Any, mode: str, device: str) -> str:
     """Place a pipeline built on the CPU according to `mode` (not `auto`: resolve it first); returns it."""
-    import torch
-    from diffusers.hooks import apply_group_offloading
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    from diffusers.hooks import apply_group_offloading  # diffusers loads only where a model is built
 
     check_mode(mode)
     if mode == "auto":

@@ -128,7 +128,7 @@ class Renderer:
 
     def pipeline_kwargs(self, prepared: Prepared) -> dict[str, Any]:
         """The conditioning and sampling arguments handed to WanVACEPipeline.__call__."""
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         req, cond = prepared.request, prepared.conditioning
         kwargs: dict[str, Any] = dict(
@@ -147,7 +147,7 @@ class Renderer:
                on_preview: PreviewFn | None = None) -> RenderResult:
         """Render one request to an mp4; raises RequestError (bad input) or RenderCancelled. `on_preview` gets a
         live preview of the video every few steps (latent_preview)."""
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         prepared = request if isinstance(request, Prepared) else self.prepare(request)
         req, cond = prepared.request, prepared.conditioning
@@ -201,7 +201,7 @@ class Renderer:
 
     def decode(self, latents: Any, num_reference_images: int) -> np.ndarray:
         """Drop the reference latent frames, un-normalise, VAE-decode -> (F, H, W, 3) float in [0, 1]."""
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         vae = self.pipe.vae
         with torch.inference_mode():

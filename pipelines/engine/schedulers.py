@@ -8,6 +8,7 @@ from vace.pipelines.job.request import SAMPLERS, RequestError
 
 
 def make_scheduler(sampler: str, shift: float, num_train_timesteps: int = 1000) -> Any:
+    # diffusers loads only where a model is built
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     if sampler == "unipc":

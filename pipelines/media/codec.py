@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -69,8 +70,6 @@ def load_video(path: Path, field_name: str, max_frames: int | None = None, fit: 
     fit=(width, height): the decoder scales each frame down to cover that size (cover_scale_filter).
     gray: one channel per frame, the mean of R, G and B (how masks are read): (F, H, W).
     """
-    import imageio_ffmpeg
-
     output_params = ["-vf", cover_scale_filter(*fit)] if fit else None
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=output_params)
@@ -154,8 +153,8 @@ def resize_frames(frames: np.ndarray, width: int, height: int, mode: str = "cove
 
 
 def _resize_chunk(frames: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    import torch.nn.functional as F  # torch loads only where tensors are used (the API process never needs it)
 
     squeeze = frames.ndim == 3
     x = torch.from_numpy(np.ascontiguousarray(frames[..., None] if squeeze else frames)).permute(0, 3, 1, 2)
@@ -188,8 +187,6 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def write_mp4(frames: np.ndarray, path: Path, fps: float, quality: float | None = 8.0,
               preset: str = "medium") -> Path:
     """Write (F, H, W, 3) frames ([0,1] float or uint8) as H.264 yuv420p at fps."""
-    import imageio_ffmpeg
-
     data = frames if frames.dtype == np.uint8 else to_uint8(frames)
     n, h, w, _ = data.shape
     params = ["-preset", preset, "-movflags", "+faststart"]
@@ -205,8 +202,6 @@ def write_mp4(frames: np.ndarray, path: Path, fps: float, quality: float | None 
 
 def probe_video(path: Path) -> dict:
     """Frame count, size and fps of a written video, counted by decoding it (frames are not kept)."""
-    import imageio_ffmpeg
-
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="gray", bits_per_pixel=8)
     meta = next(reader)
     count = sum(1 for _ in reader)

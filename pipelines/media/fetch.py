@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.addresses import parse_address, refusal
 
@@ -47,8 +49,6 @@ class FetchPolicy:
 
     def timeout(self) -> Any:
         """The httpx timeout of one fetch: each phase bounded by the read timeout and the whole deadline."""
-        import httpx
-
         step = min(self.read_timeout_s, self.timeout_s)
         return httpx.Timeout(step, pool=step)
 
@@ -139,8 +139,6 @@ def decode_data_uri(uri: str, field_name: str) -> tuple[bytes, str]:
 
 
 def _download(url: str, policy: FetchPolicy, field_name: str, dest: Path) -> None:
-    import httpx
-
     deadline = time.monotonic() + policy.timeout_s
     targets = check_url(url, policy, field_name)
     try:

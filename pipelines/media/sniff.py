@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio_ffmpeg
+from PIL import Image
+
 from vace.pipelines.job.request import RequestError
 
 IMAGE, VIDEO = "image", "video"
@@ -95,8 +98,6 @@ def _a(noun: str) -> str:
 
 
 def _decode_image(path: Path, field_name: str, mime: str) -> MediaFacts:
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -115,8 +116,6 @@ def _decode_image(path: Path, field_name: str, mime: str) -> MediaFacts:
 
 
 def _decode_video(path: Path, field_name: str, mime: str, count_frames: bool) -> MediaFacts:
-    import imageio_ffmpeg
-
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         try:

@@ -102,8 +102,8 @@ class SafetyChecker:
     """A loaded classifier: `check(frames)` -> SafetyVerdict."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threshold: float = DEFAULT_THRESHOLD):
-        import torch
-        from transformers import ViTForImageClassification
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        from transformers import ViTForImageClassification  # transformers loads only where a model is built
 
         self.path = Path(path)
         reason = missing_reason(self.path)
@@ -129,8 +129,8 @@ class SafetyChecker:
 
     def preprocess(self, frames: np.ndarray) -> Any:
         """(N, H, W, 3) float [0, 1] or uint8 -> normalised (N, 3, h, w) tensor at the classifier size."""
-        import torch
-        import torch.nn.functional as F
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import torch.nn.functional as F  # torch loads only where tensors are used (the API process never needs it)
 
         x = frames.astype(np.float32) / 255.0 if frames.dtype == np.uint8 else frames.astype(np.float32)
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
@@ -141,7 +141,7 @@ class SafetyChecker:
 
     def scores(self, frames: np.ndarray) -> list[float]:
         """nsfw probability of each given frame."""
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         with torch.inference_mode():
             logits = self.model(pixel_values=self.preprocess(frames)).logits

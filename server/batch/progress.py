@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import Any
 
+from tqdm import tqdm
+
 _STEP = re.compile(r"denoising step (\d+)/(\d+)")
 
 
@@ -21,8 +23,6 @@ class BatchProgress:
     """Thread-safe; the bar's ETA counts only rows finished in this run (resumed rows start it at `done`)."""
 
     def __init__(self, total: int, done: int = 0, failed: int = 0, enabled: bool = True, stream: Any = None):
-        from tqdm import tqdm
-
         self.done, self.failed = done, failed
         self.running: dict[str, str] = {}
         self.current = ""

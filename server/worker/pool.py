@@ -3,6 +3,7 @@ sequence-parallel RenderGroup (N rank processes) in its place; one resident at a
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,9 @@ class ModelPool:
 
 
 def _free_accelerator_memory() -> None:
-    import gc
-
     gc.collect()
     try:
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -233,7 +234,6 @@ class JobRunner:
             return self._fail(job, owner, logs, self.held(started, model), f"{type(exc).__name__}: {exc}")
         finally:
             heartbeat.stop()
-            import shutil
 
             shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
 

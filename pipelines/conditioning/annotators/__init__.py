@@ -44,7 +44,7 @@ class AnnotatorEnv:
     def resolved_device(self) -> str:
         if self.device:
             return self.device
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -29,9 +29,9 @@ class DepthAnythingV2:
     name = "depth"
 
     def __init__(self, folder: Path, device: str = "cpu", input_size: int = 518):
-        import torch
-        import transformers
-        from transformers import DepthAnythingForDepthEstimation
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import transformers  # transformers loads only where a model is built
+        from transformers import DepthAnythingForDepthEstimation  # transformers loads only where a model is built
 
         transformers.utils.logging.disable_progress_bar()
         self.device = device
@@ -43,8 +43,8 @@ class DepthAnythingV2:
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import torch.nn.functional as F  # torch loads only where tensors are used (the API process never needs it)
 
         n, h, w, _ = frames.shape
         nh, nw = network_size(h, w, self.input_size, self.patch)

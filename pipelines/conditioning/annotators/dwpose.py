@@ -5,8 +5,10 @@ no hands, on black, with the official RGB/BGR swap (the drawing's colour list la
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
 def detect_people(session, image: np.ndarray) -> np.ndarray:
     """Person boxes (x1, y1, x2, y2) in image pixels: letterbox to the detector size, decode the YOLOX grid,
     NMS 0.45 on scores > 0.1, keep class 0 with score > 0.3."""
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     shape = session.get_inputs()[0].shape[2:]
     size = tuple(int(s) if isinstance(s, int) else 640 for s in shape)
@@ -77,7 +79,7 @@ def detect_people(session, image: np.ndarray) -> np.ndarray:
 # --- keypoints (RTMPose, SimCC) ---------------------------------------------------------------------
 
 def _warp_matrix(center: np.ndarray, scale: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     def third(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d = a - b
@@ -96,7 +98,7 @@ def _warp_matrix(center: np.ndarray, scale: np.ndarray, out_w: int, out_h: int) 
 
 def estimate_keypoints(session, boxes: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P, 133, 2) keypoints in image pixels and (P, 133) scores; no box = the whole image as one box."""
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     in_h, in_w = (int(s) for s in session.get_inputs()[0].shape[2:])
     if len(boxes) == 0:
@@ -137,7 +139,7 @@ def to_openpose(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
 # --- drawing ---------------------------------------------------------------------------------------
 
 def draw_body(canvas: np.ndarray, candidate: np.ndarray, subset: np.ndarray) -> np.ndarray:
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     h, w = canvas.shape[:2]
     for i in range(17):
@@ -164,7 +166,7 @@ def draw_body(canvas: np.ndarray, candidate: np.ndarray, subset: np.ndarray) -> 
 
 
 def draw_face(canvas: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     h, w = canvas.shape[:2]
     for face in faces:
@@ -193,7 +195,7 @@ def draw_pose(keypoints: np.ndarray, scores: np.ndarray, height: int, width: int
 
 def resize_for_pose(image: np.ndarray, resolution: int) -> np.ndarray:
     """Shorter side to `resolution`, both sides rounded to multiples of 64 (DWPose resize_image)."""
-    import cv2
+    import cv2  # OpenCV loads only where an annotator or decoder needs it
 
     h, w = image.shape[:2]
     k = float(resolution) / min(h, w)
@@ -205,7 +207,7 @@ class DWPose:
     """body=True, face=True: the `pose` task (body + face, no hands); body=False: the `face` task."""
 
     def __init__(self, folder: Path, device: str = "cpu", body: bool = True, face: bool = True):
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime loads only where DWPose runs
 
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         self.resolution = int(config.get("resolution", 1024))
@@ -226,7 +228,7 @@ class DWPose:
         return view
 
     def frame(self, rgb: np.ndarray) -> np.ndarray:
-        import cv2
+        import cv2  # OpenCV loads only where an annotator or decoder needs it
 
         oh, ow = rgb.shape[:2]
         image = resize_for_pose(np.ascontiguousarray(rgb[..., ::-1]), self.resolution)
@@ -252,12 +254,10 @@ class DWPose:
 def export_tiny_models(folder: Path, config: dict, seed: int = 0) -> None:
     """A tiny YOLOX-style detector (3 strides, 85 outputs per anchor, sigmoid objectness/classes) and a tiny
     RTMPose-style SimCC head (133 keypoints, x/y bins at 2x input), exported to ONNX like the real files."""
-    import importlib.util
-
     if importlib.util.find_spec("onnx") is None:  # torch's ONNX exporter needs it; serving real weights does not
         raise RuntimeError("writing the tiny DWPose model needs the onnx package: pip install 'vace-server[tiny]'")
-    import torch
-    import torch.nn as nn
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    import torch.nn as nn  # torch loads only where tensors are used (the API process never needs it)
 
     torch.manual_seed(seed)
     det_size = int(config["detector_size"])
@@ -302,8 +302,6 @@ def export_tiny_models(folder: Path, config: dict, seed: int = 0) -> None:
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             feats = self.mlp(self.final(self.backbone(x)).flatten(2))
             return self.cls_x(feats), self.cls_y(feats)
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

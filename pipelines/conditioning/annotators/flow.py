@@ -65,7 +65,7 @@ class FarnebackFlow:
     name = "farneback"
 
     def flows(self, frames: np.ndarray, progress: ProgressFn | None = None) -> list[np.ndarray]:
-        import cv2
+        import cv2  # OpenCV loads only where an annotator or decoder needs it
 
         gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in to_uint8(frames)]
         out = []
@@ -97,7 +97,9 @@ def torchvision_problem() -> str | None:
 
 def build_raft(config: dict | None = None):
     """torchvision's raft_large architecture, optionally with smaller layer sizes (tiny test models)."""
-    import torch.nn as nn
+    import torch.nn as nn  # torch loads only where tensors are used (the API process never needs it)
+
+    # optional: torchvision comes with the annotators extra
     from torchvision.models.optical_flow.raft import ResidualBlock, _raft
 
     sizes = dict(feature_encoder_layers=(64, 64, 96, 128, 256), context_encoder_layers=(64, 64, 96, 128, 256),
@@ -115,7 +117,7 @@ class RaftFlow:
     name = "raft"
 
     def __init__(self, folder: Path, device: str = "cpu", iters: int = RAFT_ITERS):
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
         self.model = build_raft(config)
@@ -124,8 +126,8 @@ class RaftFlow:
         self.device, self.iters = device, iters
 
     def flows(self, frames: np.ndarray, progress: ProgressFn | None = None) -> list[np.ndarray]:
-        import torch
-        import torch.nn.functional as F
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import torch.nn.functional as F  # torch loads only where tensors are used (the API process never needs it)
 
         n, h, w, _ = frames.shape
         ph, pw = (-h) % 8, (-w) % 8

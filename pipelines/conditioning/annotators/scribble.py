@@ -11,7 +11,7 @@ from vace.pipelines.conditioning.annotators.base import ProgressFn, to_uint8
 
 
 def _residual_block(channels: int):
-    import torch.nn as nn
+    import torch.nn as nn  # torch loads only where tensors are used (the API process never needs it)
 
     return nn.Sequential(
         nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(inplace=True),
@@ -22,8 +22,8 @@ def _residual_block(channels: int):
 def ContourInference(base_channels: int = 64, n_residual_blocks: int = 3, input_nc: int = 3, output_nc: int = 1):
     """The informative-drawings generator VACE's ScribbleAnnotator loads (same module names and state-dict keys;
     `base_channels` is 64 in the released weights and smaller only in tiny test models)."""
-    import torch
-    import torch.nn as nn
+    import torch  # torch loads only where tensors are used (the API process never needs it)
+    import torch.nn as nn  # torch loads only where tensors are used (the API process never needs it)
 
     class Residual(nn.Module):
         def __init__(self, channels: int):
@@ -60,7 +60,7 @@ class LineArt:
     name = "lineart"
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         config = {"base_channels": 64, "n_residual_blocks": 3}
         if (folder / "config.json").is_file():
@@ -72,7 +72,7 @@ class LineArt:
         self.model.eval().requires_grad_(False).to(device)
 
     def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
-        import torch
+        import torch  # torch loads only where tensors are used (the API process never needs it)
 
         n, h, w, _ = frames.shape
         out = np.empty_like(frames, dtype=np.float32)
@@ -100,7 +100,7 @@ class CannyScribble:
         self.low, self.high = low, high
 
     def __call__(self, frames: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
-        import cv2
+        import cv2  # OpenCV loads only where an annotator or decoder needs it
 
         out = np.empty_like(frames, dtype=np.float32)
         for i, frame in enumerate(to_uint8(frames)):

@@ -20,8 +20,8 @@ class Sam2Tracker:
     name = "sam2"
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        import transformers
-        from transformers import Sam2VideoModel
+        import transformers  # transformers loads only where a model is built
+        from transformers import Sam2VideoModel  # transformers loads only where a model is built
 
         transformers.utils.logging.disable_progress_bar()
         self.device = device
@@ -30,9 +30,9 @@ class Sam2Tracker:
 
     def track(self, frames: np.ndarray, first_mask: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
         """frames (F, H, W, 3) in [0, 1], first_mask (H, W) 1 = object -> masks (F, H, W) of 0/1."""
-        import torch
-        import torch.nn.functional as F
-        from transformers import Sam2VideoInferenceSession
+        import torch  # torch loads only where tensors are used (the API process never needs it)
+        import torch.nn.functional as F  # torch loads only where tensors are used (the API process never needs it)
+        from transformers import Sam2VideoInferenceSession  # transformers loads only where a model is built
 
         n, h, w, _ = frames.shape
         video = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)

@@ -7,6 +7,7 @@ under `/queue/{app}/requests/{id}` and `/queue/{app}/{sub}/requests/{id}` (the c
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 from datetime import datetime, timezone
@@ -202,8 +203,6 @@ class FalAPI:
         return job, model
 
     def _probe_policy(self) -> Any:
-        import dataclasses
-
         return dataclasses.replace(self.service.fetch_policy, allow_local_paths=True)
 
     # ---- routes ------------------------------------------------------------------------------------------------

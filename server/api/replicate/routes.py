@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Request, Response, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from vace.pipelines.job.job import Job
@@ -268,8 +268,6 @@ class ReplicateAPI:
 
         @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
         def download_file(file_id: str, request: Request) -> Response:
-            from fastapi.responses import FileResponse
-
             record = svc.files.get(file_id, tenant_of(request))
             return FileResponse(svc.files.path(record), media_type=record.content_type, filename=record.name)
 
