@@ -132,7 +132,7 @@ LOCAL_OK = {"torch", "transformers", "diffusers", "torchvision", "onnxruntime", 
 
 def test_function_local_imports_are_heavy_dependencies_with_a_reason():
     problems = []
-    for module, path in modules():
+    for _, path in modules():
         source = path.read_text()
         lines = source.split("\n")
         tree = ast.parse(source, str(path))
