@@ -75,6 +75,28 @@ def test_page_json_lists_the_queue_and_replicate_links_the_page(client: TestClie
     assert client.get("/web/api/events?id=nope", headers=AUTH).status_code == 404
 
 
+def test_page_json_shows_each_key_only_its_own_predictions(tiny_model_dir: Path, tmp_path: Path):
+    keys = {"a": "key-a", "b": "key-b", "admin": "key-admin"}
+    auth = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+    settings = ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path, public_url="http://127.0.0.1:9",
+                             no_worker=True, api_keys=[keys["a"], keys["b"]], admin_keys=[keys["admin"]])
+    with TestClient(create_app(settings)) as http:
+        mine = {who: [http.post("/v1/models/vace/tiny/predictions", json={"input": TINY_INPUT},
+                                headers=auth[who]).json()["id"] for _ in range(2)] for who in ("a", "b")}
+        http.post(f"/v1/predictions/{mine['a'][1]}/cancel", headers=auth["a"])
+
+        def ids(who: str, state: str) -> list[str]:
+            return [p["id"] for p in http.get(f"/web/api/predictions?state={state}", headers=auth[who]).json()[
+                "results"]]
+
+        assert ids("a", "active") == [mine["a"][0]] and ids("a", "finished") == [mine["a"][1]]
+        assert ids("b", "active") == mine["b"] and ids("b", "finished") == []
+        assert sorted(ids("admin", "active")) == sorted([mine["a"][0], *mine["b"]])
+        assert ids("admin", "finished") == [mine["a"][1]]
+        assert http.get(f"/web/api/predictions/{mine['a'][0]}", headers=auth["b"]).status_code == 404
+        assert http.get(f"/web/api/events?id={mine['a'][0]}", headers=auth["b"]).status_code == 404
+
+
 def test_preview_webhooks_need_the_opt_in(client: TestClient):
     body = {"input": TINY_INPUT, "webhook": "http://127.0.0.1:9/hook", "webhook_events_filter": ["preview"]}
     refused = client.post("/v1/models/vace/tiny/predictions", json=body, headers=AUTH)

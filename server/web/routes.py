@@ -21,9 +21,10 @@ from fastapi.templating import Jinja2Templates
 from vace.pipelines.acceleration.presets import PRESETS
 from vace.pipelines.conditioning.tasks import TASKS
 from vace.pipelines.job.request import SAMPLERS, GenerationRequest
-from vace.server.auth import require_api_key
+from vace.server.auth import require_api_key, tenant_of
 from vace.server.service.errors import InvalidInput
 from vace.server.service.predictions import PredictionService
+from vace.server.service.tenants import Tenant
 from vace.server.store import QUEUED, TERMINAL, Prediction, Store
 from vace.server.web.docs import install_docs
 from vace.server.web.summary import summary
@@ -58,34 +59,35 @@ class WebAPI:
         self.service = service
         self.store = store
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self, tenant: Tenant) -> list[dict[str, Any]]:
         rows = self.store.active()
-        position = {p.id: i for i, p in enumerate(p for p in rows if p.status == QUEUED)}
-        return [summary(p, self.service, position.get(p.id)) for p in rows]
+        position = {p.id: i for i, p in enumerate(p for p in rows if p.status == QUEUED)}  # in the whole queue
+        return [summary(p, self.service, position.get(p.id)) for p in rows if tenant.sees(p.owner)]
 
-    def finished(self, cursor: str | None, limit: int = HISTORY_PAGE) -> tuple[list[dict[str, Any]], str | None]:
-        rows = self.store.page(before_seq=_cursor(cursor), limit=limit + 1, statuses=TERMINAL)
+    def finished(self, cursor: str | None, tenant: Tenant,
+                 limit: int = HISTORY_PAGE) -> tuple[list[dict[str, Any]], str | None]:
+        rows = self.store.page(before_seq=_cursor(cursor), limit=limit + 1, statuses=TERMINAL, owner=tenant.owner)
         more = len(rows) > limit
         rows = rows[:limit]
         return [summary(p, self.service) for p in rows], str(rows[-1].seq) if more and rows else None
 
-    def one(self, prediction_id: str, preview: bool = True) -> dict[str, Any]:
-        pred = self.service.get(prediction_id)
+    def one(self, prediction_id: str, tenant: Tenant, preview: bool = True) -> dict[str, Any]:
+        pred = self.service.get(prediction_id, tenant)
         return summary(pred, self.service, self.service.queue_position(pred) if pred.status == QUEUED else None,
                        full=True, preview=preview)
 
-    def snapshot(self, only: str | None) -> dict[str, Any]:
+    def snapshot(self, only: str | None, tenant: Tenant) -> dict[str, Any]:
         if only:
-            pred = self.one(only)
+            pred = self.one(only, tenant)
             terminal = pred["status"] in TERMINAL
             return {"active": [] if terminal else [pred], "finished": [pred] if terminal else [], "next": None}
-        finished, next_cursor = self.finished(None)
-        return {"active": self.active(), "finished": finished, "next": next_cursor}
+        finished, next_cursor = self.finished(None, tenant)
+        return {"active": self.active(tenant), "finished": finished, "next": next_cursor}
 
-    async def feed(self, request: Request, only: str | None) -> AsyncIterator[str]:
+    async def feed(self, request: Request, only: str | None, tenant: Tenant) -> AsyncIterator[str]:
         """A snapshot, then every change (a preview only when it moved on), with keep-alive comments."""
         with self.service.feed.subscription() as changes:  # subscribed before the snapshot: no change falls between
-            snapshot = await asyncio.to_thread(self.snapshot, only)
+            snapshot = await asyncio.to_thread(self.snapshot, only, tenant)
             yield event("snapshot", snapshot)
             shown = {p["id"]: (p.get("preview") or {}).get("step") for p in snapshot["active"]}
             while not await request.is_disconnected():
@@ -94,7 +96,7 @@ class WebAPI:
                 except asyncio.TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                if only and pred.id != only:
+                if (only and pred.id != only) or not tenant.sees(pred.owner):
                     continue
                 step = (pred.preview or {}).get("step")
                 fresh = step is not None and shown.get(pred.id) != step
@@ -139,23 +141,24 @@ def install(app: FastAPI) -> None:
     api = APIRouter(prefix="/web/api", tags=["web"], dependencies=[Depends(require_api_key)])
 
     @api.get("/predictions", summary="Queued and running predictions (all APIs), or finished ones newest first")
-    def list_predictions(state: str = Query("active", pattern="^(active|finished)$"),
+    def list_predictions(request: Request, state: str = Query("active", pattern="^(active|finished)$"),
                          cursor: str | None = None) -> dict[str, Any]:
         if state == "active":
-            return {"results": web.active(), "next": None}
-        results, next_cursor = web.finished(cursor)
+            return {"results": web.active(tenant_of(request)), "next": None}
+        results, next_cursor = web.finished(cursor, tenant_of(request))
         return {"results": results, "next": next_cursor}
 
     @api.get("/predictions/{prediction_id}", summary="One prediction as the page shows it, with its rerun input")
-    def get_prediction(prediction_id: str, preview: bool = True) -> dict[str, Any]:
-        return web.one(prediction_id, preview)
+    def get_prediction(request: Request, prediction_id: str, preview: bool = True) -> dict[str, Any]:
+        return web.one(prediction_id, tenant_of(request), preview)
 
     @api.get("/events", summary="Server-sent events: a snapshot, then every prediction change",
              response_class=StreamingResponse)
     def events(request: Request, id: str | None = None) -> StreamingResponse:  # noqa: A002 - the query name
+        tenant = tenant_of(request)
         if id:
-            service.get(id)  # 404 before the stream starts
-        return StreamingResponse(web.feed(request, id), media_type="text/event-stream",
+            service.get(id, tenant)  # 404 before the stream starts
+        return StreamingResponse(web.feed(request, id, tenant), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
     app.include_router(api)
