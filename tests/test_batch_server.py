@@ -23,6 +23,7 @@ from vace.server.batch.state import STATE_FILE, BatchState
 
 API_KEY = "batch-key"
 OTHER_KEY = "another-tenant"
+ADMIN_KEY = "batch-admin"  # counts every tenant's predictions
 QUEUE_MAX = 2  # below the batch's concurrency, so the server answers 429 and the batch backs off
 
 
@@ -33,7 +34,8 @@ def job(prompt: str, **extra) -> dict:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(tmp_path_factory.mktemp("batch") / "data", api_key=API_KEY,
-                 args=["--model", "tiny", "--queue-max", str(QUEUE_MAX), "--api-key", OTHER_KEY])
+                 args=["--model", "tiny", "--queue-max", str(QUEUE_MAX), "--api-key", OTHER_KEY,
+                       "--admin-key", ADMIN_KEY])
     srv.start()
     yield srv
     srv.stop()
@@ -51,11 +53,11 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 
 def server_predictions(server: Server, prefix: str) -> list[dict]:
-    """Every prediction on the server whose prompt starts with `prefix` (walking all list pages)."""
+    """Every prediction on the server (every tenant's) whose prompt starts with `prefix` (all list pages)."""
     found, url = [], "/v1/predictions"
     with server.client() as http:
         while url:
-            page = http.get(url).json()
+            page = http.get(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
             found += [p for p in page["results"] if p["input"].get("prompt", "").startswith(prefix)]
             url = page["next"]
     return found
