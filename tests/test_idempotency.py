@@ -58,6 +58,7 @@ def test_an_old_database_gains_the_column_and_its_unique_index(tmp_path: Path):
     with sqlite3.connect(path) as conn:  # as a database from before the column existed (the revision before it)
         conn.execute("DROP INDEX ix_predictions_idempotency_key")
         conn.execute("ALTER TABLE predictions DROP COLUMN idempotency_key")
+        conn.execute("ALTER TABLE predictions DROP COLUMN log_times")  # added after 0004 too (0008)
         conn.execute("UPDATE alembic_version SET version_num = '0004'")
     upgraded = Store(f"sqlite:///{path}")
     first, _ = upgraded.insert_once(prediction("t:k"))
