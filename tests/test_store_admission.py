@@ -84,6 +84,7 @@ def test_an_old_database_gains_the_new_columns(tmp_path: Path):
         conn.execute("DROP INDEX ix_predictions_change_seq")
         conn.execute("ALTER TABLE predictions DROP COLUMN change_seq")
         conn.execute("DROP TABLE counters")
+        conn.execute("ALTER TABLE predictions DROP COLUMN log_times")  # added after 0005 too (0008)
         conn.execute("UPDATE alembic_version SET version_num = '0005'")  # the revision before these
     store = Store(f"sqlite:///{db}")
     assert store.insert(prediction()).change_seq == 1
