@@ -95,10 +95,11 @@ def test_undecodable_media_is_refused_at_submit_and_the_queue_goes_on(data_dir: 
     server = Server(data_dir, args=["--model", "tiny"]).start()
     try:
         with server.client() as http:
+            before = [p["id"] for p in http.get("/v1/predictions").json()["results"]]  # the data dir is shared
             broken = "data:video/mp4;base64,AAAAAAAA"  # well-formed base64, not a video
             resp = http.post("/v1/models/vace/tiny/predictions", json={"input": small(video=broken)})
             assert resp.status_code == 422 and resp.json()["invalid_fields"][0]["field"] == "video"
-            assert http.get("/v1/predictions").json()["results"] == []
+            assert [p["id"] for p in http.get("/v1/predictions").json()["results"]] == before
             good = create(http)
             assert wait_for(http, good, lambda b: b["status"] in TERMINAL)["status"] == "succeeded"
     finally:

@@ -102,7 +102,7 @@ def test_cli_generate_with_task_flags(tiny_model_dir, media, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (probe_video(out)["width"], probe_video(out)["height"]) == (64, 32)
     bad = subprocess.run(cmd[:-1] + ["-1"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "task_options.expand_ratio" in bad.stderr
+    assert bad.returncode == 2 and "--expand-ratio" in bad.stderr  # the flag typed, not the internal field
 
 
 def test_annotators_root_is_beside_the_tiny_model(tiny_model_dir: Path):

@@ -35,13 +35,23 @@ CHROMIUM_FLAGS = [
 
 
 @contextlib.contextmanager
-def missing_media() -> Iterator[str]:
-    """A loopback URL that answers 404: an input the worker cannot fetch."""
+def missing_media(body: bytes) -> Iterator[str]:
+    """A loopback URL whose video is there once (the check at submit) and 404 after: an input that is gone by
+    the time the worker fetches it."""
+    served = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
-            self.send_response(404)
+            if served:
+                self.send_response(404)
+                self.end_headers()
+                return
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -206,7 +216,7 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
     print(f"the page made {len(page_requests)} requests, all to {base}; the docs {len(requests) - len(page_requests)}, "
           f"and {len(outside)} more the browser refused itself (CSP): {outside}")
 
-    with missing_media() as gone, webhook_receiver() as hook, server.client() as http:
+    with missing_media(source.read_bytes()) as gone, webhook_receiver() as hook, server.client() as http:
         # A third job whose input cannot be fetched fails in the worker.
         third = http.post("/v1/models/vace/tiny/predictions", json={
             "input": {"prompt": "x", "video": gone, "width": 32, "height": 32, "num_frames": 5, "steps": 1},

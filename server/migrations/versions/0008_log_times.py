@@ -8,7 +8,10 @@ down_revision = "0007"
 
 
 def upgrade() -> None:
-    op.add_column("predictions", sa.Column("log_times", sa.JSON(), nullable=True))
+    # A data dir adopted from before alembic may have been made with the column already: add it only when missing.
+    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("predictions")}
+    if "log_times" not in columns:
+        op.add_column("predictions", sa.Column("log_times", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
