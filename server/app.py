@@ -98,6 +98,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.supervisor = supervisor
     app.state.metrics = metrics
     app.state.access = Access(settings.api_keys, settings.admin_keys)
+    app.state.safety = settings.safety()  # resolved once: `tiny` writes or finds the tiny checker on disk
     app.state.error_renderers = []  # (path prefix, renderer) pairs a dialect adds for its own error bodies
     app.state.openapi_input_schemas = {}
     _add_error_handlers(app)

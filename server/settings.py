@@ -179,6 +179,7 @@ class ServeSettings(BaseSettings):
         distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler) \
             if self.distill_lora else None
         return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
+
     def helper_dirs(self) -> HelperDirs:
         """Where the frame interpolators and prompt extenders are (None: beside the model)."""
         return HelperDirs(self.interpolators, self.prompt_extender, self.prompt_extender_vl)

@@ -168,7 +168,7 @@ class FalAPI:
             raise FalInputError([{"loc": ["body"], "msg": "the request body must be JSON",
                                   "type": "json_invalid"}]) from None
         data = fs.parse_input(sub, body)
-        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
+        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.safety)):
             raise FalInputError.of("enable_safety_checker", refused)
         tenant = tenant_of(request)
         job, model = await self.service.intake.run(self.build, app_id, sub, data, tenant)  # probes: own pool

@@ -91,7 +91,7 @@ class WaveSpeedAPI:
 
     async def create(self, body: Any, webhook: str | None, tenant: Tenant) -> Prediction:
         data = ws.parse_input(body)
-        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.settings.safety())):
+        if data.enable_safety_checker and (refused := safety.refusal(self.app.state.safety)):
             raise WaveSpeedInputError([("enable_safety_checker", refused)])
         job = ws.build_job(data)
         settings = self.app.state.settings
