@@ -110,7 +110,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = resolve(from_flags(args))
     except (ValueError, WeightsError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if 'validation error' not in str(exc) else exc}", file=sys.stderr)
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)

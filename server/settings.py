@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vace.pipelines.acceleration.presets import DistillRecipe
@@ -203,11 +203,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(name, info)}
         annotation = info.annotation
+        flag = flag_of(name)
         if annotation is bool:
-            flag = "--" + str(extra.get("negate") or name.replace("_", "-"))
             kwargs["action"] = "store_false" if extra.get("negate") else "store_true"
         else:
-            flag = "--" + str(extra.get("flag") or name.replace("_", "-"))
             if typing.get_origin(_unwrap(annotation)) is list:
                 kwargs["action"] = "append"
             elif typing.get_origin(annotation) is Literal:
@@ -218,9 +217,21 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_flags(args: argparse.Namespace) -> ServeSettings:
-    """The settings from parsed flags (only those given) over VACE_* variables over defaults."""
+    """The settings from parsed flags (only those given) over VACE_* variables over defaults. A bad value is a
+    ValueError naming the flag (and its variable), one line per value."""
     given = {name: getattr(args, name) for name in ServeSettings.model_fields if hasattr(args, name)}
-    return ServeSettings(**given)
+    try:
+        return ServeSettings(**given)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{flag_of(str(e['loc'][0]))} (VACE_{str(e['loc'][0]).upper()}): {e['msg']}"
+                                   for e in exc.errors())) from None
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a settings field."""
+    info = ServeSettings.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return "--" + str(extra.get("negate") or extra.get("flag") or name.replace("_", "-"))
 
 
 def _unwrap(annotation: Any) -> Any:

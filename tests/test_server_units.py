@@ -329,3 +329,16 @@ def test_tiny_only_servers_check_safety_with_the_tiny_checker_by_default(tmp_pat
     assert tiny_safety_checker(["tiny"], "none") == "none"  # the operator's choice stands
     assert ServeSettings(safety_checker="none", data_dir=tmp_path).safety().checker is None
     assert ServeSettings(safety_checker="tiny", data_dir=tmp_path).safety().checker == tiny_home / "safety-checker"
+
+
+def test_bad_serve_values_name_the_flag_and_variable():
+    from vace.server.cli import build_parser
+    from vace.server.settings import from_flags
+
+    args = build_parser().parse_args(["serve", "--port", "99999", "--queue-max", "0", "--no-compile"])
+    with pytest.raises(ValueError) as info:
+        from_flags(args)
+    assert str(info.value) == ("--port (VACE_PORT): Input should be less than or equal to 65535; --queue-max "
+                               "(VACE_QUEUE_MAX): Input should be greater than or equal to 1")
+    good = from_flags(build_parser().parse_args(["serve", "--no-compile", "--api-key", "a", "--api-key", "b"]))
+    assert good.compile is False and good.api_keys == ["a", "b"]
