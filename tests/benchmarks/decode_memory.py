@@ -13,7 +13,6 @@ line; beside each figure, what float32 frames at the source resolution would hav
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.benchmarks.rss import MIB, emit, peak_since_reset, reset_peak, run_child
+from tests.benchmarks.rss import MIB, emit, peak_since_reset, report, reset_peak, run_child
 
 MODULE = "tests.benchmarks.decode_memory"
 
@@ -126,13 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         arrays = ", ".join(f"{k} {'x'.join(map(str, v['shape']))} {v['dtype']}" for k, v in result["arrays"].items())
         print(f"{name:<50} {result['peak_above_baseline_bytes'] / MIB:>9.0f} {result['seconds']:>6.1f}  "
               f"{float_at_source(frames) / MIB:>21.0f}  {arrays}")
-    report = {"source": {"width": src_w, "height": src_h, "frames": args.source_frames},
-              "job": {"size": args.size, "frames": args.frames}, "results": results,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
-    return 0
+    return report({"source": {"width": src_w, "height": src_h, "frames": args.source_frames},
+                   "job": {"size": args.size, "frames": args.frames}, "results": results}, args.out)
 
 
 if __name__ == "__main__":

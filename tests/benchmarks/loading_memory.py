@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.benchmarks.rss import MIB, emit, peak_since_reset, reset_peak, run_child
+from tests.benchmarks.rss import MIB, emit, peak_since_reset, report, reset_peak, run_child
 
 MODULE = "tests.benchmarks.loading_memory"
 SHARD_BYTES = 2 * 2**30  # the published transformers are split into files of a few GB with an index
@@ -165,12 +165,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['peak_above_baseline_bytes'] / MIB:.0f} MiB above baseline -> {ratio:.2f} x the bytes on disk "
           f"({result['peak_during_load_pipeline_bytes'] / MIB:.0f} MiB during load_pipeline itself: the files are "
           f"mapped, not read); loaded {result['dtypes']}")
-    report = {"shape": args.shape, "checkpoint_bytes": sizes, "disk_bytes": disk, **result, "ratio": ratio,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
-    return 0
+    return report({"shape": args.shape, "checkpoint_bytes": sizes, "disk_bytes": disk, **result, "ratio": ratio},
+                  args.out)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +44,12 @@ def run_child(module: str, args: list[str], timeout: float = 1800) -> dict:
 def emit(result: dict) -> None:
     """A child's answer: one JSON line on stdout."""
     print(json.dumps(result), flush=True)
+
+
+def report(fields: dict, out: str | None) -> int:
+    """A script's final report: stamped, written to `out` when given, and printed as its last JSON line."""
+    fields = {**fields, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if out:
+        Path(out).write_text(json.dumps(fields, indent=2) + "\n")
+    print(json.dumps(fields))
+    return 0
