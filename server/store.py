@@ -416,27 +416,6 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def changed_since(self, since: float) -> list[Prediction]:
-        query = select(predictions).where(predictions.c.updated_at >= since).order_by(predictions.c.updated_at)
-        with self.engine.connect() as conn:
-            return [Prediction.from_row(r) for r in conn.execute(query).all()]
-
-    def changed_revs(self, since: float) -> list[tuple[str, int]]:
-        """(id, rev) of the rows changed since `since`, oldest change first: what a poller reads before the rows."""
-        query = (select(predictions.c.id, predictions.c.rev).where(predictions.c.updated_at >= since)
-                 .order_by(predictions.c.updated_at))
-        with self.engine.connect() as conn:
-            return [(row.id, row.rev) for row in conn.execute(query)]
-
-    def get_many(self, ids: list[str]) -> list[Prediction]:
-        """The rows of `ids` that exist, in the order of `ids`."""
-        if not ids:
-            return []
-        with self.engine.connect() as conn:
-            rows = {row.id: Prediction.from_row(row)
-                    for row in conn.execute(select(predictions).where(predictions.c.id.in_(ids)))}
-        return [rows[i] for i in ids if i in rows]
-
     def _update(self, where: Any, event: tuple[str, str] | None = None, **values: Any) -> int:
         """Update the rows `where` selects as one change (its own transaction)."""
         with self.engine.begin() as conn:
