@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from tests.synthetic import solid_image
-from vace.pipelines.engine.group import GroupFailed, GroupRenderer, GroupSpec, RenderGroup, parse_gpus, plan_groups
+from vace.pipelines.engine.group import GroupFailed, GroupRenderer, GroupSpec, RenderGroup
 from vace.pipelines.engine.render import RenderCancelled, Renderer
 from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.parallel.plan import parse_gpus, plan_groups
 
 LEVELS = 3  # allowed max difference in 8-bit levels between the group's frames and one process's
 

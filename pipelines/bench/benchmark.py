@@ -24,7 +24,7 @@ from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, tran
 from vace.pipelines.acceleration.levers import apply_gpu_levers
 from vace.pipelines.acceleration.presets import DistillRecipe, get_preset, resolve_preset
 from vace.pipelines.bench.random_model import BenchError, RandomSpec, build_model, check_fits
-from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup, plan_groups
+from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup
 from vace.pipelines.engine.loading import LoadedModel
 from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.memory import check_mode
@@ -32,6 +32,7 @@ from vace.pipelines.engine.render import Renderer
 from vace.pipelines.fixtures.tiny_loras import write_lora
 from vace.pipelines.fixtures.tiny_model import resolve_model
 from vace.pipelines.job.request import GenerationRequest
+from vace.pipelines.parallel.plan import plan_groups
 from vace.weights.configs import TRANSFORMERS
 from vace.weights.loader import resolve_device
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vace.pipelines.engine.group import parse_gpus, plan_groups
+from vace.pipelines.parallel.plan import parse_gpus, plan_groups
 from vace.server.worker.config import WorkerConfig
 from vace.weights.loader import resolve_device
 

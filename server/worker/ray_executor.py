@@ -25,7 +25,6 @@ from vace.server.metrics import WorkerState
 from vace.server.store import Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
-from vace.server.worker.ray_actor import GpuWorker
 from vace.server.worker.supervisor import READY, SETUP_FAILED, STARTING
 
 log = logging.getLogger("vace.ray")
@@ -257,6 +256,9 @@ class RayExecutor:
             group = placement_group([{"GPU": self.group, "CPU": 1}], strategy="STRICT_PACK")
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=group,
                                                                               placement_group_bundle_index=0)
+        # the actor class holds the engine and torch: loaded by the driver only when it starts actors
+        from vace.server.worker.ray_actor import GpuWorker
+
         return ray.remote(GpuWorker).options(num_gpus=self.group, **options).remote(self.config, self.group)
 
     # ---- the supervisor interface the app uses -----------------------------------------------------------------

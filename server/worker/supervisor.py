@@ -20,8 +20,8 @@ from vace.server.metrics import WorkerState
 from vace.server.store import Store
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.devices import worker_configs, worker_device_sets
+from vace.server.worker.entry import run_worker
 from vace.server.worker.liveness import Liveness
-from vace.server.worker.runner import worker_main
 
 log = logging.getLogger("vace.supervisor")
 
@@ -70,7 +70,7 @@ class WorkerSupervisor:
         # The fault-test hook stops only the first worker: its replacement must be able to finish the queue.
         config = dataclasses.replace(self.config, worker_id=self.worker_id,
                                      test_stop_at_step=None if self.restarts else self.config.test_stop_at_step)
-        self.process = self.ctx.Process(target=worker_main, args=(config, self._events, self._stop, self.liveness),
+        self.process = self.ctx.Process(target=run_worker, args=(config, self._events, self._stop, self.liveness),
                                         name=self.worker_id, daemon=not self.config.devices)
         # (a daemonic process may not have children: a sequence-parallel worker spawns its ranks)
         self.process.start()
