@@ -328,11 +328,8 @@ class Store:
 
     def insert_once(self, pred: Prediction, queue_max: int | None = None) -> tuple[Prediction, bool]:
         """Insert unless a prediction with the same idempotency key exists: (the stored one, whether it is new).
-        The unique index decides, so two concurrent creates with one key store one row."""
-        if pred.idempotency_key is not None:
-            first = self.get_by_idempotency_key(pred.idempotency_key)
-            if first is not None:
-                return first, False
+        The unique index decides, so two concurrent creates with one key store one row (the service looks the key
+        up before validating; this is the race between that look-up and the insert)."""
         try:
             return self.insert(pred, queue_max), True
         except IntegrityError:

@@ -65,9 +65,10 @@ def replicate_2x() -> Path:
     """A directory to put first on PYTHONPATH so that `import replicate` is the 2.x client."""
 
     def install(folder: Path) -> None:
-        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                                 str(folder), *REPLICATE_2X], capture_output=True, text=True, timeout=600)
+        # with its dependencies: the client runs alone from this folder, whatever the test environment lacks
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder),
+                                 *REPLICATE_2X], capture_output=True, text=True, timeout=600)
         if result.returncode:
             pytest.fail(f"pip install {' '.join(REPLICATE_2X)} failed: {result.stderr[-500:]}")
 
-    return _installed_once("replicate2", " ".join(REPLICATE_2X), install)
+    return _installed_once("replicate2", " ".join(REPLICATE_2X) + " with-deps", install)

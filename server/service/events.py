@@ -29,7 +29,7 @@ class ChangeFeed:
     def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[bool], None]):
         self.store = store
         self.on_change = on_change
-        self.on_tick = on_tick  # called after every tick, True when the tick read the database
+        self.on_tick = on_tick  # called after every tick, True when the tick found changed rows
         self.poke: Callable[[], bool] = lambda: False  # a local worker wrote (see server.worker.liveness)
         self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
         self._subscribers: set[asyncio.Queue[Prediction]] = set()
@@ -40,9 +40,8 @@ class ChangeFeed:
 
     def start(self) -> None:
         self._cursor = self.store.last_change()  # baseline: no events for changes already made
-        for pred in self.store.page(limit=1000):
-            if not pred.terminal:
-                self._seen[pred.id] = pred
+        for pred in self.store.active():
+            self._seen[pred.id] = pred
         self._task = asyncio.create_task(self._watch(), name="prediction-watch")
 
     def nudge(self) -> None:
@@ -118,16 +117,17 @@ class ChangeFeed:
         while True:
             try:
                 now = time.monotonic()
-                due = self._wake.is_set() or self.poke() or now - last_read >= FALLBACK_S
-                if due:
+                changed: list[Prediction] = []
+                if self._wake.is_set() or self.poke() or now - last_read >= FALLBACK_S:
                     self._wake.clear()
                     last_read = now
                     # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.
-                    for pred in await asyncio.to_thread(self.read, time.time()):
+                    changed = await asyncio.to_thread(self.read, time.time())
+                    for pred in changed:
                         self.apply(pred)
                     for pid in [p.id for p in self._seen.values() if p.terminal]:
                         del self._seen[pid]  # no more changes can come
-                self.on_tick(due)
+                self.on_tick(bool(changed))
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the feed must survive a transient database error

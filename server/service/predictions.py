@@ -58,11 +58,10 @@ class ServiceConfig:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     own_netlocs: set[str] = field(default_factory=set)  # host:port spellings that reach this server
     webhooks: DeliveryPolicy = field(default_factory=DeliveryPolicy)
-    models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (prompt limits)
+    models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (prompts, LoRAs)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)  # default: keep everything
     helpers: HelperDirs = field(default_factory=HelperDirs)  # frame interpolators, prompt extenders
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
-    models: dict[str, str] = field(default_factory=dict)  # served name -> weights directory (LoRA fit checks)
     loras: LoraConfig = field(default_factory=LoraConfig)
 
 

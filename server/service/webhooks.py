@@ -136,6 +136,7 @@ class WebhookDispatcher:
         self._held: list[tuple[Prediction, str]] = []  # this tick's feed events, sent after its outbox read
         self._outbox_at: float | None = 0.0  # when the outbox next needs reading (None: nothing pending)
         self._reading = False
+        self._inflight: set[int] = set()  # outbox events this process is sending (in-line retries included)
         self._http: Any = None
 
     async def start(self) -> None:
@@ -196,11 +197,14 @@ class WebhookDispatcher:
         now = time.time()
         claimed = []
         for event in self.store.outbox_due(now):
+            if event.id in self._inflight:
+                continue  # between two of its in-line attempts here
             pred = self.store.get(event.prediction_id)
             if pred is None or not pred.webhook or event.event not in (pred.webhook_events or ()):
                 self.store.outbox_record(event.id, SENT, event.attempts, event.next_at, "not subscribed")
                 continue
             if self.store.outbox_claim(event.id, now, OUTBOX_HOLD_S):
+                self._inflight.add(event.id)
                 claimed.append((event, pred))
         self._outbox_at = self.store.outbox_next_at()
         return claimed
@@ -250,19 +254,25 @@ class WebhookDispatcher:
         try:
             while not queue.empty():
                 event, pred, outbox = queue.get_nowait()
-                formatter = self.formatters.get(pred.dialect)
-                message = formatter(pred, event) if formatter else None
-                if message is None or not pred.webhook:
+                try:
+                    await self._send(prediction_id, event, pred, outbox)
+                finally:
                     if outbox is not None:
-                        await asyncio.to_thread(self.store.outbox_record, outbox.id, SENT, outbox.attempts,
-                                                outbox.next_at, "nothing to send")
-                    continue
-                if outbox is None:
-                    await self.deliver(pred.webhook, message, event, prediction_id)
-                else:
-                    await self._deliver_outbox(pred.webhook, message, outbox)
+                        self._inflight.discard(outbox.id)
         finally:
             self._deliveries.pop(prediction_id, None)
+
+    async def _send(self, prediction_id: str, event: str, pred: Prediction, outbox: OutboxEvent | None) -> None:
+        formatter = self.formatters.get(pred.dialect)
+        message = formatter(pred, event) if formatter else None
+        if message is None or not pred.webhook:
+            if outbox is not None:
+                await asyncio.to_thread(self.store.outbox_record, outbox.id, SENT, outbox.attempts, outbox.next_at,
+                                        "nothing to send")
+        elif outbox is None:
+            await self.deliver(pred.webhook, message, event, prediction_id)
+        else:
+            await self._deliver_outbox(pred.webhook, message, outbox)
 
     async def _deliver_outbox(self, url: str, message: WebhookMessage, outbox: OutboxEvent) -> None:
         """Attempts until sent, refused or out of attempts, in order with the prediction's other events; after
@@ -282,6 +292,8 @@ class WebhookDispatcher:
                 self.on_result(RESULTS[outcome], attempts - (outcome == "sent"))
                 return
             await asyncio.sleep(wait)
+            if not await asyncio.to_thread(self.store.outbox_claim, outbox.id, time.time(), OUTBOX_HOLD_S):
+                return  # another API process on the database took the retry
 
     def backoff_s(self, attempts: int) -> float:
         """The wait after the `attempts`-th failed attempt."""

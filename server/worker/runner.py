@@ -50,14 +50,16 @@ class StoreWrites:
     def _landed(self) -> None:
         if self.liveness is not None:
             self.liveness.changed()
+        self._recovered()
+
+    def _recovered(self) -> None:
         if self.failing:
             self.failing = False
             self._tell(None)
 
     def _failed(self, exc: Exception) -> None:
         log.warning("store write failed: %s", exc)
-        if not self.failing:
-            self.failing = True
+        self.failing = True
         self._tell(f"{type(exc).__name__}: {exc}")
 
     def _tell(self, detail: str | None) -> None:
@@ -101,9 +103,8 @@ class StoreWrites:
             return None
         if job is not None:
             self._landed()
-        elif self.failing:
-            self.failing = False
-            self._tell(None)
+        else:
+            self._recovered()
         return job
 
 
@@ -187,7 +188,7 @@ class JobRunner:
                 write_logs(force=step == total, progress=100.0 * step / max(total, 1))
 
             def on_preview(preview: Preview) -> None:
-                self.store.report(job.id, owner, preview=preview.to_dict())
+                self.writes.report(job.id, owner, preview=preview.to_dict())
 
             out_dir = self.data_dir / "outputs"
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,14 +206,14 @@ class JobRunner:
             result = resize_result(result, requested.width, requested.height)
             output = {
                 "path": f"outputs/{out_path.name}", "content_type": "video/mp4", "file_name": out_path.name,
-                "file_size": out_path.stat().st_size, "width": result.width, "height": result.height,
+                "width": result.width, "height": result.height,
                 "fps": result.fps, "num_frames": result.num_frames,
                 "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
                 "prompt": prepared.request.prompt,
             }
             self.writes.beat()
             output.update(self._deliver(job, result, out_dir, logs))
-            output["file_size"] = out_path.stat().st_size
+            output["file_size"] = out_path.stat().st_size  # after delivery, which may re-encode
             metrics = {"seed": result.seed, "step_seconds": step_seconds,
                        "timings": {k: round(v, 3) for k, v in result.timings.items()},
                        **result.metrics, **self.held(started, model)}
