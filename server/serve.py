@@ -108,11 +108,13 @@ def resolve(settings: ServeSettings) -> ServeSettings:
 
 def serve(args: argparse.Namespace) -> int:
     try:
-        settings = resolve(from_flags(args))
+        given = from_flags(args)
+        # before resolve(), which says what it chose for a demo server
+        logging.basicConfig(level=given.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        settings = resolve(given)
     except (ValueError, WeightsError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
     logging.getLogger("vace.server").info("serving %s at %s (data in %s)", ", ".join(settings.served_models()),
                                           settings.public_url, settings.data_dir)

@@ -149,7 +149,7 @@ class ServeSettings(BaseSettings):
     test_stop_at_step: int | None = Field(None, ge=1, description=(
         "fault-test hook: the first worker stops itself (SIGSTOP) at this denoising step of its first job"),
         json_schema_extra=_flag(metavar="STEP"))
-    log_level: str = Field("info", description="debug | info | warning | error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="what the log shows")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

@@ -215,3 +215,13 @@ def test_the_client_waits_out_429_and_retries_an_unavailable_server():
     with pytest.raises(ServerError) as info:
         client.create("tiny", {"prompt": "a"}, "key-2")
     assert (info.value.status, info.value.message) == (422, "width: too wide")
+
+
+def test_an_unreachable_server_is_one_line_not_a_traceback(capsys: pytest.CaptureFixture):
+    @command.refusals
+    def handler(args: argparse.Namespace) -> int:
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    assert handler(argparse.Namespace(server="http://127.0.0.1:9")) == command.EXIT_REFUSED
+    assert capsys.readouterr().err == ("error: cannot reach the server at http://127.0.0.1:9: "
+                                       "[Errno 111] Connection refused\n")

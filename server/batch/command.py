@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.tasks import preflight
 from vace.pipelines.engine.loading import load_pipeline
@@ -80,6 +82,9 @@ def refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return handler(args)
         except (Refused, ManifestError, StateError, ServerError, WeightsError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach the server at {getattr(args, 'server', None)}: {exc}", file=sys.stderr)
             return EXIT_REFUSED
     return wrapped
 
