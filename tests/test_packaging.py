@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import venv
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,19 @@ def test_wheel_installs_only_vace_and_the_cli_runs(tmp_path):
     assert "serve" in result.stdout and "generate" in result.stdout
     for generic in ("server", "pipelines", "weights"):
         assert not (target / generic).exists()
+
+
+def test_the_cuda_image_copies_what_its_install_reads():
+    """Docker cannot run here, so check the Dockerfile against pyproject: every mapped folder, the readme and
+    constraints.txt are copied, and the default extras exist."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    text = (ROOT / "Dockerfile.cuda").read_text()
+    copied = {src for line in text.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    assert folders | {project["project"]["readme"], "pyproject.toml", "constraints.txt"} <= copied
+    assert "-c constraints.txt" in text
+    [extras] = re.findall(r"^ARG EXTRAS=(\S+)$", text, re.MULTILINE)
+    assert set(extras.split(",")) <= set(project["project"]["optional-dependencies"])
+    assert "tiny" in extras.split(",")  # the image's default command serves the tiny model
+    assert re.search(r'^CMD \["--model", "tiny"\]$', text, re.MULTILINE)
