@@ -191,14 +191,28 @@ def test_function_local_imports_are_heavy_dependencies_with_a_reason():
 
 
 def test_the_api_process_does_not_load_the_engine(tiny_model_dir: Path):
-    """`vace serve --model tiny` parses and resolves its settings (the tiny bundle exists) and builds the app
-    without torch, diffusers or transformers: only workers load them (a fresh interpreter, since this test process
-    has them already). Writing a missing tiny fixture needs torch; a bundle already written does not."""
-    code = ("import sys; import vace.server.cli as cli; from vace.server import serve; "
-            "from vace.server.settings import from_flags; from vace.server.app import create_app; "
-            "settings = serve.resolve(from_flags(cli.build_parser(['serve']).parse_args("
-            "['serve', '--model', 'tiny', '--no-worker', '--data-dir', sys.argv[1]]))); create_app(settings); "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    """`vace serve --model tiny` parses and resolves its settings (the tiny bundle exists), builds the app, lists
+    its LoRA library and takes a job with a LoRA and one with preset turbo (both checked against the model from
+    the files' headers) without torch, diffusers or transformers: only workers load them (a fresh interpreter,
+    since this test process has them already). Writing a missing tiny fixture needs torch; a bundle already
+    written does not."""
+    code = """
+import sys
+import vace.server.cli as cli
+from fastapi.testclient import TestClient
+from vace.server import serve
+from vace.server.app import create_app
+from vace.server.settings import from_flags
+flags = ['serve', '--model', 'tiny', '--no-worker', '--data-dir', sys.argv[1]]
+settings = serve.resolve(from_flags(cli.build_parser(['serve']).parse_args(flags)))
+http = TestClient(create_app(settings))
+assert 'tiny-style' in str(http.get('/v1/loras').json())
+job = {'prompt': 'x', 'width': 32, 'height': 32, 'num_frames': 5, 'steps': 2}
+for extra in ({'loras': [{'name': 'tiny-style', 'scale': 0.5}]}, {'preset': 'turbo'}):
+    r = http.post('/v1/models/vace/tiny/predictions', json={'input': {**job, **extra}})
+    assert r.status_code == 201, r.text
+print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules))
+"""
     for _ in range(2):  # the first start writes what the tiny demo server adds (LoRAs, checker); the second finds it
         result = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir.parent / "api-process-data")],
                                 capture_output=True, text=True, timeout=300)

@@ -14,6 +14,7 @@ import torch
 from vace.pipelines.acceleration.presets import DistillRecipe
 from vace.pipelines.engine.group import GroupRenderer, render_group
 from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.lora_keys import converted_shapes
 from vace.pipelines.engine.loras import (
     ActiveLora,
     LoraConfig,
@@ -31,6 +32,7 @@ from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_l
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
+from vace.weights.safetensors_header import read_header
 
 STYLE_FILES = (TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya")
 
@@ -115,6 +117,65 @@ def test_header_only_shapes_match_the_loaded_tensors(library_dir):
         assert fmt == {"tiny-style": "peft", "tiny-style-kohya": "kohya"}.get(name, "comfy")
     assert describe_base(shapes) == {"model": "the tiny test model", "width": 24, "blocks": 3, "rank": 4,
                                      "image_to_video": False, "vace_blocks": False}
+
+
+def _extra_keys(fmt: str) -> dict[str, torch.Tensor]:
+    """A LoRA with the rarer key kinds published Wan LoRAs carry (I2V image projections, bias deltas, norm
+    deltas, embedder and head layers), with shapes made up per layer so any mix-up shows."""
+    gen = torch.Generator().manual_seed(5)
+
+    def pair(prefix: str, rank: int, fan_in: int, fan_out: int) -> dict[str, torch.Tensor]:
+        alpha = {f"{prefix}.alpha": torch.tensor(float(rank))} if "blocks" in prefix else {}  # diffusers: blocks only
+        return {f"{prefix}.lora_down.weight": torch.randn(rank, fan_in, generator=gen),
+                f"{prefix}.lora_up.weight": torch.randn(fan_out, rank, generator=gen), **alpha}
+
+    if fmt == "kohya":
+        out = {}
+        for i in range(2):
+            for j, o in enumerate(("q", "k", "v", "o", "k_img", "v_img")):
+                for attn in ("self_attn", "cross_attn") if "img" not in o else ("cross_attn",):
+                    out |= pair(f"lora_unet_blocks_{i}_{attn}_{o}", 2 + j % 3, 24, 24)
+            out |= pair(f"lora_unet_blocks_{i}_ffn_0", 3, 24, 32) | pair(f"lora_unet_blocks_{i}_ffn_2", 3, 32, 24)
+        return out
+    p = "diffusion_model."
+    out = pair(f"{p}blocks.0.self_attn.q", 2, 24, 24) | pair(f"{p}blocks.1.cross_attn.k_img", 3, 24, 24)
+    out |= pair(f"{p}blocks.1.cross_attn.v_img", 4, 24, 24) | pair(f"{p}blocks.1.ffn.0", 5, 24, 32)
+    out |= pair(f"{p}time_projection.1", 2, 24, 144) | pair(f"{p}text_embedding.0", 3, 16, 24)
+    out |= pair(f"{p}time_embedding.2", 2, 24, 24) | pair(f"{p}img_emb.proj.1", 2, 20, 20)
+    out |= {f"{p}blocks.0.self_attn.q.diff_b": torch.zeros(24), f"{p}blocks.0.self_attn.norm_q.diff": torch.zeros(24),
+            f"{p}blocks.0.modulation.diff": torch.zeros(1, 6, 24), f"{p}time_projection.1.diff_b": torch.zeros(144),
+            f"{p}img_emb.proj.1.diff_b": torch.zeros(20)}
+    if fmt == "comfy-head-delta":
+        out |= {f"{p}head.head.diff": torch.zeros(7, 24), f"{p}head.head.diff_b": torch.zeros(9)}
+    else:
+        out |= pair(f"{p}head.head", 2, 24, 7)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["comfy", "comfy-head-delta", "kohya"])
+def test_header_key_conversion_matches_diffusers_on_rarer_keys(fmt, tmp_path):
+    from diffusers import WanVACEPipeline
+    from safetensors.torch import save_file
+
+    tensors = _extra_keys(fmt)
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    theirs = WanVACEPipeline.lora_state_dict(dict(tensors))
+    assert converted_shapes(read_header(tmp_path / "x.safetensors")) == {k: tuple(v.shape) for k, v in theirs.items()}
+
+
+def test_keys_diffusers_refuses_are_refused_from_the_header(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 24),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(24, 2),
+               "diffusion_model.blocks.0.mystery.lora_up.weight": torch.zeros(24, 2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(RequestError) as err:
+        lora_shapes(tmp_path / "x.safetensors", "loras[0].name")
+    assert err.value.field == "loras[0].name" and "blocks.0.mystery.lora_up.weight" in err.value.message
+    with open(tmp_path / "x.safetensors", "r+b") as fh:  # a header that claims more bytes than the file has
+        fh.truncate(200)
+    with pytest.raises(RequestError, match="not a readable .safetensors"):
+        lora_shapes(tmp_path / "x.safetensors", "loras[0].name")
 
 
 def test_lora_for_another_base_model_is_refused_naming_the_field(library, library_dir, other_base_lora,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 MANIFEST_NAME = "vace-manifest.json"
 _CHUNK = 8 * 1024 * 1024
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, for cached_sha256
+_DIGESTS_MAX = 4096
 
 
 def sha256_file(path: Path) -> str:
@@ -16,6 +18,18 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in this process: a file rewritten in place gets a
+    new mtime and is hashed again."""
+    stat = path.stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
 
 
 def _files(root: Path) -> list[Path]:

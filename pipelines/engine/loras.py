@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.engine.lora_keys import UnknownKeys, converted_shapes, key_format
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, materialize
-from vace.weights.integrity import sha256_file
+from vace.weights.integrity import cached_sha256, sha256_file
+from vace.weights.safetensors_header import HeaderError, read_header
 
 LORA_MAX_BYTES = 4 * 1024**3
 ADAPTER_CAPACITY = 8
@@ -61,20 +63,11 @@ class LoraLibrary:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.fetch_policy = replace(fetch_policy or FetchPolicy(), max_bytes=max_bytes)
         self.allow_paths = allow_paths
-        self._digests: dict[tuple[str, int, int], str] = {}
 
     def names(self) -> list[str]:
         if self.root is None or not self.root.is_dir():
             return []
         return sorted(p.stem for p in self.root.glob("*.safetensors") if p.is_file())
-
-    def digest(self, path: Path) -> str:
-        """sha256 of a file, computed once per (path, size, mtime)."""
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key not in self._digests:
-            self._digests[key] = sha256_file(path)
-        return self._digests[key]
 
     def resolve(self, spec: LoraSpec, field_name: str, fetch: bool = True) -> LoraFile | None:
         """The file a spec names; RequestError naming `field_name.<name|path|url>` if there is none.
@@ -88,7 +81,7 @@ class LoraLibrary:
                 known = self.names()
                 raise RequestError(where, f"no LoRA named {spec.name!r} in the library; known: "
                                           f"{', '.join(known[:20]) or 'none'}")
-            return LoraFile(path, self.digest(path), spec.name)
+            return LoraFile(path, cached_sha256(path), spec.name)
         if spec.path is not None:
             if not self.allow_paths:
                 raise RequestError(where, "local paths are not accepted here; use name (a LoRA in the server's "
@@ -98,7 +91,7 @@ class LoraLibrary:
                 raise RequestError(where, f"file not found: {path}")
             if path.suffix != ".safetensors":
                 raise RequestError(where, "only .safetensors LoRAs are accepted")
-            return LoraFile(path, self.digest(path), spec.path)
+            return LoraFile(path, cached_sha256(path), spec.path)
         return self._fetched(spec.url or "", where, fetch)
 
     def _url_index(self) -> dict[str, str]:
@@ -132,7 +125,7 @@ class LoraLibrary:
         out = []
         for name in self.names():
             path = self.root / f"{name}.safetensors"  # type: ignore[operator]
-            entry: dict[str, Any] = {"name": name, "size": path.stat().st_size, "sha256": self.digest(path)}
+            entry: dict[str, Any] = {"name": name, "size": path.stat().st_size, "sha256": cached_sha256(path)}
             try:
                 shapes, fmt = lora_shapes(path, name)
             except RequestError as exc:
@@ -147,22 +140,10 @@ class LoraLibrary:
 
 
 def _check_safetensors(path: Path, where: str) -> None:
-    from safetensors import SafetensorError, safe_open  # safetensors loads only where weights are read
-
     try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except (SafetensorError, OSError, ValueError) as exc:
+        read_header(path)
+    except (HeaderError, OSError) as exc:
         raise RequestError(where, f"not a .safetensors file ({exc})") from None
-
-
-def key_format(keys: Sequence[str]) -> str:
-    """peft | comfy | kohya, from a LoRA's raw key names."""
-    if any(k.startswith("diffusion_model.") for k in keys):
-        return "comfy"
-    if any(k.startswith("lora_unet_") for k in keys):
-        return "kohya"
-    return "peft"
 
 
 def convert(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
@@ -175,38 +156,32 @@ def convert(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
     except (ValueError, KeyError, IndexError, RuntimeError, AttributeError) as exc:
         raise RequestError(where, f"not a Wan LoRA in a key format diffusers reads ({exc or type(exc).__name__})") \
             from None
+    _check_keys(converted, where)
+    return converted
+
+
+def _check_keys(converted: dict[str, Any], where: str) -> None:
     if not converted:
         raise RequestError(where, "the file holds no LoRA weights")
     stray = [k for k in converted if not (k.startswith("transformer.") and k.endswith(_LORA_SUFFIXES))]
     if stray:
         raise RequestError(where, f"holds weights this server does not apply to a Wan transformer: "
                                   f"{', '.join(stray[:3])}")
-    return converted
-
-
-_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def lora_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]], str]:
-    """(converted key -> shape, key format) of a LoRA file, converted on the meta device: only the header and the
-    alpha scalars are read, so checking a LoRA at submit loads no weights."""
-    import torch  # torch loads only where tensors are used (the API process never needs it)
-    from safetensors import SafetensorError, safe_open  # safetensors loads only where weights are read
-
+    """(converted key -> shape, key format) of a LoRA file, from its header alone (lora_keys renames the keys as
+    diffusers' converters do), so checking a LoRA at submit loads no weights and no torch."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-            tensors = {}
-            for key in keys:
-                if key.endswith(".alpha"):
-                    tensors[key] = fh.get_tensor(key)
-                    continue
-                piece = fh.get_slice(key)
-                dtype = getattr(torch, _DTYPES.get(piece.get_dtype(), "float32"))
-                tensors[key] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
-    except (SafetensorError, OSError, ValueError) as exc:
+        tensors = read_header(path)
+    except (HeaderError, OSError) as exc:
         raise RequestError(where, f"not a readable .safetensors LoRA ({exc})") from None
-    return {k: tuple(v.shape) for k, v in convert(tensors, where).items()}, key_format(keys)
+    try:
+        shapes = converted_shapes(tensors)
+    except UnknownKeys as exc:
+        raise RequestError(where, f"not a Wan LoRA in a key format diffusers reads ({exc})") from None
+    _check_keys(shapes, where)
+    return shapes, key_format(tensors)
 
 
 def read_lora(path: Path, where: str) -> tuple[dict[str, Any], dict | None]:
@@ -225,15 +200,11 @@ def read_lora(path: Path, where: str) -> tuple[dict[str, Any], dict | None]:
 
 def linear_shapes_from_weights(model_dir: str | Path, sub: str = "transformer") -> dict[str, tuple[int, int]]:
     """module name -> (out, in) features of every 2-D weight in a model's transformer, from the headers."""
-    from safetensors import safe_open  # safetensors loads only where weights are read
-
     shapes = {}
     for file in sorted((Path(model_dir) / sub).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as fh:
-            for key in fh.keys():
-                dims = fh.get_slice(key).get_shape()
-                if key.endswith(".weight") and len(dims) == 2:
-                    shapes[key.removesuffix(".weight")] = (dims[0], dims[1])
+        for key, info in read_header(file).items():
+            if key.endswith(".weight") and len(info.shape) == 2:
+                shapes[key.removesuffix(".weight")] = (info.shape[0], info.shape[1])
     return shapes
 
 

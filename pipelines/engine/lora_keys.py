@@ -1,0 +1,128 @@
+"""A Wan LoRA's tensor shapes under diffusers' key names, from the file's header alone (no torch).
+
+The API process checks at submit that a LoRA fits the model; it cannot import diffusers (whose converters need
+torch), so this module renames keys the way WanLoraLoaderMixin.lora_state_dict does for the three published
+formats -- diffusers/PEFT, ComfyUI (`diffusion_model.`) and kohya/musubi-tuner (`lora_unet_`) -- and only
+for shapes: alpha scalars are dropped (they rescale values, not shapes). tests/test_loras.py checks that the
+result equals diffusers' conversion. The worker loads LoRAs through diffusers itself and checks again there.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from vace.weights.safetensors_header import TensorInfo
+
+COMFY_PREFIX = "diffusion_model."
+KOHYA_PREFIX = "lora_unet_"
+# Wan's original module names (ComfyUI / kohya) -> diffusers' names, within one transformer block.
+BLOCK_MODULES: dict[str, str] = {
+    **{f"{original}.{o}": f"{ours}.{c}" for original, ours in (("self_attn", "attn1"), ("cross_attn", "attn2"))
+       for o, c in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0"))},
+    "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+IMAGE_MODULES = {"cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj"}  # I2V LoRAs
+TOP_MODULES = {
+    "time_projection.1": "condition_embedder.time_proj", "head.head": "proj_out",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+}
+_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
+_KOHYA_KEY = re.compile(r"blocks_(\d+)_(self_attn|cross_attn|ffn)_(q|k|v|o|k_img|v_img|0|2)\.(lora_down\.weight|"
+                        r"lora_up\.weight|alpha)")
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+class UnknownKeys(ValueError):
+    """The file holds keys diffusers' Wan LoRA converters do not take."""
+
+
+def key_format(keys: list[str] | Mapping[str, object]) -> str:
+    """peft | comfy | kohya, from a LoRA's raw key names (the order diffusers tests them in)."""
+    if any(k.startswith(COMFY_PREFIX) for k in keys):
+        return "comfy"
+    if any(k.startswith(KOHYA_PREFIX) for k in keys):
+        return "kohya"
+    return "peft"
+
+
+def converted_shapes(tensors: Mapping[str, TensorInfo]) -> Shapes:
+    """diffusers key (`transformer.…`) -> shape of every tensor the converters keep; UnknownKeys naming a key they
+    would refuse."""
+    fmt = key_format(tensors)
+    shapes = {k: v.shape for k, v in tensors.items()}
+    if fmt == "comfy":
+        out = _comfy(shapes)
+    elif fmt == "kohya":
+        out = _kohya(shapes)
+    else:
+        out = shapes
+    return {k: v for k, v in out.items() if "dora_scale" not in k}
+
+
+def _comfy(raw: Shapes) -> Shapes:
+    shapes = {k[len(COMFY_PREFIX):]: v for k, v in raw.items()}
+    down = "lora_A" if any("lora_A" in k for k in shapes) else "lora_down"
+    up = "lora_B" if any("lora_B" in k for k in shapes) else "lora_up"
+    if any(k.startswith("blocks.") for k in shapes) and not any(_BLOCK_KEY.match(k) for k in shapes):
+        raise UnknownKeys("block keys without a block number")
+    has_time_weight = any(k.startswith("time_projection") and k.endswith(".weight") for k in shapes)
+    image = any("k_img" in k for k in shapes) and any("v_img" in k for k in shapes)
+    blocks = BLOCK_MODULES | (IMAGE_MODULES if image else {})
+    suffixes = {f"{down}.weight": "lora_A.weight", f"{up}.weight": "lora_B.weight", "diff_b": "lora_B.bias"}
+    out: Shapes = {}
+    leftover: list[str] = []
+    for key, shape in shapes.items():
+        if key.endswith((".diff", ".diff_b")) and "norm" in key:
+            continue  # norm deltas: dropped by diffusers too
+        if "time_projection" in key and not has_time_weight:
+            continue
+        if key.endswith(".alpha") and (m := _BLOCK_KEY.fullmatch(key.removesuffix(".alpha"))) and m[2] in blocks:
+            continue  # diffusers takes alpha on block layers only; elsewhere it is a key left over
+        module, suffix = _split(key, suffixes)
+        block = _BLOCK_KEY.fullmatch(module) if module else None
+        if block and block[2] in blocks:
+            out[f"blocks.{block[1]}.{blocks[block[2]]}.{suffixes[suffix]}"] = shape
+        elif module in TOP_MODULES:
+            out[f"{TOP_MODULES[module]}.{suffixes[suffix]}"] = shape
+        elif key == "head.head.diff":
+            out["proj_out.lora_A.weight"] = shape
+        else:
+            leftover.append(key)
+    if "head.head.diff" in shapes:  # a head delta without an up matrix: diffusers pairs it with an identity
+        if "proj_out.lora_B.bias" not in out:
+            raise UnknownKeys("head.head.diff needs head.head.diff_b")
+        out["proj_out.lora_B.weight"] = (out["proj_out.lora_B.bias"][0], shapes["head.head.diff"][0])
+    stray = [k for k in leftover if not k.endswith(".diff") or "lora" in k]
+    if stray:
+        raise UnknownKeys(f"keys diffusers' Wan converter does not take: {', '.join(stray[:3])}")
+    return {f"transformer.{k}": v for k, v in out.items()}
+
+
+def _split(key: str, suffixes: dict[str, str]) -> tuple[str | None, str]:
+    for suffix in suffixes:
+        if key.endswith("." + suffix):
+            return key[:-len(suffix) - 1], suffix
+    return None, ""
+
+
+def _kohya(raw: Shapes) -> Shapes:
+    shapes = {k[len(KOHYA_PREFIX):]: v for k, v in raw.items()}
+    image = any("k_img" in k for k in shapes) and any("v_img" in k for k in shapes)
+    blocks = BLOCK_MODULES | (IMAGE_MODULES if image else {})
+    out: Shapes = {}
+    for key, shape in shapes.items():
+        m = _KOHYA_KEY.fullmatch(key)
+        module = f"{m[2]}.{m[3]}" if m else ""
+        if m is None or module not in blocks:
+            raise UnknownKeys(f"a key diffusers' kohya/musubi converter does not take: {KOHYA_PREFIX}{key}")
+        if m[4] != "alpha":
+            part = "lora_A.weight" if m[4].startswith("lora_down") else "lora_B.weight"
+            out[f"transformer.blocks.{m[1]}.{blocks[module]}.{part}"] = shape
+    return out
