@@ -37,6 +37,7 @@ from vace.server.store import PROCESSING, QUEUED, Store, database_url
 from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.executor import make_executor, worker_states
+from vace.server.worker.lost import settle_lost
 from vace.server.worker.supervisor import DEGRADED, READY, SETUP_FAILED, WorkerSupervisor
 
 log = logging.getLogger("vace.server")
@@ -69,9 +70,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if store.single_host:
-            lost = store.fail_held("interrupted: the server stopped while this prediction was running")
-            if lost:
-                log.warning("marked %d interrupted prediction(s) failed: %s", len(lost), ", ".join(lost))
+            settle_lost(store, "interrupted: the server stopped")
         await service.start()
         task = None
         if run_worker:
@@ -117,7 +116,8 @@ async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
     def once() -> None:  # in a thread, like the change feed's reads: database calls must not stall the loop
         supervisor.poll()
         if not store.single_host:
-            store.fail_held("the worker running this prediction stopped heartbeating", expired_before=time.time())
+            settle_lost(store, "the worker running this prediction stopped heartbeating (its lease expired)",
+                        expired_before=time.time())
 
     while True:
         try:

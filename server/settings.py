@@ -146,8 +146,9 @@ class ServeSettings(BaseSettings):
     drain_timeout_s: float = Field(60.0, ge=0, description=(
         "on SIGTERM/SIGINT: stop taking jobs and give the running one this long to finish, then requeue it"),
         json_schema_extra=_flag(flag="drain-timeout", metavar="SECONDS"))
-    test_stop_at_step: int | None = Field(None, ge=1, description=(
-        "fault-test hook: the first worker stops itself (SIGSTOP) at this denoising step of its first job"),
+    test_stop_at_step: int | None = Field(None, ge=0, description=(
+        "fault-test hook: the first worker stops itself (SIGSTOP) at this denoising step of its first job (0: just "
+        "before denoising starts); with --executor ray, the actor given the first job"),
         json_schema_extra=_flag(metavar="STEP"))
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="what the log shows")
 

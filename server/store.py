@@ -46,6 +46,7 @@ from vace.server.store_listen import Listener
 
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+MAX_REQUEUES = 1  # a job lost before it started denoising goes back to the queue this many times at most
 
 metadata = MetaData()
 
@@ -90,6 +91,8 @@ predictions = Table(
     Column("preview", JSON, nullable=True),
     # The unix time of each line of `logs` the worker wrote (lines the store appends itself have none).
     Column("log_times", JSON, nullable=True),
+    # How many times the job went back to the queue because its worker was lost before it started denoising.
+    Column("requeues", Integer, nullable=False, default=0, server_default="0"),
 )
 
 files = Table(
@@ -148,6 +151,17 @@ class OutboxEvent:
     last_error: str | None = None
 
 
+@dataclass
+class LostJobs:
+    """What Store.lose_held did with the jobs of a lost worker."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed)
+
+
 class AdmissionRefused(Exception):
     """insert() found the queue full: `queued` predictions were waiting."""
 
@@ -197,6 +211,7 @@ class Prediction:
     change_seq: int | None = None
     preview: dict[str, Any] | None = None
     log_times: list[float] | None = None
+    requeues: int = 0
     seq: int = 0
 
     @property
@@ -536,8 +551,11 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def fail_held(self, error: str, owner: str | None = None, expired_before: float | None = None) -> list[str]:
-        """Fail processing predictions held by `owner`, whose lease expired, or (neither given) all of them."""
+    def lose_held(self, cause: str, owner: str | None = None, expired_before: float | None = None) -> LostJobs:
+        """Settle the processing predictions whose worker was lost (`cause` says how): those held by `owner`, those
+        whose lease expired, or (neither given) all of them. One that had not started denoising (no progress
+        reported yet) goes back to its place in the queue once, counted on its row so a restart cannot requeue it
+        again; any other fails with an error naming the cause. Both executors and the server's start call this."""
         where = predictions.c.status == PROCESSING
         if owner is not None:
             where = and_(where, predictions.c.lease_owner == owner)
@@ -545,12 +563,28 @@ class Store:
             where = and_(where, or_(predictions.c.lease_expires.is_(None),
                                     predictions.c.lease_expires < expired_before))
         with self.engine.connect() as conn:
-            ids = list(conn.execute(select(predictions.c.id).where(where)).scalars())
-        for pid in ids:
-            self._update(and_(predictions.c.id == pid, predictions.c.status == PROCESSING),
-                         event=(pid, "completed"), status=FAILED, error=error, completed_at=time.time(),
-                         lease_owner=None, lease_expires=None, logs=predictions.c.logs + f"{error}\n")
-        return ids
+            held = conn.execute(select(predictions.c.id, predictions.c.lease_owner).where(where)).all()
+        lost = LostJobs()
+        for pid, holder in held:
+            same_run = and_(predictions.c.id == pid, predictions.c.status == PROCESSING,
+                            predictions.c.lease_owner.is_(None) if holder is None
+                            else predictions.c.lease_owner == holder)
+            note = f"requeued: {cause} before this prediction started denoising"
+            if self._update(and_(same_run, predictions.c.progress.is_(None), predictions.c.requeues < MAX_REQUEUES),
+                            status=QUEUED, requeues=predictions.c.requeues + 1, started_at=None, lease_owner=None,
+                            lease_expires=None, logs=predictions.c.logs + f"{note}\n"):
+                lost.requeued.append(pid)
+                continue
+            with self.engine.connect() as conn:
+                progress = conn.execute(select(predictions.c.progress).where(predictions.c.id == pid)).scalar()
+            error = (f"{cause} while this prediction was running; it was not retried" if progress is not None else
+                     f"{cause} before this prediction started denoising, after it had been requeued once for the "
+                     "same reason; it was not retried again")
+            if self._update(same_run, event=(pid, "completed"), status=FAILED, error=error,
+                            completed_at=time.time(), lease_owner=None, lease_expires=None,
+                            logs=predictions.c.logs + f"{error}\n"):
+                lost.failed.append(pid)
+        return lost
 
     def requeue_held(self, owner: str, note: str) -> list[str]:
         """Put a stopping worker's job back at its place in the queue."""

@@ -119,7 +119,8 @@ def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Serv
     [node] = [n for n in cluster.worker_nodes if n.node_id == running["node"]]
     cluster.remove_node(node, allow_graceful=False)  # its raylet and workers are killed
     doomed.wait()
-    assert doomed.status == "failed" and "was lost while running this prediction" in doomed.error
+    assert doomed.status == "failed" and f"on node {NODE_IP} ({running['node']}) was lost" in doomed.error
+    assert doomed.error.endswith("while this prediction was running; it was not retried")
     after = [client.predictions.create(model="vace/tiny", input=small(seed=i)) for i in range(3)]
     for prediction in after:
         prediction.wait()

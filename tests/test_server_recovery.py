@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.server_process import Server
+from vace.server.store import Store
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -86,6 +87,39 @@ def test_worker_death_fails_its_job_and_a_new_worker_takes_over(data_dir: Path):
             assert health["worker"]["pid"] != worker_pid
     finally:
         server.stop()
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP: the fault-test hook reached)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_job_lost_before_denoising_is_requeued_once_and_runs(data_dir: Path):
+    """The fault-test hook stops the first worker just before its first job starts denoising; that worker is then
+    killed. The job goes back to the queue (once: counted on its row) and the replacement worker renders it."""
+    server = Server(data_dir, args=["--model", "tiny", "--test-stop-at-step", "0"]).start()
+    try:
+        with server.client() as http:
+            job = create(http)
+            worker_pid = http.get("/health").json()["worker"]["pid"]
+            deadline = time.monotonic() + 90
+            while not stopped(worker_pid):
+                assert time.monotonic() < deadline, "the worker never reached the hook"
+                time.sleep(0.1)
+            assert http.get(f"/v1/predictions/{job}").json()["status"] == "processing"
+            os.kill(worker_pid, signal.SIGKILL)
+            done = wait_for(http, job, lambda b: b["status"] in TERMINAL)
+            assert done["status"] == "succeeded", done["error"]
+            assert ("requeued: the worker process died (exit code -9) before this prediction started denoising"
+                    in done["logs"])
+            assert http.get("/health").json()["worker"]["restarts"] == 1
+    finally:
+        server.stop()
+    store = Store(f"sqlite:///{data_dir / 'vace.db'}")
+    try:
+        assert store.get(job).requeues == 1
+    finally:
+        store.close()
 
 
 def test_undecodable_media_is_refused_at_submit_and_the_queue_goes_on(data_dir: Path):

@@ -73,10 +73,35 @@ def test_writes_need_the_lease(store: Store):
     assert job.id == pid and job.status == PROCESSING and job.started_at
     assert store.report(pid, "w1", logs="step 1/2\n")
     assert not store.report(pid, "intruder", logs="nope")
-    assert store.fail_held("worker died", owner="w1") == [pid]
+    assert store.report(pid, "w1", progress=0.0)  # denoising started
+    assert store.lose_held("worker died", owner="w1").failed == [pid]
     assert not store.finish(pid, "w1", SUCCEEDED, output={"path": "x"})  # lease gone: outcome kept
     final = store.get(pid)
-    assert final.status == FAILED and final.error == "worker died" and final.output is None
+    assert final.status == FAILED and final.output is None
+    assert final.error == "worker died while this prediction was running; it was not retried"
+
+
+def test_a_job_lost_before_denoising_is_requeued_once(database_url: str):
+    store = Store(database_url)
+    a, b = queued(store, 2)
+    store.claim("w1", 30)
+    assert store.lose_held("w1 died", owner="w2").requeued == []  # only the lost worker's jobs
+    lost = store.lose_held("w1 died", owner="w1")
+    assert (lost.requeued, lost.failed) == ([a], [])
+    again = store.get(a)
+    assert again.status == QUEUED and again.requeues == 1 and again.lease_owner is None and again.started_at is None
+    assert again.logs == "requeued: w1 died before this prediction started denoising\n"
+    store.close()
+    store = Store(database_url)  # the count is on the row: a restarted server does not requeue it a second time
+    assert store.claim("w3", 30).id == a  # its place in the queue kept
+    lost = store.lose_held("interrupted: the server stopped")
+    assert (lost.requeued, lost.failed) == ([], [a])
+    final = store.get(a)
+    assert final.status == FAILED and final.requeues == 1
+    assert final.error == ("interrupted: the server stopped before this prediction started denoising, after it had "
+                           "been requeued once for the same reason; it was not retried again")
+    assert store.get(b).status == QUEUED
+    store.close()
 
 
 def test_cancel_queued_at_once_running_by_flag(store: Store):

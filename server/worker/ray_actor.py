@@ -9,6 +9,7 @@ job's final event.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import shutil
 import tempfile
@@ -87,19 +88,21 @@ class GpuWorker:
         import ray  # only ever called inside a Ray actor
 
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+        return {"node": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "devices": list(self.config.devices or
                                                                              (self.config.device,)),
                 "model": self.default, "levers": getattr(self.model, "levers", None),
                 "offload": getattr(self.model, "offload", None)}
 
-    def run(self, job: Prediction) -> Iterator[tuple]:
-        """The job's events, in order, ending with its final write."""
+    def run(self, job: Prediction, test_stop_at_step: int | None = None) -> Iterator[tuple]:
+        """The job's events, in order, ending with its final write (`test_stop_at_step`: the fault-test hook)."""
         done = threading.Event()
+        runner = self.runner if test_stop_at_step is None else JobRunner(
+            self.channel, self.pool, dataclasses.replace(self.config, test_stop_at_step=test_stop_at_step))
 
         def work() -> None:
             try:
-                self.runner.run(job)
+                runner.run(job)
             finally:
                 done.set()
 

@@ -25,6 +25,7 @@ from vace.server.metrics import WorkerState
 from vace.server.store import Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
+from vace.server.worker.lost import settle_lost
 from vace.server.worker.supervisor import READY, SETUP_FAILED, STARTING
 
 log = logging.getLogger("vace.ray")
@@ -99,7 +100,7 @@ class _Slot:
             if self.state == READY:
                 self.state = RESTARTING
             return False
-        if self.where is not None and where["node"] != self.where["node"]:
+        if self.where is not None and (where["node"], where["pid"]) != (self.where["node"], self.where["pid"]):
             self.restarts += 1
             log.warning("worker %s restarted on node %s", self.worker_id, where["node_ip"])
         self.where, self.state, self.error = where, READY, None
@@ -139,7 +140,7 @@ class _Slot:
                                    logs=job.logs + f"ray worker {owner} on node {where.get('node_ip')} "
                                                    f"({where.get('node')}), GPUs {where.get('gpus')}\n")
         try:
-            stream = self.actor.run.remote(sent)
+            stream = self.actor.run.remote(sent, self.executor.take_test_stop())
             canceler.start()
             for ref in stream:
                 event = ray.get(ref)
@@ -154,10 +155,8 @@ class _Slot:
         except ray.exceptions.RayError as exc:
             if self.executor.stopping.is_set():  # stop() ended the actor: the job goes back to the queue
                 return
-            message = (f"the Ray worker on node {where.get('node_ip')} ({where.get('node')}) was lost while "
-                       f"running this prediction ({type(exc).__name__}); it was not retried")
-            log.error("%s: %s", job.id, message)
-            store.fail_held(message, owner=owner)
+            settle_lost(store, f"the Ray worker {owner} on node {where.get('node_ip')} ({where.get('node')}) was "
+                               f"lost ({type(exc).__name__})", owner=owner)
         finally:
             finished.set()
 
@@ -186,8 +185,8 @@ class _Slot:
     def describe(self) -> dict[str, Any]:
         where = self.where or {}
         return {"id": self.worker_id, "state": self.state, "node": where.get("node"),
-                "node_ip": where.get("node_ip"), "gpus": where.get("gpus"), "devices": where.get("devices"),
-                "job": self.job, "restarts": self.restarts, "error": self.error}
+                "node_ip": where.get("node_ip"), "pid": where.get("pid"), "gpus": where.get("gpus"),
+                "devices": where.get("devices"), "job": self.job, "restarts": self.restarts, "error": self.error}
 
 
 def _actor_error(exc: Exception) -> str:
@@ -211,6 +210,7 @@ class RayExecutor:
         self.join_error: str | None = None
         self.slots: list[_Slot] = []
         self._lock = threading.Lock()
+        self._test_stop = config.test_stop_at_step  # the fault-test hook, for the first job handed out only
 
     def start(self) -> None:
         """Join the cluster and place the workers, in a thread: the API answers (STARTING) meanwhile."""
@@ -246,6 +246,12 @@ class RayExecutor:
                 self.slots.append(slot)
                 slot.start()
 
+    def take_test_stop(self) -> int | None:
+        """The fault-test hook's step for the job being handed out: the first one only."""
+        with self._lock:
+            step, self._test_stop = self._test_stop, None
+        return step
+
     def new_actor(self) -> Any:
         import ray  # the [ray] extra
         from ray.util.placement_group import placement_group  # part of ray
@@ -259,7 +265,8 @@ class RayExecutor:
         # the actor class holds the engine and torch: loaded by the driver only when it starts actors
         from vace.server.worker.ray_actor import GpuWorker
 
-        return ray.remote(GpuWorker).options(num_gpus=self.group, **options).remote(self.config, self.group)
+        config = dataclasses.replace(self.config, test_stop_at_step=None)  # the hook travels with its job instead
+        return ray.remote(GpuWorker).options(num_gpus=self.group, **options).remote(config, self.group)
 
     # ---- the supervisor interface the app uses -----------------------------------------------------------------
 

@@ -171,15 +171,15 @@ class JobRunner:
             if prepared.loras:
                 logs.append("loras: " + ", ".join(f"{a.file.label} x{a.scale:g}" + (
                     f" ({a.expert})" if a.expert != "both" else "") for a in prepared.loras))
-            write_logs(force=True, seed=requested.seed, progress=0.0)
+            self._test_stop(0)
+            write_logs(force=True, seed=requested.seed, progress=0.0)  # progress set: the job is denoising now
 
             step_seconds: list[float] = []
             last_step = [0.0]
 
             def on_progress(step: int, total: int) -> None:
                 self.writes.beat()  # the heartbeat comes from the denoising loop: a hung step stops it
-                if step == self.config.test_stop_at_step:
-                    os.kill(os.getpid(), signal.SIGSTOP)  # fault-test hook: a hang mid-job
+                self._test_stop(step)
                 now = time.perf_counter()
                 if step > 1:  # the first step's time also holds the pipeline's set-up (conditioning encode)
                     step_seconds.append(round(now - last_step[0], 4))
@@ -237,6 +237,12 @@ class JobRunner:
             heartbeat.stop()
 
             shutil.rmtree(self.data_dir / "work" / job.id, ignore_errors=True)
+
+    def _test_stop(self, step: int) -> None:
+        """The fault-test hook (--test-stop-at-step): the worker stops itself (SIGSTOP) at that denoising step, or
+        with 0 just before denoising starts."""
+        if step == self.config.test_stop_at_step:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _deliver(self, job: Prediction, result: Any, out_dir: Path, logs: JobLog) -> dict[str, Any]:
         """The job's delivery options: encoder settings, frames zip, safety check."""

@@ -22,6 +22,7 @@ from vace.server.worker.config import WorkerConfig
 from vace.server.worker.devices import worker_configs, worker_device_sets
 from vace.server.worker.entry import run_worker
 from vace.server.worker.liveness import Liveness
+from vace.server.worker.lost import settle_lost
 
 log = logging.getLogger("vace.supervisor")
 
@@ -50,7 +51,7 @@ class WorkerSupervisor:
         self._stop: Any = None
         self._last_start = 0.0
         self._hung_for: float | None = None
-        self._unsettled: list[tuple[str, str]] = []  # (worker id, message): held jobs still to be failed
+        self._unsettled: list[tuple[str, str]] = []  # (worker id, cause): held jobs still to be settled
         # poll() runs in a worker thread that outlives the cancelled supervise task at shutdown: the lock and
         # the flag keep it from replacing a worker that stop() just ended (and failing its requeued job).
         self._lock = threading.Lock()
@@ -149,8 +150,7 @@ class WorkerSupervisor:
         self.process = None
         # Recorded by _settle, after the replacement has started: a store that cannot be written must not keep
         # the server without a worker.
-        self._unsettled.append((self.worker_id, f"{cause} while running this prediction; it was stopped and "
-                                                "not retried"))
+        self._unsettled.append((self.worker_id, cause))
         if self.state == SETUP_FAILED:
             log.error("worker could not load its model: %s", self.error)
             return
@@ -163,16 +163,14 @@ class WorkerSupervisor:
         self.start()
 
     def _settle(self) -> None:
-        """Fail the jobs that replaced workers held, as far as the store lets us now."""
+        """Requeue or fail the jobs that replaced workers held, as far as the store lets us now."""
         while self._unsettled:
-            worker_id, message = self._unsettled[0]
+            worker_id, cause = self._unsettled[0]
             try:
-                failed = self.store.fail_held(message, owner=worker_id)
+                settle_lost(self.store, cause, owner=worker_id)
             except Exception as exc:  # noqa: BLE001 - retried on the next poll
                 log.warning("cannot record the end of %s's job yet: %s", worker_id, exc)
                 return
-            if failed:
-                log.error("%s: %s", ", ".join(failed), message)
             self._unsettled.pop(0)
 
     def begin_stop(self) -> None:
