@@ -190,7 +190,7 @@ def test_function_local_imports_are_heavy_dependencies_with_a_reason():
     assert problems == [], "\n".join(problems)
 
 
-def test_the_api_process_does_not_load_the_engine(tiny_model_dir: Path):
+def test_the_api_process_does_not_load_the_engine(tiny_model_dir: Path, tmp_path: Path):
     """`vace serve --model tiny` parses and resolves its settings (the tiny bundle exists), builds the app, lists
     its LoRA library and takes a job with a LoRA and one with preset turbo (both checked against the model from
     the files' headers) without torch, diffusers or transformers: only workers load them (a fresh interpreter,
@@ -214,7 +214,7 @@ for extra in ({'loras': [{'name': 'tiny-style', 'scale': 0.5}]}, {'preset': 'tur
 print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules))
 """
     for _ in range(2):  # the first start writes what the tiny demo server adds (LoRAs, checker); the second finds it
-        result = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir.parent / "api-process-data")],
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
