@@ -16,13 +16,14 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vace.server.api.common import DIALECTS
 from vace.server.auth import Access, require_api_key
+from vace.server.downloads import stored_file_response
 from vace.server.limits import MB, Limits, RequestLimits
 from vace.server.metrics import ServerMetrics, WorkerState
 from vace.server.openapi_errors import document_errors
@@ -62,7 +63,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         fetch_policy=settings.fetch_policy(), own_netlocs=settings.own_netlocs(),
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
-        models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs()), metrics)
+        models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs(),
+        storage=settings.file_storage()), metrics)
     if run_worker:
         service.on_created = supervisor.wake  # hand-off: the worker claims at once, no fast poll
         service.feed.poke = supervisor.take_changed  # the feed reads when the worker wrote
@@ -172,12 +174,13 @@ def _add_core_routes(app: FastAPI) -> None:
         return library_listing(lora_library, lora_config.distill, settings.served_models())
 
     @app.get("/outputs/{name}", tags=["server"], summary="A rendered video")
-    def output(name: str) -> FileResponse:
-        path = app.state.service.urls.output_path(name)
-        if path is None:
-            raise NotFound(f"output {name!r} not found")
-
-        return FileResponse(path, media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
+    def output(name: str, request: Request) -> Response:
+        missing = f"output {name!r} not found"
+        if "/" in name or name.startswith("."):
+            raise NotFound(missing)
+        return stored_file_response(app.state.service.storage, f"outputs/{name}",
+                                    mimetypes.guess_type(name)[0] or "application/octet-stream", request,
+                                    missing=missing)
 
 
 def render_error(app: FastAPI, request: Request, exc: ServiceError) -> Any:

@@ -1,4 +1,5 @@
-"""Retention: uploads expire, finished predictions lose their output files and report `data_removed`.
+"""Retention: uploads expire, finished predictions lose their output files and report `data_removed` (in the data
+dir or the bucket of --storage).
 
 The sweep is cheap and bounded (at most `batch` files and `batch` predictions a pass, oldest first) and
 never touches queued/processing predictions or any file a queued/processing prediction reads as an input.
@@ -12,9 +13,9 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from vace.server.storage import Storage
 from vace.server.store import Prediction, Store, StoredFile
 
 log = logging.getLogger("vace.retention")
@@ -57,33 +58,34 @@ class SweepReport:
     full: bool = False  # a batch was full: more may be due right away
 
 
-def local_paths(value: Any, data_dir: Path) -> Iterator[Path]:
-    """Every string in a request (at any depth) that is a path inside the data dir."""
+def stored_refs(value: Any, storage: Storage) -> Iterator[str]:
+    """The storage key of every string in a request (at any depth) that names a stored object."""
     if isinstance(value, str):
-        if value.startswith((f"{data_dir}/", f"{data_dir.resolve()}/")):
-            yield Path(value).resolve()
+        rel = storage.rel_of(value)
+        if rel is not None:
+            yield rel
     elif isinstance(value, dict):
         for item in value.values():
-            yield from local_paths(item, data_dir)
+            yield from stored_refs(item, storage)
     elif isinstance(value, list):
         for item in value:
-            yield from local_paths(item, data_dir)
+            yield from stored_refs(item, storage)
 
 
-def owned_outputs(pred: Prediction, data_dir: Path) -> set[Path]:
-    """The files a prediction owns under outputs/: its recorded outputs and anything named after its id."""
-    outputs = data_dir / "outputs"
+def owned_outputs(pred: Prediction, storage: Storage) -> set[str]:
+    """The keys a prediction owns under outputs/: its recorded outputs and anything named after its id."""
     output = pred.output or {}
     rels = [output.get("path"), (output.get("frames_zip") or {}).get("path")]
-    paths = {(data_dir / rel).resolve() for rel in rels if isinstance(rel, str) and rel.startswith("outputs/")}
-    paths.update(p.resolve() for p in outputs.glob(f"{pred.id}*") if pred.id.isalnum())
-    return paths
+    owned = {rel for rel in rels if isinstance(rel, str) and rel.startswith("outputs/") and ".." not in rel}
+    if pred.id.isalnum():
+        owned.update(storage.list(f"outputs/{pred.id}"))
+    return owned
 
 
-def sweep(store: Store, data_dir: Path, policy: RetentionPolicy, now: float) -> SweepReport:
+def sweep(store: Store, storage: Storage, policy: RetentionPolicy, now: float) -> SweepReport:
     """One bounded pass: delete expired uploads and the outputs of predictions past the output retention."""
     report = SweepReport()
-    referenced = {p for request in store.active_requests() for p in local_paths(request, data_dir)}
+    referenced = {rel for request in store.active_requests() for rel in stored_refs(request, storage)}
     # Up to len(referenced) candidates may be skipped: fetch that many more so each pass makes progress.
     limit = policy.batch + len(referenced)
     expired = store.files_expired(now, limit)  # also those uploaded under an older policy
@@ -91,7 +93,7 @@ def sweep(store: Store, data_dir: Path, policy: RetentionPolicy, now: float) -> 
     for record in expired:
         if len(report.files) >= policy.batch:
             break
-        if _remove_file(store, data_dir, record, referenced):
+        if _remove_file(store, storage, record, referenced):
             report.files.append(record.id)
         else:
             report.kept.append(record.id)
@@ -101,12 +103,12 @@ def sweep(store: Store, data_dir: Path, policy: RetentionPolicy, now: float) -> 
         for pred in due:
             if len(report.predictions) >= policy.batch:
                 break
-            owned = owned_outputs(pred, data_dir)
+            owned = owned_outputs(pred, storage)
             if owned & referenced:
                 report.kept.append(pred.id)
                 continue
-            for path in owned:
-                path.unlink(missing_ok=True)
+            for rel in owned:
+                storage.delete(rel)
             if store.mark_data_removed(pred.id, now):
                 report.predictions.append(pred.id)
     if report.files or report.predictions:
@@ -115,10 +117,9 @@ def sweep(store: Store, data_dir: Path, policy: RetentionPolicy, now: float) -> 
     return report
 
 
-def _remove_file(store: Store, data_dir: Path, record: StoredFile, referenced: set[Path]) -> bool:
-    path = (data_dir / record.path).resolve()
-    if path in referenced:
+def _remove_file(store: Store, storage: Storage, record: StoredFile, referenced: set[str]) -> bool:
+    if record.path in referenced:
         return False
-    path.unlink(missing_ok=True)
+    storage.delete(record.path)
     store.delete_file(record.id)
     return True

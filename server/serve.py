@@ -19,6 +19,7 @@ from vace.pipelines.fixtures.tiny_model import TINY_MODELS, only_tiny, resolve_m
 from vace.server.app import create_app
 from vace.server.retention import RetentionPolicy
 from vace.server.settings import LOOPBACK_NAMES, ServeSettings, add_flags, from_flags
+from vace.server.storage import StorageError
 from vace.server.worker.devices import worker_device_sets
 from vace.weights.loader import WeightsError, check_layout
 
@@ -112,12 +113,14 @@ def serve(args: argparse.Namespace) -> int:
         # before resolve(), which says what it chose for a demo server
         logging.basicConfig(level=given.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         settings = resolve(given)
-    except (ValueError, WeightsError) as exc:
+        settings.file_storage().check()  # a wrong bucket, endpoint or credential fails here, not at the first job
+    except (ValueError, WeightsError, StorageError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     app = create_app(settings)
-    logging.getLogger("vace.server").info("serving %s at %s (data in %s)", ", ".join(settings.served_models()),
-                                          settings.public_url, settings.data_dir)
+    logging.getLogger("vace.server").info("serving %s at %s (data in %s%s)", ", ".join(settings.served_models()),
+                                          settings.public_url, settings.data_dir,
+                                          f", uploads and outputs in {settings.storage}" if settings.storage else "")
     uvicorn.run(app, host=settings.host, port=settings.port,
                 ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
                 ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,

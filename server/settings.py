@@ -8,6 +8,7 @@ the API process passes it to every worker process as it is (never through os.env
 from __future__ import annotations
 
 import argparse
+import json
 import typing
 import urllib.parse
 from pathlib import Path
@@ -22,6 +23,7 @@ from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.pipelines.outputs.safety import SafetyConfig
 from vace.server.auth import check_keys
+from vace.server.storage import LocalStorage, ObjectStorage, Storage
 from vace.weights.catalog import HelperDirs
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -44,6 +46,14 @@ class ServeSettings(BaseSettings):
     data_dir: Path = Field(Path("vace-data"), description="database, uploads and outputs")
     database_url: str | None = Field(None, description=(
         "SQLAlchemy URL of the store (default: SQLite in the data dir)"))
+    storage: str | None = Field(None, description=(
+        "keep uploads and outputs in this S3 bucket (the [s3] extra) instead of the data dir, so several API "
+        "replicas on one --database-url serve the same files; credentials as for any AWS client (AWS_* "
+        "variables, ~/.aws, an instance role) or in --storage-options"),
+        json_schema_extra=_flag(metavar="s3://BUCKET/PREFIX"))
+    storage_options: Annotated[dict[str, Any] | None, NoDecode] = Field(None, description=(
+        "JSON object of s3fs options for --storage, e.g. {\"endpoint_url\": \"http://minio:9000\"} for an "
+        "S3-compatible server (key, secret, client_kwargs, ...)"), json_schema_extra=_flag(metavar="JSON"))
     public_url: str | None = Field(None, description=(
         "base URL clients reach this server at (default: from --host/--port and TLS); set it behind a TLS "
         "proxy so output URLs are https"))
@@ -165,6 +175,31 @@ class ServeSettings(BaseSettings):
         check_keys(value, "--admin-key" if info.field_name == "admin_keys" else "--api-key")
         return value
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        """s3://BUCKET[/PREFIX]: the only object store the server is tested against."""
+        if value is None or not value.strip():
+            return None
+        parsed = urllib.parse.urlparse(value.strip())
+        if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError(f"expected s3://BUCKET[/PREFIX], got {value!r}")
+        return value.strip().rstrip("/")
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _storage_options(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the flag or VACE_STORAGE_OPTIONS: a JSON object
+            if not value.strip():
+                return None
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object: {exc}") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object, e.g. {\"endpoint_url\": \"http://127.0.0.1:9000\"}")
+        return value
+
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(allow_hosts=set(self.allow_host), max_bytes=self.fetch_max_bytes,
                            timeout_s=self.fetch_timeout_s, allow_private=self.fetch_allow_private)
@@ -180,6 +215,10 @@ class ServeSettings(BaseSettings):
         distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler) \
             if self.distill_lora else None
         return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
+
+    def file_storage(self) -> Storage:
+        """Where uploads and outputs are kept: the bucket of --storage, else the data dir."""
+        return ObjectStorage(self.storage, self.storage_options) if self.storage else LocalStorage(self.data_dir)
 
     def helper_dirs(self) -> HelperDirs:
         """Where the frame interpolators and prompt extenders are (None: beside the model)."""

@@ -53,6 +53,16 @@ def postgres():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def object_store():
+    """A real S3-compatible server (moto's) on loopback for the whole session (tests/object_store.py)."""
+    from tests.object_store import ObjectStoreServer
+
+    server = ObjectStoreServer.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database: a SQLite file, then (the same test again) a fresh database on the PostgreSQL server."""

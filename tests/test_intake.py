@@ -11,11 +11,12 @@ from vace.pipelines.engine.prompt_cache import TEXT_TOKENS
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.service.intake import Intake
+from vace.server.storage import LocalStorage
 
 
 @pytest.fixture()
-def intake(tiny_model_dir):
-    intake = Intake({"tiny": str(tiny_model_dir)}, FetchPolicy(), workers=2)
+def intake(tiny_model_dir, tmp_path):
+    intake = Intake({"tiny": str(tiny_model_dir)}, FetchPolicy(), LocalStorage(tmp_path), workers=2)
     yield intake
     intake.close()
 

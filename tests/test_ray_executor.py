@@ -16,6 +16,7 @@ from tests.system_deps import need_python
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import probe_video
+from vace.server.storage import LocalStorage
 from vace.server.store import Prediction, Store, new_id
 from vace.server.worker.ray_executor import driver_ip, inline_local_media
 
@@ -145,6 +146,6 @@ def test_the_servers_own_files_travel_inside_the_job(tmp_path: Path):
                                 reference_images=[str(outside)])
     job = Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny", input={},
                      request=Job(request).to_dict(), status="processing")
-    sent = inline_local_media(job, tmp_path).job.request
+    sent = inline_local_media(job, LocalStorage(tmp_path)).job.request
     assert sent.video == "data:video/mp4;base64," + base64.b64encode(b"video bytes").decode()
     assert sent.mask == "https://example.com/m.mp4" and sent.reference_images == [str(outside)]

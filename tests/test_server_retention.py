@@ -13,6 +13,7 @@ from vace.server.api.replicate.routes import file_json, prediction_json
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import InvalidInput, NotFound
 from vace.server.service.predictions import PredictionService, ServiceConfig
+from vace.server.storage import ObjectStorage
 from vace.server.store import FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id, predictions
 
 HOUR = 3600.0
@@ -33,12 +34,21 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture()
-def service(tmp_path: Path, clock: Clock) -> PredictionService:
+@pytest.fixture(params=["data-dir", "s3"])
+def service(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> PredictionService:
+    """The service keeping files in its data dir, then (the same test again) in a bucket on a real S3 server."""
+    storage = None
+    if request.param == "s3":
+        s3 = request.getfixturevalue("object_store")
+        storage = ObjectStorage(s3.new_bucket(), s3.options)
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     config = ServiceConfig(data_dir=tmp_path / "data", public_url=PUBLIC, own_netlocs={"vace.test"},
-                           retention=RetentionPolicy.from_hours(2, 1), clock=clock)
+                           retention=RetentionPolicy.from_hours(2, 1), clock=clock, storage=storage)
     return PredictionService(store, config)
+
+
+def stored(service: PredictionService, rel: str) -> bool:
+    return service.storage.size(rel) is not None
 
 
 def add(service: PredictionService, status: str, completed_at: float | None = None, request: dict | None = None,
@@ -47,7 +57,7 @@ def add(service: PredictionService, status: str, completed_at: float | None = No
     pid = new_id()
     output = None
     for suffix in outputs:
-        (service.config.data_dir / "outputs" / f"{pid}{suffix}").write_bytes(b"x")
+        service.storage.put_bytes(f"outputs/{pid}{suffix}", b"x")
     if outputs:
         output = {"path": f"outputs/{pid}{outputs[0]}"}
         if "-frames.zip" in outputs:
@@ -59,7 +69,7 @@ def add(service: PredictionService, status: str, completed_at: float | None = No
 
 
 def owned(service: PredictionService, pred: Prediction) -> list[str]:
-    return sorted(p.name for p in (service.config.data_dir / "outputs").glob(f"{pred.id}*"))
+    return sorted(rel.removeprefix("outputs/") for rel in service.storage.list(f"outputs/{pred.id}"))
 
 
 def test_policy_from_hours():
@@ -80,7 +90,8 @@ def test_upload_expires_then_is_gone(service: PredictionService, clock: Clock):
     assert record.created_at == T0 and record.expires_at == T0 + HOUR
     assert file_json(record, PUBLIC)["expires_at"] == "2023-11-14T23:13:20.000000Z"
     url = f"{PUBLIC}/v1/files/{record.id}/download"
-    assert service.urls.resolve_media(url, "video") == str(service.files.path(record))
+    assert service.urls.resolve_media(url, "video") == service.files.ref(record)
+    assert service.storage.read_bytes(record.path) == b"png-bytes"
 
     clock.now = T0 + HOUR  # expired: 404 and refused as an input before the sweep has run
     with pytest.raises(NotFound, match="expired"):
@@ -89,10 +100,10 @@ def test_upload_expires_then_is_gone(service: PredictionService, clock: Clock):
     with pytest.raises(InvalidInput) as err:
         service.urls.resolve_media(url, "first_frame")
     assert err.value.errors[0][0] == "first_frame" and "expired" in err.value.errors[0][1]
-    assert service.files.path(record).exists()
+    assert stored(service, record.path)
 
     assert service.sweep().files == [record.id]
-    assert service.store.get_file(record.id) is None and not service.files.path(record).exists()
+    assert service.store.get_file(record.id) is None and not stored(service, record.path)
 
 
 def test_forever_uploads_have_no_expiry(tmp_path: Path, clock: Clock):
@@ -109,7 +120,6 @@ def test_forever_uploads_have_no_expiry(tmp_path: Path, clock: Clock):
 
 
 def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Clock):
-    data = service.config.data_dir
     clock.now = T0 + 3 * HOUR  # output retention 2 h: everything finished at T0 is due
     old = add(service, SUCCEEDED, completed_at=T0, outputs=(".mp4", "-frames.zip", "-extra.bin"))
     recent = add(service, SUCCEEDED, completed_at=T0 + 2 * HOUR, outputs=(".mp4",))
@@ -122,12 +132,12 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
     fresh = service.files.save("fresh.png", "image/png", b"f")  # expires at T0 + 3.5 h
     clock.now = T0 + 3 * HOUR
     queued = add(service, QUEUED, request=GenerationRequest(
-        prompt="p", video=str(data / "outputs" / f"{chained.id}.mp4")).to_dict())
+        prompt="p", video=service.storage.ref(f"outputs/{chained.id}.mp4")).to_dict())
     processing = add(service, QUEUED, request=GenerationRequest(
-        prompt="p", reference_images=[str(service.files.path(used))]).to_dict())
+        prompt="p", reference_images=[service.files.ref(used)]).to_dict())
     assert service.store.claim("w1", 30).id == queued.id and service.store.claim("w2", 30).id == processing.id
-    processing_outputs = data / "outputs" / f"{processing.id}.mp4"  # a render in progress
-    processing_outputs.write_bytes(b"partial")
+    processing_outputs = f"outputs/{processing.id}.mp4"  # a render in progress
+    service.storage.put_bytes(processing_outputs, b"partial")
     before = service.store.get(old.id)
 
     report = service.sweep()
@@ -138,10 +148,10 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
     for untouched in (recent, chained):
         assert owned(service, untouched) == [f"{untouched.id}.mp4"]
         assert not service.store.get(untouched.id).data_removed
-    assert processing_outputs.exists()
+    assert stored(service, processing_outputs)
     assert service.store.get(queued.id).status == PROCESSING and not service.store.get(processing.id).data_removed
-    assert service.files.path(used).exists() and service.store.get_file(used.id)
-    assert service.store.get_file(fresh.id) and not service.files.path(unused).exists()
+    assert stored(service, used.path) and service.store.get_file(used.id)
+    assert service.store.get_file(fresh.id) and not stored(service, unused.path)
     after = service.store.get(old.id)
     assert (after.rev, after.updated_at) == (before.rev, before.updated_at)  # no change event, no webhooks
 
@@ -149,17 +159,18 @@ def test_sweep_removes_exactly_what_is_due(service: PredictionService, clock: Cl
     assert body["data_removed"] is True and body["output"] is None and body["status"] == "succeeded"
     live = prediction_json(service.store.get(recent.id), service, PUBLIC)
     assert live["data_removed"] is False and live["output"] == f"{PUBLIC}/outputs/{recent.id}.mp4"
-    assert service.urls.output_path(f"{old.id}.mp4") is None
+    assert service.urls.output_rel(f"{old.id}.mp4") is None
+    assert service.urls.output_rel(f"{recent.id}.mp4") == f"outputs/{recent.id}.mp4"
 
     # The jobs finish: what they read is no longer protected and goes on the next pass.
     assert service.store.finish(queued.id, "w1", SUCCEEDED) and service.store.finish(processing.id, "w2", FAILED)
     report = service.sweep()
     assert report.predictions == [chained.id] and report.files == [used.id] and report.kept == []
-    assert owned(service, chained) == [] and not service.files.path(used).exists()
-    assert service.sweep().predictions == [] and processing_outputs.exists()  # just finished: not due yet
+    assert owned(service, chained) == [] and not stored(service, used.path)
+    assert service.sweep().predictions == [] and stored(service, processing_outputs)  # just finished: not due yet
     clock.now = time.time() + 3 * HOUR  # finish() stamps the real time
     assert sorted(service.sweep().predictions) == sorted([recent.id, queued.id, processing.id])
-    assert not processing_outputs.exists()
+    assert not stored(service, processing_outputs)
 
 
 def test_sweep_work_is_bounded(tmp_path: Path, clock: Clock):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,3 +175,10 @@ class GenerationRequest:
         if unknown:
             raise RequestError(sorted(unknown)[0], "unknown field")
         return cls(**data)
+
+
+def with_media(request: GenerationRequest, change: Callable[[str, str], str]) -> GenerationRequest:
+    """`request` with every media reference it holds replaced by `change(reference, field name)`."""
+    media = {name: change(getattr(request, name), name) for name in MEDIA_FIELDS if getattr(request, name)}
+    refs = [change(ref, f"reference_images[{i}]") for i, ref in enumerate(request.reference_images)]
+    return dataclasses.replace(request, reference_images=refs, **media)

@@ -1,4 +1,5 @@
-"""Uploaded files: bytes under <data dir>/files, their records in the store, expiry by the retention policy."""
+"""Uploaded files: bytes under `files/` in the storage (the data dir or the bucket), their records in the store,
+expiry by the retention policy."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import os
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import NotFound
 from vace.server.service.tenants import EVERYONE, Tenant
+from vace.server.storage import Storage
 from vace.server.store import Store, StoredFile, new_id
 
 
@@ -22,19 +23,18 @@ def utc(ts: float | None) -> str:
 
 
 class FileStorage:
-    def __init__(self, store: Store, data_dir: Path, retention: RetentionPolicy, clock: Callable[[], float]):
+    def __init__(self, store: Store, storage: Storage, retention: RetentionPolicy, clock: Callable[[], float]):
         self.store = store
-        self.data_dir = data_dir
+        self.storage = storage
         self.retention = retention
         self.clock = clock
-        (data_dir / "files").mkdir(parents=True, exist_ok=True)
 
     def save(self, name: str, content_type: str | None, data: bytes,
              metadata: dict[str, Any] | None = None, tenant: Tenant = EVERYONE) -> StoredFile:
         file_id, now = new_id(), self.clock()
         safe = re.sub(r"[^\w.-]", "_", os.path.basename(name or "file"))[:200] or "file"
         rel = f"files/{file_id}-{safe}"
-        (self.data_dir / rel).write_bytes(data)
+        self.storage.put_bytes(rel, data)
         ctype = content_type or mimetypes.guess_type(safe)[0] or "application/octet-stream"
         record = StoredFile(id=file_id, name=safe, content_type=ctype, size=len(data),
                             sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),
@@ -51,8 +51,9 @@ class FileStorage:
             raise NotFound(f"file {file_id!r} not found: it expired at {utc(record.expires_at)}")
         return record
 
-    def path(self, record: StoredFile) -> Path:
-        return self.data_dir / record.path
+    def ref(self, record: StoredFile) -> str:
+        """How a request names the upload (its path in the data dir, or its s3:// URL)."""
+        return self.storage.ref(record.path)
 
     def list(self, tenant: Tenant = EVERYONE) -> list[StoredFile]:
         return self.store.list_files(now=self.clock(), owner=tenant.owner)
@@ -60,4 +61,4 @@ class FileStorage:
     def delete(self, file_id: str, tenant: Tenant = EVERYONE) -> None:
         record = self.get(file_id, tenant)
         self.store.delete_file(file_id)
-        self.path(record).unlink(missing_ok=True)
+        self.storage.delete(record.path)

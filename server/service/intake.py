@@ -18,6 +18,7 @@ from vace.pipelines.engine.prompt_tokens import prompt_limit_for
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.fetch import FetchPolicy, materialize
 from vace.pipelines.media.sniff import IMAGE, VIDEO, inspect_media
+from vace.server.storage import Storage
 
 T = TypeVar("T")
 FETCH_WORKERS = 4
@@ -27,8 +28,10 @@ MEDIA_KINDS = {"video": (VIDEO,), "mask": (IMAGE, VIDEO), "first_frame": (IMAGE,
 class Intake:
     """One per server process; `close()` on shutdown."""
 
-    def __init__(self, model_dirs: dict[str, str], fetch_policy: FetchPolicy, workers: int = FETCH_WORKERS):
+    def __init__(self, model_dirs: dict[str, str], fetch_policy: FetchPolicy, storage: Storage,
+                 workers: int = FETCH_WORKERS):
         self.model_dirs = model_dirs
+        self.storage = storage  # this server's uploads and outputs (a bucket's are downloaded to be checked)
         self.fetch_policy = dataclasses.replace(fetch_policy, allow_local_paths=True)  # our own, resolved refs
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="vace-fetch")
 
@@ -58,4 +61,5 @@ class Intake:
         with tempfile.TemporaryDirectory(prefix="vace-intake-") as tmp:
             for name, ref, kinds in inputs:
                 if ref:
-                    inspect_media(materialize(ref, name, Path(tmp), self.fetch_policy), name, kinds)
+                    readable = self.storage.readable(ref, Path(tmp) / "stored")
+                    inspect_media(materialize(readable, name, Path(tmp), self.fetch_policy), name, kinds)

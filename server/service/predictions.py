@@ -21,7 +21,7 @@ from typing import Any
 from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.job.job import Job
-from vace.pipelines.job.request import MEDIA_FIELDS, RequestError
+from vace.pipelines.job.request import RequestError, with_media
 from vace.pipelines.job.requirements import require_helpers
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.server.metrics import ServerMetrics
@@ -41,6 +41,7 @@ from vace.server.service.webhooks import (
     WebhookDispatcher,
     load_secret,
 )
+from vace.server.storage import LocalStorage, Storage
 from vace.server.store import QUEUED, AdmissionRefused, Prediction, Store, new_id
 from vace.weights.catalog import HelperDirs
 
@@ -63,6 +64,7 @@ class ServiceConfig:
     helpers: HelperDirs = field(default_factory=HelperDirs)  # frame interpolators, prompt extenders
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
     loras: LoraConfig = field(default_factory=LoraConfig)
+    storage: Storage | None = None  # where uploads and outputs are kept (None: the data dir)
 
 
 @dataclass
@@ -90,13 +92,13 @@ class PredictionService:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "outputs").mkdir(exist_ok=True)
         self.fetch_policy = config.fetch_policy
-        self.files = FileStorage(store, config.data_dir, config.retention, config.clock)
-        self.urls = MediaUrls(config.public_url, config.own_netlocs, config.data_dir / "outputs", self.files,
-                              self.fetch_policy)
+        self.storage = config.storage or LocalStorage(config.data_dir)
+        self.files = FileStorage(store, self.storage, config.retention, config.clock)
+        self.urls = MediaUrls(config.public_url, config.own_netlocs, self.files, self.fetch_policy)
         self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy, store, self.metrics.webhook_delivered)
         self.webhook_secret = load_secret(config.data_dir)
         self.feed = ChangeFeed(store, self._on_change, self.webhooks.on_tick)
-        self.intake = Intake(config.models, self.fetch_policy)
+        self.intake = Intake(config.models, self.fetch_policy, self.storage)
         self.on_created: Callable[[], None] = lambda: None  # the app wakes the worker here
         self._retention_task: asyncio.Task | None = None
 
@@ -180,11 +182,8 @@ class PredictionService:
             check_loras(request, model, self.config.models.get(model), self.config.loras, self.config.fetch_policy)
             require_helpers(request, self.config.helpers, self.config.models.get(model))
             self.intake.check_prompts(request, model)
-            resolve = self.urls.resolve_media
-            media = {name: resolve(getattr(request, name), name, tenant)
-                     for name in MEDIA_FIELDS if getattr(request, name)}
-            refs = [resolve(r, f"reference_images[{i}]", tenant) for i, r in enumerate(request.reference_images)]
-            request = dataclasses.replace(request, reference_images=refs, model=model, **media)
+            request = dataclasses.replace(with_media(request, lambda ref, name: self.urls.resolve_media(
+                ref, name, tenant)), model=model)
             if webhook:
                 self.urls.check_public_url(webhook, "webhook")
             self.intake.check_media(request)
@@ -245,7 +244,7 @@ class PredictionService:
 
     def sweep(self, now: float | None = None) -> SweepReport:
         """One bounded retention pass (see server/retention.py)."""
-        return sweep(self.store, self.config.data_dir, self.config.retention,
+        return sweep(self.store, self.storage, self.config.retention,
                      self.config.clock() if now is None else now)
 
     async def _retention(self) -> None:

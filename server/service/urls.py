@@ -1,11 +1,10 @@
-"""Media references in requests: this server's own file/output URLs become local paths; public URLs are checked
-against the fetch policy; anything else (a local path on the server) is refused."""
+"""Media references in requests: this server's own file/output URLs become storage refs (a path in the data dir,
+or an s3:// URL); public URLs are checked against the fetch policy; anything else (a local path) is refused."""
 
 from __future__ import annotations
 
 import re
 import urllib.parse
-from pathlib import Path
 
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, check_url
@@ -27,11 +26,9 @@ def parse_url(url: str, field_name: str) -> urllib.parse.ParseResult:
 
 
 class MediaUrls:
-    def __init__(self, public_url: str, own_netlocs: set[str], outputs_dir: Path, files: FileStorage,
-                 fetch_policy: FetchPolicy):
+    def __init__(self, public_url: str, own_netlocs: set[str], files: FileStorage, fetch_policy: FetchPolicy):
         self.public_url = public_url
         self.own_netlocs = own_netlocs
-        self.outputs_dir = outputs_dir
         self.files = files
         self.fetch_policy = fetch_policy
 
@@ -39,12 +36,14 @@ class MediaUrls:
         """Absolute URL on this server's public base URL."""
         return self.public_url.rstrip("/") + "/" + path.lstrip("/")
 
-    def output_path(self, name: str) -> Path | None:
-        path = self.outputs_dir / name
-        return path if "/" not in name and path.is_file() else None
+    def output_rel(self, name: str) -> str | None:
+        """The storage key of the output `name` (None when there is no such output)."""
+        rel = f"outputs/{name}"
+        ok = "/" not in name and not name.startswith(".")
+        return rel if ok and self.files.storage.size(rel) is not None else None
 
     def _local_ref(self, parsed: urllib.parse.ParseResult, field_name: str, tenant: Tenant) -> str | None:
-        """A URL of this server's own upload (the tenant's) or output -> the file's local path (None if not)."""
+        """A URL of this server's own upload (the tenant's) or output -> the object's storage ref (None if not)."""
         if m := _FILE_PATH.match(parsed.path):
             record = self.files.store.get_file(m["id"])
             if record and not tenant.sees(record.owner):
@@ -52,10 +51,10 @@ class MediaUrls:
             if record and record.expired(self.files.clock()):
                 raise InvalidInput.of(field_name, f"uploaded file {record.id} expired at {utc(record.expires_at)} "
                                                   "(--file-retention-hours); upload it again")
-            return str(self.files.path(record)) if record else None
+            return self.files.ref(record) if record else None
         if m := _OUTPUT_PATH.match(parsed.path):
-            path = self.output_path(m["name"])
-            return str(path) if path else None
+            rel = self.output_rel(m["name"])
+            return self.files.storage.ref(rel) if rel else None
         return None
 
     def resolve_media(self, ref: str, field_name: str, tenant: Tenant = EVERYONE) -> str:

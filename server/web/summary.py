@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from vace.server.service.predictions import PredictionService
@@ -16,16 +15,15 @@ _UPLOAD = re.compile(r"^(?P<id>[a-z0-9]+)-")
 
 def media_url(service: PredictionService, value: str | None) -> str | None:
     """A request's media reference as a URL a client may submit again: this server's uploads and outputs
-    (stored as local paths once resolved) become their URLs; URLs and data: URIs stay as they are."""
+    (stored as storage refs once resolved) become their URLs; URLs and data: URIs stay as they are."""
     if not value or value.startswith(("http://", "https://", "data:")):
         return value
-    path = Path(value)
-    data_dir = service.config.data_dir.resolve()
-    if path.parent.resolve() == data_dir / "files" and (m := _UPLOAD.match(path.name)):
+    folder, _, name = (service.storage.rel_of(value) or "").partition("/")
+    if folder == "files" and "/" not in name and (m := _UPLOAD.match(name)):
         return service.url(f"/v1/files/{m['id']}")
-    if path.parent.resolve() == data_dir / "outputs":
-        return service.url(f"/outputs/{path.name}")
-    return None  # not ours: never show a server path
+    if folder == "outputs" and name and "/" not in name:
+        return service.url(f"/outputs/{name}")
+    return None  # not ours: never show a server path or a bucket's URL
 
 
 def _elide(value: Any) -> Any:

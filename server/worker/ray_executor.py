@@ -20,8 +20,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from vace.pipelines.job.request import MEDIA_FIELDS
+from vace.pipelines.job.request import with_media
 from vace.server.metrics import WorkerState
+from vace.server.storage import Storage
 from vace.server.store import Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
@@ -47,23 +48,20 @@ def driver_ip(address: str) -> str | None:
         return None
 
 
-def inline_local_media(job: Prediction, data_dir: Path) -> Prediction:
-    """The job with its references to the server's own files (uploads, outputs) replaced by data: URIs, so the
-    actor needs no access to this machine's disk; Ray carries large arguments through its object store."""
+def inline_local_media(job: Prediction, storage: Storage) -> Prediction:
+    """The job with its references to the server's own files (uploads, outputs: in the data dir or the bucket of
+    --storage) replaced by data: URIs, so the actor needs no access to them; Ray carries large arguments through
+    its object store."""
     stored = job.job
 
-    def inline(ref: str | None) -> str | None:
-        if not ref or ref.startswith(("data:", "http://", "https://")):
+    def inline(ref: str, _field: str) -> str:
+        rel = storage.rel_of(ref)
+        if rel is None:
             return ref
-        path = Path(ref)
-        if not path.resolve().is_relative_to(data_dir.resolve()):
-            return ref
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+        kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
+        return f"data:{kind};base64,{base64.b64encode(storage.read_bytes(rel)).decode()}"
 
-    request = dataclasses.replace(
-        stored.request, reference_images=[inline(r) for r in stored.request.reference_images],
-        **{name: inline(getattr(stored.request, name)) for name in MEDIA_FIELDS})
+    request = with_media(stored.request, inline)
     return dataclasses.replace(job, request=dataclasses.replace(stored, request=request).to_dict())
 
 
@@ -136,7 +134,7 @@ class _Slot:
         finished = threading.Event()
         canceler = threading.Thread(target=self._forward_cancel, args=(job.id, finished), daemon=True)
         # The job's log opens with where it runs (the runner keeps the lines a job arrives with).
-        sent = dataclasses.replace(inline_local_media(job, self.executor.data_dir),
+        sent = dataclasses.replace(inline_local_media(job, self.executor.storage),
                                    logs=job.logs + f"ray worker {owner} on node {where.get('node_ip')} "
                                                    f"({where.get('node')}), GPUs {where.get('gpus')}\n")
         try:
@@ -161,14 +159,10 @@ class _Slot:
             finished.set()
 
     def _finish(self, job: Prediction, status: str, values: dict[str, Any], files: dict[str, bytes]) -> None:
-        out_dir = self.executor.data_dir / "outputs"
-        out_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             if "/" in name or not name.startswith(job.id):
                 continue  # only the job's own outputs, only into the outputs dir
-            tmp = out_dir / f".{name}.part"
-            tmp.write_bytes(data)
-            tmp.replace(out_dir / name)
+            self.executor.storage.put_bytes(f"outputs/{name}", data)
         where = self.where or {}
         values["metrics"] = {**(values.get("metrics") or {}),
                              "worker": {"node": where.get("node"), "node_ip": where.get("node_ip"),
@@ -203,6 +197,7 @@ class RayExecutor:
         self.address = address
         self.models = config.models
         self.data_dir = Path(config.settings.data_dir)
+        self.storage = config.settings.file_storage()  # the actors' outputs are written here
         self.group = max(1, config.settings.sequence_parallel)
         self.idle_poll_s = 0.1
         self.stopping = threading.Event()

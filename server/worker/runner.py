@@ -16,12 +16,13 @@ from typing import Any
 from vace.pipelines.engine.latent_preview import Preview
 from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.engine.render_cap import capped_request, resize_result
-from vace.pipelines.job.request import RequestError
+from vace.pipelines.job.request import RequestError, with_media
 from vace.pipelines.media.fetch import FetchError
 from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.outputs.retime import retime
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.metrics import INPUT_FETCH
+from vace.server.storage import LocalStorage, Storage
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
@@ -121,12 +122,15 @@ class JobRunner:
     Kept separate from the claim loop so a multi-process group (sequence parallel) can drive it too.
     """
 
-    def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig, writes: StoreWrites | None = None):
+    def __init__(self, store: Store, pool: ModelPool, config: WorkerConfig, writes: StoreWrites | None = None,
+                 storage: Storage | None = None):
         self.store = store
         self.writes = writes or StoreWrites(store)
         self.pool = pool
         self.config = config
         self.data_dir = Path(config.settings.data_dir)
+        # Where the job's inputs are read from and its outputs go (default: the data dir, written in place).
+        self.storage = storage or LocalStorage(self.data_dir)
         # Media references were checked when the prediction was created; local paths there are the
         # server's own uploads and outputs.
         self.fetch_policy = dataclasses.replace(config.settings.fetch_policy(), allow_local_paths=True)
@@ -149,8 +153,9 @@ class JobRunner:
         heartbeat.start()
         try:
             stored = job.job
-            request = stored.request
             work_dir = self.data_dir / "work" / job.id
+            # The server's uploads and outputs used as inputs: read in place, or downloaded from the bucket.
+            request = with_media(stored.request, lambda ref, _: self.storage.readable(ref, work_dir / "inputs"))
             model = self.pool.get(job.model)
             self.writes.beat()  # between phases too: each phase must end within --worker-timeout
             renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config(),
@@ -190,7 +195,7 @@ class JobRunner:
             def on_preview(preview: Preview) -> None:
                 self.writes.report(job.id, owner, preview=preview.to_dict())
 
-            out_dir = self.data_dir / "outputs"
+            out_dir = (self.storage.local_root or work_dir) / "outputs"  # a bucket's: uploaded once complete
             out_dir.mkdir(parents=True, exist_ok=True)
             out_path = out_dir / f"{job.id}.mp4"
             def on_log(line: str) -> None:
@@ -214,6 +219,9 @@ class JobRunner:
             self.writes.beat()
             output.update(self._deliver(job, result, out_dir, logs))
             output["file_size"] = out_path.stat().st_size  # after delivery, which may re-encode
+            self.writes.beat()
+            for path in sorted(out_dir.glob(f"{job.id}*")):  # stored before the outcome names them
+                self.storage.put_file(f"outputs/{path.name}", path)
             metrics = {"seed": result.seed, "step_seconds": step_seconds,
                        "timings": {k: round(v, 3) for k, v in result.timings.items()},
                        **result.metrics, **self.held(started, model)}
@@ -304,9 +312,10 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, live
     pool = ModelPool(config, Path(config.settings.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
+        storage = config.settings.file_storage()
         model = pool.get(default)
     except Exception as exc:  # noqa: BLE001 - reported to the server as SETUP_FAILED
-        log.error("could not load model %s: %s", default, exc)
+        log.error("could not set up (storage, model %s): %s", default, exc)
         if events is not None:
             events.put(("setup_failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -314,7 +323,7 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, live
     if events is not None:
         events.put(("ready", {"model": default, "levers": getattr(model, "levers", None),
                               "offload": getattr(model, "offload", None), "device": str(getattr(model, "device", ""))}))
-    runner = JobRunner(store, pool, config, writes)
+    runner = JobRunner(store, pool, config, writes, storage)
     queued = store.listener(QUEUE_CHANNEL, poll_s=IDLE_POLL_S)  # PostgreSQL wakes it at once; SQLite is polled
     while stop is None or not stop.is_set():
         writes.beat()

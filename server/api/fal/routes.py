@@ -6,6 +6,7 @@ under `/queue/{app}/requests/{id}` and `/queue/{app}/{sub}/requests/{id}` (the c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import functools
@@ -118,7 +119,7 @@ class FalAPI:
 
     def file_url(self, rel: str, inline: bool, content_type: str) -> str:
         if inline:
-            data = (self.service.config.data_dir / rel).read_bytes()
+            data = self.service.storage.read_bytes(rel)
             return f"data:{content_type};base64," + base64.b64encode(data).decode()
         return self.service.url(rel)
 
@@ -157,7 +158,7 @@ class FalAPI:
         self.service.store.delete(pred.id)
         for item in (pred.output or {}, (pred.output or {}).get("frames_zip") or {}):
             if item.get("path"):
-                (self.service.config.data_dir / item["path"]).unlink(missing_ok=True)
+                self.service.storage.delete(item["path"])
 
     # ---- create ------------------------------------------------------------------------------------------------
 
@@ -238,7 +239,8 @@ class FalAPI:
             if not pred.terminal:
                 self.service.cancel(pred.id)
                 return for_request(fal_error(504, "the request did not finish in time", "request_timeout"), pred.id)
-            return for_request(self.result_response(pred), pred.id)
+            # sync mode inlines the video: reading it (from a bucket, perhaps) must not stall the loop
+            return for_request(await asyncio.to_thread(self.result_response, pred), pred.id)
 
         async def submit(request: Request) -> Response:
             try:

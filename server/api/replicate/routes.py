@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import re
@@ -9,13 +10,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Request, Response, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from vace.pipelines.job.job import Job
 from vace.server.api.common import preflight
 from vace.server.api.replicate.schema import ReplicateModel, catalog
 from vace.server.auth import require_api_key, tenant_of
+from vace.server.downloads import stored_file_response
 from vace.server.service.errors import InvalidInput, NotFound
 from vace.server.service.predictions import IDEMPOTENCY_HEADER, PredictionService
 from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
@@ -252,8 +254,8 @@ class ReplicateAPI:
             except json.JSONDecodeError as exc:
                 raise InvalidInput.of("metadata", f"must be JSON: {exc}") from exc
             data = await content.read()
-            record = svc.files.save(content.filename or "file", content.content_type, data, meta,
-                                    tenant_of(request))
+            record = await asyncio.to_thread(svc.files.save, content.filename or "file", content.content_type, data,
+                                             meta, tenant_of(request))  # a bucket's PUT must not stall the loop
             return file_json(record, base_url(request, svc))
 
         @r.get("/v1/files", summary="List uploaded files")
@@ -269,7 +271,8 @@ class ReplicateAPI:
         @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
         def download_file(file_id: str, request: Request) -> Response:
             record = svc.files.get(file_id, tenant_of(request))
-            return FileResponse(svc.files.path(record), media_type=record.content_type, filename=record.name)
+            return stored_file_response(svc.storage, record.path, record.content_type, request, filename=record.name,
+                                        missing=f"file {file_id!r} not found: its bytes are gone")
 
         @r.delete("/v1/files/{file_id}", status_code=204, summary="Delete an uploaded file")
         def delete_file(file_id: str, request: Request) -> Response:

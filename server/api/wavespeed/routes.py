@@ -5,6 +5,7 @@ Every answer is the `{code, message, data}` envelope; errors carry a non-200 cod
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import hmac
@@ -139,8 +140,9 @@ class WaveSpeedAPI:
 
         @r.post("/media/upload/binary", summary="Upload a file to use as an input")
         async def upload(request: Request, file: UploadFile = File(...)) -> JSONResponse:
-            record = svc.files.save(file.filename or "file", file.content_type, await file.read(),
-                                    tenant=tenant_of(request))
+            data = await file.read()
+            record = await asyncio.to_thread(svc.files.save, file.filename or "file", file.content_type, data,
+                                             tenant=tenant_of(request))
             kind = record.content_type.split("/")[0] if "/" in record.content_type else "file"
             return JSONResponse(ws.envelope({"type": kind, "download_url": svc.url(f"/v1/files/{record.id}/download"),
                                              "filename": record.name, "size": record.size}))
