@@ -17,6 +17,11 @@ QUEUE_CHANNEL = "vace_queue"
 CHANGES_CHANNEL = "vace_changes"
 
 
+def announces(url: str) -> bool:
+    """Whether the database at `url` announces its changes (PostgreSQL); others are polled."""
+    return make_url(url).get_backend_name() == "postgresql"
+
+
 class Listener:
     """Blocks until the database announces something on `channel`, or (SQLite) for one poll interval.
 
@@ -27,7 +32,8 @@ class Listener:
         self.url = url
         self.channel = channel
         self.poll_s = poll_s
-        self.pushes = make_url(url).get_backend_name() == "postgresql"  # else: a timed poll
+        self.pushes = announces(url)  # else: a timed poll
+        self.connects = 0  # LISTENs issued: announcements made between two of them were not heard
         self._conn = None
         if self.pushes:
             self._connect()
@@ -41,6 +47,7 @@ class Listener:
                                **params)
         conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(self.channel)))
         self._conn = conn
+        self.connects += 1
 
     def wait(self, timeout: float) -> list[str]:
         """The payloads announced, as soon as there is one (at most `timeout` s); [] after a poll interval on

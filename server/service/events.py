@@ -2,35 +2,50 @@
 missed however long its write waited on a lock) and fans each change out to the waiters of that prediction
 (SSE, long polls) and to the webhook dispatcher.
 
-It reads the database when a local worker says it wrote (`poke`, no query) and otherwise every FALLBACK_S
-(writes by other processes, Cancel-After deadlines), so an idle server costs well under one query a second."""
+It reads the database when this process wrote (`nudge`), when a local worker says it wrote (`poke`, no query),
+when PostgreSQL announces a change on `vace_changes` (LISTEN/NOTIFY: writes by other API processes, their
+workers and Ray actors' drivers), at the next Cancel-After deadline, and otherwise only every `fallback_s`
+(FALLBACK_S on SQLite, whose other writers are not announced; ANNOUNCED_FALLBACK_S on PostgreSQL, where it only
+covers a lost listener connection). An idle server costs well under one query a second."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from vace.server.service.errors import NotFound
 from vace.server.store import Prediction, Store
+from vace.server.store_listen import CHANGES_CHANNEL, announces
 
 log = logging.getLogger("vace.events")
 
 WATCH_INTERVAL_S = 0.15  # how often the (free) poke flag is looked at
-FALLBACK_S = 3.0  # the longest wait between two reads of the database
+FALLBACK_S = 3.0  # SQLite: the longest wait between two reads of the database
+ANNOUNCED_FALLBACK_S = 60.0  # PostgreSQL: changes are announced; this read is a safety net only
+LISTEN_WAIT_S = 1.0  # the listener thread looks at its stop flag this often (no query: a socket wait)
 UPDATE_RECHECK_S = 5.0
 
 ChangeHandler = Callable[["Prediction | None", Prediction], None]
 
 
 class ChangeFeed:
-    def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[bool], None]):
+    def __init__(self, store: Store, on_change: ChangeHandler, on_tick: Callable[[bool], None],
+                 fallback_s: float | None = None):
         self.store = store
         self.on_change = on_change
         self.on_tick = on_tick  # called after every tick, True when the tick found changed rows
         self.poke: Callable[[], bool] = lambda: False  # a local worker wrote (see server.worker.liveness)
+        self.announced = announces(store.url)
+        self.fallback_s = fallback_s or (ANNOUNCED_FALLBACK_S if self.announced else FALLBACK_S)
+        self.recheck_s = max(UPDATE_RECHECK_S, self.fallback_s)
+        self.listening = threading.Event()  # set once the LISTEN is in place (PostgreSQL)
+        self._stopping = threading.Event()
+        self._listener_thread: threading.Thread | None = None
         self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
         self._subscribers: set[asyncio.Queue[Prediction]] = set()
         self._seen: dict[str, Prediction] = {}
@@ -43,12 +58,40 @@ class ChangeFeed:
         for pred in self.store.active():
             self._seen[pred.id] = pred
         self._task = asyncio.create_task(self._watch(), name="prediction-watch")
+        if self.announced:
+            self._listener_thread = threading.Thread(target=self._listen, args=(asyncio.get_running_loop(),),
+                                                     name="change-listener", daemon=True)
+            self._listener_thread.start()
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """PostgreSQL: wake the watch at every announced change (and after each (re)connect, since announcements
+        made while no LISTEN was in place were not heard). A thread: the wait blocks on the connection."""
+        listener = None
+        heard = 0
+        while not self._stopping.is_set():
+            try:
+                listener = listener or self.store.listener(CHANGES_CHANNEL, poll_s=LISTEN_WAIT_S)
+                announced = listener.wait(LISTEN_WAIT_S)
+                if announced or listener.connects != heard:
+                    heard = listener.connects
+                    loop.call_soon_threadsafe(self._wake.set)
+                    self.listening.set()
+            except RuntimeError:  # the event loop closed under us: the server is stopping
+                break
+            except Exception:  # noqa: BLE001 - the fallback read covers the gap; retry the LISTEN
+                log.warning("change listener failed; retrying", exc_info=True)
+                self._stopping.wait(LISTEN_WAIT_S)
+        if listener is not None:
+            listener.close()
 
     def nudge(self) -> None:
         """Read the database at the next tick (this process just wrote, e.g. a create or a cancel)."""
         self._wake.set()
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._listener_thread is not None:
+            await asyncio.to_thread(self._listener_thread.join, LISTEN_WAIT_S + 5.0)
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -81,7 +124,7 @@ class ChangeFeed:
             yield pred
             while not pred.terminal:
                 try:
-                    pred = await asyncio.wait_for(queue.get(), timeout=UPDATE_RECHECK_S)
+                    pred = await asyncio.wait_for(queue.get(), timeout=self.recheck_s)
                 except asyncio.TimeoutError:
                     pred = self._get(prediction_id)  # belt and braces against a missed change
                 yield pred
@@ -112,13 +155,19 @@ class ChangeFeed:
             self._cursor = max(p.change_seq or 0 for p in changed)
         return changed
 
+    def _next_deadline(self) -> float:
+        """The earliest Cancel-After deadline of the active predictions this feed has seen (wall clock)."""
+        return min((p.cancel_at for p in self._seen.values() if p.cancel_at and not p.terminal
+                    and not p.cancel_requested), default=math.inf)
+
     async def _watch(self) -> None:
         last_read = 0.0
         while True:
             try:
                 now = time.monotonic()
                 changed: list[Prediction] = []
-                if self._wake.is_set() or self.poke() or now - last_read >= FALLBACK_S:
+                due = time.time() >= self._next_deadline()
+                if self._wake.is_set() or self.poke() or due or now - last_read >= self.fallback_s:
                     self._wake.clear()
                     last_read = now
                     # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.

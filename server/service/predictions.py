@@ -65,6 +65,7 @@ class ServiceConfig:
     clock: Callable[[], float] = time.time  # wall clock for file expiry and retention (tests inject their own)
     loras: LoraConfig = field(default_factory=LoraConfig)
     storage: Storage | None = None  # where uploads and outputs are kept (None: the data dir)
+    change_poll_s: float | None = None  # the change feed's fallback read (None: by database, see service.events)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class PredictionService:
         self.urls = MediaUrls(config.public_url, config.own_netlocs, self.files, self.fetch_policy)
         self.webhooks = WebhookDispatcher(config.webhooks, self.fetch_policy, store, self.metrics.webhook_delivered)
         self.webhook_secret = load_secret(config.data_dir)
-        self.feed = ChangeFeed(store, self._on_change, self.webhooks.on_tick)
+        self.feed = ChangeFeed(store, self._on_change, self.webhooks.on_tick, config.change_poll_s)
         self.intake = Intake(config.models, self.fetch_policy, self.storage)
         self.on_created: Callable[[], None] = lambda: None  # the app wakes the worker here
         self._retention_task: asyncio.Task | None = None
