@@ -190,11 +190,11 @@ class ObjectStorage(Storage):
         """Reach the bucket once (at start-up), so a wrong endpoint, bucket or credential fails loudly."""
         bucket = self.root.split("/", 1)[0]
         try:
-            found = self.fs.exists(bucket)
+            self.fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise StorageError(f"--storage {self.url}: bucket {bucket!r} not found (create it first)") from None
         except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many kinds; all mean "unusable"
             raise StorageError(f"--storage {self.url}: {type(exc).__name__}: {exc}") from exc
-        if not found:
-            raise StorageError(f"--storage {self.url}: bucket {bucket!r} not found (create it first)")
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         self.fs.pipe_file(self.key(rel), data)  # one PUT: the object appears whole
