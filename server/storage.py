@@ -118,10 +118,10 @@ class LocalStorage(Storage):
         return self.root / rel
 
     def ref(self, rel: str) -> str:
-        return str(self.path(rel))
+        return str(self.path(rel).absolute())
 
     def rel_of(self, ref: str) -> str | None:
-        if not ref or ref.startswith(("data:", "http://", "https://")):
+        if not ref or not os.path.isabs(ref):  # refs are absolute paths; URLs, data: URIs and prompts are not
             return None
         try:
             return Path(ref).resolve().relative_to(self.root.resolve()).as_posix()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.service.predictions import PredictionService, ServiceConfig
-from vace.server.store import PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
+from vace.server.store import CANCELED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
 
 HOUR_S = 3600.0
 BOUND_S = 120.0  # a bound on the test, not a measured figure: the change arrives long before, or never
@@ -69,3 +70,27 @@ def test_a_change_by_another_process_reaches_waiters_through_notify(postgres, tm
         store.close()
     assert seen[-1] == SUCCEEDED and set(seen) <= {PROCESSING, SUCCEEDED}
     assert waited.status == SUCCEEDED and waited.output == {"path": f"outputs/{pred.id}.mp4"}
+
+
+def test_a_cancel_after_deadline_is_kept_without_the_fallback_read(postgres, tmp_path: Path):
+    """With changes announced the feed reads rarely; a Cancel-After deadline is a wake-up of its own."""
+    store = Store(postgres.new_database())
+    service = PredictionService(store, ServiceConfig(data_dir=tmp_path, public_url="https://h:1",
+                                                     change_poll_s=HOUR_S))
+
+    async def run() -> Prediction:
+        await service.start()
+        try:
+            assert await asyncio.to_thread(service.feed.listening.wait, BOUND_S)
+            pred = store.insert(Prediction(
+                id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny", input={},
+                request=Job(GenerationRequest(prompt="p")).to_dict(), status=QUEUED, cancel_at=time.time() + 1.0))
+            return await service.wait(pred.id, BOUND_S)
+        finally:
+            await service.stop()
+
+    try:
+        waited = asyncio.run(run())
+    finally:
+        store.close()
+    assert waited.status == CANCELED and "Cancel-After deadline reached" in waited.logs

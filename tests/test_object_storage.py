@@ -3,6 +3,7 @@ several API replicas on one database serve the same files with no shared filesys
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -14,10 +15,14 @@ import pytest
 
 from tests.server_process import Server
 from tests.synthetic import solid_image
+from vace.pipelines.job.job import Job
+from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import probe_video
 from vace.server.downloads import byte_range
 from vace.server.settings import ServeSettings
 from vace.server.storage import ObjectStorage, StorageError
+from vace.server.store import Prediction, new_id
+from vace.server.worker.ray_executor import inline_local_media
 
 
 def test_objects_round_trip_through_the_bucket(object_store, tmp_path: Path):
@@ -46,6 +51,19 @@ def test_objects_round_trip_through_the_bucket(object_store, tmp_path: Path):
     storage.delete("outputs/abc.mp4")
     storage.delete("outputs/abc.mp4")  # already gone: not an error
     assert storage.list("outputs/abc") == ["outputs/abc-frames.zip"]
+
+
+def test_a_ray_job_carries_the_buckets_files_inline(object_store):
+    """The Ray driver reads the server's own files from the bucket into the job: the actor needs no credentials."""
+    storage = ObjectStorage(object_store.new_bucket(), object_store.options)
+    storage.put_bytes("files/abc-first.png", b"png bytes")
+    request = GenerationRequest(prompt="p", first_frame=storage.ref("files/abc-first.png"),
+                                reference_images=["https://example.com/r.png"])
+    job = Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny", input={},
+                     request=Job(request).to_dict(), status="processing")
+    sent = inline_local_media(job, storage).job.request
+    assert sent.first_frame == "data:image/png;base64," + base64.b64encode(b"png bytes").decode()
+    assert sent.reference_images == ["https://example.com/r.png"]
 
 
 def test_a_missing_bucket_or_bad_url_is_refused_at_start(object_store, tiny_model_dir: Path, tmp_path: Path):
