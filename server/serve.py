@@ -16,8 +16,10 @@ import uvicorn
 from vace.pipelines.engine.render_cap import default_render_side
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, only_tiny, resolve_model
+from vace.pipelines.job.request import RequestError
 from vace.server.app import create_app
 from vace.server.retention import RetentionPolicy
+from vace.server.service.loras import check_distill_fits
 from vace.server.settings import LOOPBACK_NAMES, ServeSettings, add_flags, from_flags
 from vace.server.storage import StorageError
 from vace.server.worker.devices import worker_device_sets
@@ -95,7 +97,7 @@ def resolve(settings: ServeSettings) -> ServeSettings:
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
     shown = f"[{shown}]" if ":" in shown else shown
     tiny_only = serves_only_tiny(settings.model)
-    return settings.model_copy(update={
+    resolved = settings.model_copy(update={
         "model": resolve_models(settings.model),
         # only tiny models: their tiny LoRAs and tiny distill, so the demo server runs every feature
         "lora_dir": settings.lora_dir or (resolve_tiny_loras() if tiny_only else None),
@@ -105,6 +107,25 @@ def resolve(settings: ServeSettings) -> ServeSettings:
         "public_url": (settings.public_url or f"{scheme}://{shown}:{settings.port}").rstrip("/"),
         "data_dir": settings.data_dir.resolve(),
     })
+    check_turbo_for(resolved)
+    return resolved
+
+
+def check_turbo_for(settings: ServeSettings) -> None:
+    """--turbo-for runs the distill recipe: refuse to start without a --distill-lora, or with one that does not
+    fit a served model (read from the files' headers, as a submit would)."""
+    if not settings.turbo_for:
+        return
+    config = settings.lora_config()
+    if config.distill is None:
+        raise ValueError(f"--turbo-for {settings.turbo_for[0]!r} runs preset turbo, which needs a step-distillation "
+                         "LoRA: give --distill-lora PATH_OR_NAME")
+    for name, model_dir in settings.served_models().items():
+        try:
+            check_distill_fits(config, name, model_dir)
+        except RequestError as exc:
+            raise ValueError(f"--turbo-for needs a --distill-lora that fits every served model: {exc.message}") \
+                from None
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.acceleration.presets import DistillRecipe, TurboMap, parse_turbo_for
 from vace.pipelines.engine.loras import ADAPTER_CAPACITY, LoraConfig
 from vace.pipelines.fixtures.tiny_model import resolve_safety_checker
 from vace.pipelines.media.fetch import FetchPolicy
@@ -108,6 +108,11 @@ class ServeSettings(BaseSettings):
     distill_shift: float = Field(DistillRecipe.shift, ge=0, le=30, description="flow shift of the distill recipe")
     distill_sampler: Literal["unipc", "dpm++", "euler"] = Field(DistillRecipe.sampler, description=(
         "sampler of the distill recipe"))
+    turbo_for: list[str] = Field(default_factory=list, description=(
+        "run preset turbo (the --distill-lora recipe) where a hosted request asks for this speed instead of the "
+        "level it names: replicate:SPEED_MODE (prunaai speed_mode) or fal:ACCELERATION (none|low|regular); "
+        "repeatable, e.g. --turbo-for 'replicate:Extra Juiced 🚀 (even more speed)' --turbo-for fal:regular; "
+        "needs --distill-lora (default: none mapped)"), json_schema_extra=_flag(metavar="DIALECT:VALUE"))
     interpolators: Path | None = Field(None, description=(
         "frame interpolator weights root holding rife/flownet.pkl and film/film_net_fp32.pt (default: "
         "`interpolators/` beside each served model)"), json_schema_extra=_flag(metavar="DIR"))
@@ -199,6 +204,16 @@ class ServeSettings(BaseSettings):
             if not isinstance(value, dict):
                 raise ValueError("must be a JSON object, e.g. {\"endpoint_url\": \"http://127.0.0.1:9000\"}")
         return value
+
+    @field_validator("turbo_for")
+    @classmethod
+    def _known_turbo_values(cls, value: list[str]) -> list[str]:
+        parse_turbo_for(value)
+        return value
+
+    def turbo_map(self) -> TurboMap:
+        """{dialect: hosted acceleration values that run preset turbo} (--turbo-for)."""
+        return parse_turbo_for(self.turbo_for)
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(allow_hosts=set(self.allow_host), max_bytes=self.fetch_max_bytes,

@@ -73,6 +73,8 @@ def test_thirty_rows_render_named_and_decodable(server: Server, tmp_path: Path):
             extra["video"] = "src.mp4"
         if i % 10 == 6:
             extra["reference_images"] = ["ref.png"]
+        if i == 9:
+            extra["loras"] = [{"name": "tiny-style", "scale": 0.5}]  # the tiny server's library
         if i == 29:
             extra["num_frames"] = 81  # the hosted price's hand-computed case: 81 frames at 16 fps, 480p tier
         rows.append({**job(f"thirty {i}"), **extra})
@@ -90,6 +92,10 @@ def test_thirty_rows_render_named_and_decodable(server: Server, tmp_path: Path):
     assert sorted(p["input"]["prompt"] for p in preds) == sorted(f"thirty {i}" for i in range(30))
     uploaded = [p["input"]["video"] for p in preds if "video" in p["input"]]
     assert len(uploaded) == 3 and len(set(uploaded)) == 1  # one upload of src.mp4, used by three rows
+    styled, = [p for p in preds if p["input"]["prompt"] == "thirty 9"]
+    assert styled["input"]["loras"] == [{"name": "tiny-style", "scale": 0.5}]
+    with server.client() as http:
+        assert "loras: tiny-style x0.5" in http.get(f"/v1/predictions/{styled['id']}").json()["logs"]
 
     # Run again: nothing to do, nothing submitted.
     again = vace_batch(server, "run", str(manifest), "--out", str(out))
@@ -194,6 +200,7 @@ def test_three_bad_rows_are_named_and_nothing_is_queued(server: Server, tmp_path
         job("bad rows size", width=40),
         job("bad rows missing", video="takes/missing.mp4"),
         job("bad rows ok too"),
+        job("bad rows lora", loras=[{"name": "tiny-style"}, {"name": "absent", "scale": 0.5}]),
     ])
     check = vace_batch(server, "check", str(manifest))
     assert check.returncode == 1
@@ -201,7 +208,9 @@ def test_three_bad_rows_are_named_and_nothing_is_queued(server: Server, tmp_path
     assert lines == ["line 2 (row2): colour: unknown field",
                      "line 3 (row3): width: must be a multiple of 16, got 40",
                      f"line 4 (row4): video: file not found: {tmp_path / 'takes/missing.mp4'}",
-                     "3 of 5 rows are invalid"]
+                     "line 6 (row6): loras[1].name: the server has no LoRA named 'absent'; it has: tiny-distill, "
+                     "tiny-style, tiny-style-comfy, tiny-style-kohya",
+                     "4 of 6 rows are invalid"]
     run = vace_batch(server, "run", str(manifest), "--out", str(tmp_path / "out"))
     assert run.returncode == 2 and "nothing was queued" in run.stderr
     assert "line 3 (row3): width: must be a multiple of 16, got 40" in run.stderr

@@ -14,7 +14,7 @@ from tests.synthetic import save_image, solid_image
 from vace.pipelines.media.codec import probe_video
 from vace.server.batch import command
 from vace.server.batch.execute import LocalBatch, plan_rows
-from vace.server.batch.manifest import check_rows, read_manifest
+from vace.server.batch.manifest import check_rows, read_manifest, server_lora_check
 from vace.server.batch.prices import WAN_22_VACE_FUN_A14B, WAN_VACE_14B, hosted_quote
 from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
@@ -60,6 +60,36 @@ def test_csv_cells_take_their_fields_types(tmp_path: Path):
                        "reference_images": ["r1.png", "r2.png"]}
     assert (b.line, b.output) == (4, "b.mp4")  # the blank record is skipped; lines count the file's lines
     assert [(p.line, p.field, p.message) for p in b.problems] == [(4, "width", "must be an integer, got 'sixteen'")]
+
+
+def test_loras_in_csv_and_jsonl_rows_and_bad_ones_named(tmp_path: Path):
+    path = tmp_path / "jobs.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "prompt", "loras"])
+        writer.writerow(["a", "fox", "tiny-style:0.5; https://h.test/x.safetensors ;https://h.test/y.safetensors:-1"])
+        writer.writerow(["b", "fox", "tiny-style:lots"])
+        writer.writerow(["c", "fox", "../style.safetensors"])
+    a, b, c = read_manifest(path).rows
+    assert a.input["loras"] == [{"name": "tiny-style", "scale": 0.5}, {"url": "https://h.test/x.safetensors",
+                                "scale": 1.0}, {"url": "https://h.test/y.safetensors", "scale": -1.0}]
+    assert [(p.line, p.row_id, p.field) for p in b.problems + c.problems] == [(3, "b", "loras"), (4, "c", "loras")]
+    assert "the scale after the last ':' must be a number" in b.problems[0].message
+    assert "a LoRA name from the library or an http(s) URL" in c.problems[0].message
+
+    manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
+        {"prompt": "a", "loras": [{"name": "tiny-style", "scale": 0.8, "expert": "both"}]},
+        {"prompt": "b", "loras": [{"name": "tiny-style", "scale": 9}]},
+        {"prompt": "c", "loras": [{"name": "tiny-style"}, {"name": "absent"}]},
+        {"prompt": "d", "loras": [{"path": "/x/style.safetensors"}]},
+        {"prompt": "e", "preset": "turbo"},
+    ]))
+    listing = {"loras": [{"name": "tiny-style", "fits": ["tiny"]}], "distill": None}
+    found = [(p.line, p.field) for p in check_rows(manifest, lora_check=server_lora_check(listing, "tiny"))]
+    assert found == [(2, "loras[0].scale"), (3, "loras[1].name"), (4, "loras[0].path"), (5, "preset")]
+    other = check_rows(read_manifest(write_jsonl(tmp_path / "o.jsonl", [{"prompt": "a", "loras": [
+        {"name": "tiny-style"}]}])), lora_check=server_lora_check(listing, "big"))
+    assert [(p.field, p.message) for p in other] == [("loras[0].name", "LoRA 'tiny-style' does not fit model big")]
 
 
 def test_ids_and_outputs_are_unique_and_outputs_stay_inside(tmp_path: Path):

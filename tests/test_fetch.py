@@ -6,6 +6,7 @@ import http.server
 import ipaddress
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
@@ -36,9 +37,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.1)
             return
         body, ctype = (PNG, "image/png") if self.path == "/img.png" else (b"<html></html>", "text/html")
-        if self.path == "/redirect":
+        redirects = {"/redirect": "/img.png", "/loop": "/loop"}
+        if self.path in redirects or self.path.startswith("/to/"):
             self.send_response(302)
-            self.send_header("Location", "/img.png")
+            self.send_header("Location", redirects.get(self.path) or urllib.parse.unquote(self.path[4:]))
             self.end_headers()
             return
         self.send_response(200)
@@ -91,8 +93,37 @@ def test_limits_and_refusals(server, tmp_path):
         materialize(f"{server}/page", "video", tmp_path, allowed)
     with pytest.raises(RequestError, match="over the 16 limit"):
         materialize(f"{server}/img.png", "video", tmp_path, FetchPolicy(allow_hosts={"127.0.0.1"}, max_bytes=16))
-    with pytest.raises(RequestError, match="HTTP 302"):
-        materialize(f"{server}/redirect", "video", tmp_path, allowed)
+
+
+@pytest.fixture(scope="module")
+def second_server() -> Iterator[str]:
+    """Another loopback server: a redirect between two hosts (as Hugging Face's /resolve/ to its CDN)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_redirects_are_followed_and_every_hop_is_checked(server, second_server, tmp_path):
+    allowed = FetchPolicy(allow_hosts={"127.0.0.1"})
+    assert materialize(f"{server}/redirect", "video", tmp_path, allowed).read_bytes() == PNG
+    hop = f"{server}/to/" + urllib.parse.quote(f"{second_server}/img.png", safe="")
+    Handler.hosts_seen.clear()
+    assert materialize(hop, "video", tmp_path, allowed).read_bytes() == PNG
+    assert Handler.hosts_seen == [server.removeprefix("http://"), second_server.removeprefix("http://")]
+    with pytest.raises(RequestError, match="redirected more than 5 times"):
+        materialize(f"{server}/loop", "video", tmp_path, allowed)
+    with pytest.raises(RequestError, match="HTTP 302"):  # no Location to follow is no redirect
+        materialize(f"{server}/to/", "video", tmp_path, allowed)
+    # an allowed name whose redirect points at a loopback address the policy refuses
+    port = int(server.rsplit(":", 1)[1])
+    named = FetchPolicy(allow_hosts={"media.test"}, resolve=lambda host, port: ["127.0.0.1"])
+    hop = f"http://media.test:{port}/to/" + urllib.parse.quote(f"{second_server}/img.png", safe="")
+    with pytest.raises(RequestError) as err:
+        materialize(hop, "video", tmp_path, named)
+    assert err.value.field == "video" and "'127.0.0.1' is a loopback address; it is not allowed" in err.value.message
 
 
 @pytest.mark.parametrize("address", [

@@ -3,6 +3,7 @@ with the tiny distill, GET /v1/loras, and a LoRA for another model refused at su
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from tests.server_process import Server
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_lora, write_tiny_loras
 
 API_KEY = "lora-key-1"
+EXTRA_JUICED = "Extra Juiced 🚀 (even more speed)"  # mapped onto preset turbo by this server's --turbo-for
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     write_tiny_loras(root / "loras")
     write_lora(root / "loras" / "wide.safetensors", "comfy", seed=3, dim=48)  # made for a wider model
     srv = Server(root / "data", api_key=API_KEY,
-                 args=["--model", "tiny", "--max-render-side", "64", "--lora-dir", str(root / "loras")])
+                 args=["--model", "tiny", "--max-render-side", "64", "--lora-dir", str(root / "loras"),
+                       "--turbo-for", f"replicate:{EXTRA_JUICED}", "--turbo-for", "fal:regular"])
     srv.start()
     yield srv
     srv.stop()
@@ -62,6 +65,32 @@ def test_lora_and_turbo_jobs_run(client):
     assert f"loras: {TINY_STYLE} x0.8" in styled.logs and "2/2" in styled.logs
     assert turbo.status == "succeeded", turbo.error
     assert f"loras: {TINY_DISTILL} x1" in turbo.logs and "4/4" in turbo.logs and "30" not in turbo.logs
+
+
+def test_a_mapped_hosted_speed_runs_the_distill_recipe(server: Server, client):
+    """prunaai's fastest speed_mode, mapped with --turbo-for, runs turbo: the tiny distill at 4 steps and 4
+    transformer evaluations (no CFG pass), whatever sample_steps says."""
+    pred = client.predictions.create(model="prunaai/vace-14b", input={
+        "prompt": "a red square", "frame_num": 5, "sample_steps": 30, "seed": 3, "speed_mode": EXTRA_JUICED})
+    pred.wait()
+    assert pred.status == "succeeded", pred.error
+    assert f"loras: {TINY_DISTILL} x1" in pred.logs and "4/4" in pred.logs
+    with server.client() as http:
+        seen = http.get(f"/web/api/predictions/{pred.id}", params={"preview": "false"}).json()
+        assert seen["transformer_evaluations"] == 4 and [r["lora"] for r in seen["loras"]] == [TINY_DISTILL]
+        # fal's default acceleration, mapped too; its documented default stays `regular` on the wire
+        queued = http.post("/queue/fal-ai/wan-vace-14b", json={"prompt": "a red square", "num_frames": 17,
+                                                               "resolution": "240p", "num_inference_steps": 2})
+        assert queued.status_code == 200, queued.text
+        fal_id = queued.json()["request_id"]
+        for _ in range(600):  # bounded wait for the tiny render
+            seen = http.get(f"/web/api/predictions/{fal_id}", params={"preview": "false"}).json()
+            if seen["status"] in ("succeeded", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+    assert seen["status"] == "succeeded", seen["error"]
+    assert seen["input"].get("acceleration") is None and seen["rerun"]["preset"] == "turbo"
+    assert seen["transformer_evaluations"] == 4 and [r["lora"] for r in seen["loras"]] == [TINY_DISTILL]
 
 
 def test_lora_for_another_model_or_a_server_path_is_refused_at_submit(server: Server, client):

@@ -17,6 +17,7 @@ from vace.pipelines.acceleration.presets import (
     PRESETS,
     SPEED_MODES,
     get_preset,
+    parse_turbo_for,
     preset_for_acceleration,
     preset_for_speed_mode,
 )
@@ -54,6 +55,20 @@ def test_table_and_hosted_names():
         preset_for_acceleration("high")
     with pytest.raises(RequestError):
         get_preset("ludicrous")
+
+
+def test_operator_maps_hosted_speeds_onto_turbo():
+    extra = "Extra Juiced 🚀 (even more speed)"
+    turbo = parse_turbo_for([f"replicate:{extra}", "fal:regular", "fal:low"])
+    assert turbo == {"replicate": frozenset({extra}), "fal": frozenset({"regular", "low"})}
+    assert [preset_for_speed_mode(s, turbo) for s in SPEED_MODES] == ["none", "low", "turbo"]
+    assert [preset_for_acceleration(a, turbo) for a in ("none", "low", "regular")] == ["none", "turbo", "turbo"]
+    assert preset_for_acceleration("regular", parse_turbo_for([f"replicate:{extra}"])) == "regular"
+    assert preset_for_acceleration("regular") == "regular" and parse_turbo_for([]) == {}  # default: no mapping
+    for entry, words in (("wavespeed:fast", "one of replicate, fal"), ("fal", "DIALECT:VALUE"),
+                         ("fal:high", "fal has no value 'high'"), ("replicate:Extra Juiced", "has no value")):
+        with pytest.raises(ValueError, match=words):
+            parse_turbo_for([entry])
     assert get_preset("turbo").distill and not get_preset("turbo").step_cache
 
 

@@ -367,3 +367,31 @@ def test_bad_serve_values_name_the_flag_and_variable():
                                "(VACE_QUEUE_MAX): Input should be greater than or equal to 1")
     good = from_flags(build_parser().parse_args(["serve", "--no-compile", "--api-key", "a", "--api-key", "b"]))
     assert good.compile is False and good.api_keys == ["a", "b"]
+
+
+def test_turbo_for_needs_a_distill_that_fits_and_maps_nothing_by_default(tmp_path: Path, tiny_model_dir: Path):
+    """--turbo-for is refused at start without a --distill-lora (a served directory gets no tiny default) or with
+    one made for another model; given neither flag, prunaai's fastest speed_mode keeps its documented level."""
+    from vace.pipelines.fixtures.tiny_loras import write_lora
+    from vace.server.cli import build_parser
+    from vace.server.serve import resolve
+    from vace.server.settings import from_flags
+
+    extra = "Extra Juiced 🚀 (even more speed)"
+
+    def settings(*flags: str) -> ServeSettings:
+        return resolve(from_flags(build_parser().parse_args(["serve", "--data-dir", str(tmp_path), *flags])))
+
+    assert settings("--model", "tiny").turbo_map() == {}
+    assert catalog(["tiny"])["prunaai/vace-14b"].to_request({"prompt": "p", "speed_mode": extra}).preset == "regular"
+    mapped = settings("--model", "tiny", "--turbo-for", f"replicate:{extra}", "--turbo-for", "fal:regular")
+    assert mapped.turbo_map() == {"replicate": frozenset({extra}), "fal": frozenset({"regular"})}
+    prunaai = catalog(["tiny"])["prunaai/vace-14b"]
+    assert prunaai.to_request({"prompt": "p", "speed_mode": extra}, mapped.turbo_map()).preset == "turbo"
+    with pytest.raises(ValueError, match="needs a step-distillation LoRA: give --distill-lora"):
+        settings("--model", str(tiny_model_dir), "--turbo-for", "fal:regular")
+    wide = write_lora(tmp_path / "wide.safetensors", "comfy", seed=3, dim=48)
+    with pytest.raises(ValueError, match="fits every served model: .*does not fit model tiny"):
+        settings("--model", "tiny", "--turbo-for", "fal:regular", "--distill-lora", str(wide))
+    with pytest.raises(ValueError, match=r"--turbo-for \(VACE_TURBO_FOR\): .*fal has no value 'high'"):
+        settings("--turbo-for", "fal:high")

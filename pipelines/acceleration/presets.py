@@ -75,20 +75,46 @@ def get_preset(name: str) -> Preset:
     raise RequestError("preset", f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
 
 
-def preset_for_speed_mode(speed_mode: str) -> str:
-    """prunaai speed_mode -> preset name; RequestError naming `speed_mode` if unknown."""
-    try:
-        return SPEED_MODES[speed_mode]
-    except KeyError:
-        raise RequestError("speed_mode", f"must be one of {', '.join(map(repr, SPEED_MODES))}") from None
+# The hosted dialects' acceleration inputs an operator may map onto preset turbo (`vace serve --turbo-for`):
+# prunaai's speed_mode on Replicate and fal's acceleration. WaveSpeed's documented input has no speed knob.
+HOSTED_LEVELS: dict[str, dict[str, str]] = {"replicate": SPEED_MODES, "fal": ACCELERATIONS}
+TurboMap = dict[str, frozenset[str]]
 
 
-def preset_for_acceleration(acceleration: str) -> str:
-    """fal acceleration (none|low|regular) -> preset name; RequestError naming `acceleration` if unknown."""
+def parse_turbo_for(entries: list[str]) -> TurboMap:
+    """`DIALECT:VALUE` entries (e.g. `fal:regular`) -> {dialect: values that run turbo}; ValueError naming the
+    entry when the dialect has no such input value."""
+    found: dict[str, set[str]] = {}
+    for entry in entries:
+        dialect, sep, value = entry.partition(":")
+        levels = HOSTED_LEVELS.get(dialect.strip().lower())
+        if not sep or levels is None:
+            raise ValueError(f"{entry!r}: give DIALECT:VALUE with DIALECT one of {', '.join(HOSTED_LEVELS)}")
+        if value not in levels:
+            raise ValueError(f"{entry!r}: {dialect} has no value {value!r}; it has {', '.join(map(repr, levels))}")
+        found.setdefault(dialect.strip().lower(), set()).add(value)
+    return {dialect: frozenset(values) for dialect, values in found.items()}
+
+
+def _hosted(dialect: str, field_name: str, value: str, turbo: TurboMap | None) -> str:
+    if value in (turbo or {}).get(dialect, ()):
+        return "turbo"
     try:
-        return ACCELERATIONS[acceleration]
+        return HOSTED_LEVELS[dialect][value]
     except KeyError:
-        raise RequestError("acceleration", f"must be one of {', '.join(ACCELERATIONS)}") from None
+        raise RequestError(field_name, f"must be one of {', '.join(map(repr, HOSTED_LEVELS[dialect]))}") from None
+
+
+def preset_for_speed_mode(speed_mode: str, turbo: TurboMap | None = None) -> str:
+    """prunaai speed_mode -> preset name (turbo where the operator mapped it); RequestError naming `speed_mode`
+    if unknown."""
+    return _hosted("replicate", "speed_mode", speed_mode, turbo)
+
+
+def preset_for_acceleration(acceleration: str, turbo: TurboMap | None = None) -> str:
+    """fal acceleration (none|low|regular) -> preset name (turbo where the operator mapped it); RequestError
+    naming `acceleration` if unknown."""
+    return _hosted("fal", "acceleration", acceleration, turbo)
 
 
 def resolve_preset(request: GenerationRequest) -> GenerationRequest:

@@ -35,8 +35,10 @@ class FetchError(RequestError):
 class FetchPolicy:
     """Limits for user-given URLs. Non-global addresses are refused unless their host is allowed.
 
-    `timeout_s` bounds a whole fetch (connect, headers and body together); no single read waits longer than
-    `read_timeout_s`, so a host that trickles bytes is cut off at the deadline.
+    `timeout_s` bounds a whole fetch (connect, headers and body together, over every redirect); no single read
+    waits longer than `read_timeout_s`, so a host that trickles bytes is cut off at the deadline. Redirects
+    (e.g. Hugging Face's `/resolve/` answering with a CDN address) are followed up to `max_redirects` times, each
+    new URL checked like the first.
     """
 
     max_bytes: int = 512 * 1024 * 1024
@@ -45,6 +47,7 @@ class FetchPolicy:
     allow_hosts: set[str] = field(default_factory=set)
     allow_private: bool = False
     allow_local_paths: bool = True
+    max_redirects: int = 5
     resolve: Callable[[str, int], list[str]] = system_resolver
 
     def timeout(self) -> Any:
@@ -138,23 +141,46 @@ def decode_data_uri(uri: str, field_name: str) -> tuple[bytes, str]:
     return data, mime
 
 
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
 def _download(url: str, policy: FetchPolicy, field_name: str, dest: Path) -> None:
+    """Fetch `url` into dest, following at most `policy.max_redirects` redirects; every hop's URL is checked
+    under the policy again (a public URL that redirects to a private address is refused)."""
     deadline = time.monotonic() + policy.timeout_s
-    targets = check_url(url, policy, field_name)
+    current = url
     try:
         with httpx.Client(timeout=policy.timeout(), follow_redirects=False) as client:
-            for i, target in enumerate(targets):
-                try:
-                    with client.stream("GET", target.url, **target.request_kwargs()) as resp:
-                        _save(resp, url, policy, field_name, dest, deadline)
+            for _ in range(policy.max_redirects + 1):
+                if time.monotonic() > deadline:
+                    raise FetchError(field_name, f"fetching {url} took longer than {policy.timeout_s:g} s")
+                location = _get(client, current, policy, field_name, dest, deadline)
+                if location is None:
                     return
-                except httpx.ConnectError:
-                    if i == len(targets) - 1 or time.monotonic() > deadline:
-                        raise
+                current = urllib.parse.urljoin(current, location)
     except httpx.TimeoutException:
         raise FetchError(field_name, f"fetching {url} timed out (limit {policy.timeout_s:g} s)") from None
     except httpx.HTTPError as exc:
         raise FetchError(field_name, f"could not fetch {url}: {exc}") from exc
+    raise FetchError(field_name, f"fetching {url} was redirected more than {policy.max_redirects} times")
+
+
+def _get(client: httpx.Client, url: str, policy: FetchPolicy, field_name: str, dest: Path,
+         deadline: float) -> str | None:
+    """One hop: save the body, or return the Location of a redirect."""
+    targets = check_url(url, policy, field_name)
+    for i, target in enumerate(targets):
+        try:
+            with client.stream("GET", target.url, **target.request_kwargs()) as resp:
+                location = resp.headers.get("location")
+                if resp.status_code in REDIRECTS and location:
+                    return location
+                _save(resp, url, policy, field_name, dest, deadline)
+            return None
+        except httpx.ConnectError:
+            if i == len(targets) - 1 or time.monotonic() > deadline:
+                raise
+    return None
 
 
 def _save(resp: Any, url: str, policy: FetchPolicy, field_name: str, dest: Path, deadline: float) -> None:

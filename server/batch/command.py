@@ -18,7 +18,14 @@ from vace.pipelines.conditioning.tasks import preflight
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.fixtures.tiny_model import resolve_model
 from vace.server.batch.execute import LocalBatch, Outcome, ServerBatch, plan_rows
-from vace.server.batch.manifest import Manifest, ManifestError, Problem, check_rows, read_manifest
+from vace.server.batch.manifest import (
+    Manifest,
+    ManifestError,
+    Problem,
+    check_rows,
+    read_manifest,
+    server_lora_check,
+)
 from vace.server.batch.prices import DEFAULT_GPU_HOUR_PRICE, HOSTED_PRICES
 from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
@@ -114,7 +121,9 @@ def checked_manifest(args: argparse.Namespace, client: ServerClient | None) -> t
     model's annotators, or (neither) against this package's own schema."""
     manifest = read_manifest(args.manifest)
     if client is not None:
-        return manifest, check_rows(manifest, schema=client.input_schema(_served_model(client, args)))
+        model = _served_model(client, args)
+        return manifest, check_rows(manifest, schema=client.input_schema(model),
+                                    lora_check=server_lora_check(client.loras(), model))
     if args.local:
         env = AnnotatorEnv.for_model(resolve_model(args.model or "tiny"))
         return manifest, check_rows(manifest, task_check=lambda request: preflight(request, env))

@@ -7,6 +7,11 @@ hold an http(s) URL, a data: URI or a local path (relative to the manifest's fol
 
 CSV cells are text: numbers and booleans are parsed by the field's type, `reference_images` takes a JSON
 array or paths separated by `|`, `task_options` a JSON object; an empty cell leaves the field out.
+
+`loras` (the LoRAs a job runs with): in JSONL the request's own list, `[{"name": "style", "scale": 0.8},
+{"url": "https://…/x.safetensors", "expert": "low_noise"}]`; in CSV the compact `NAME_OR_URL[:SCALE]` entries
+separated by `;`, e.g. `style:0.8;https://…/x.safetensors` (every LoRA on both experts; use JSONL to pick one).
+Against a server, names are checked against its library (GET /v1/loras) and the model they must fit.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.conditioning.tasks import TASKS, implied_task
 from vace.pipelines.conditioning.tasks.options import parse_options
+from vace.pipelines.job.loras import NAME_PATTERN
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.server.api.replicate.schema import NATIVE_INPUT, check_input
 from vace.server.service.errors import InvalidInput
@@ -145,6 +151,8 @@ def _csv_records(path: Path):
 
 def _cell(name: str, text: str) -> Any:
     """A CSV cell as the value the field's type asks for (unknown columns stay text)."""
+    if name == "loras":
+        return compact_loras(text)
     kind = NATIVE_INPUT.get(name, {}).get("type", "string")
     if kind == "integer":
         try:
@@ -168,6 +176,28 @@ def _cell(name: str, text: str) -> Any:
     if kind == "object":
         return _json_cell(text, dict, "a JSON object")
     return text
+
+
+def compact_loras(text: str) -> list[dict[str, Any]]:
+    """A CSV `loras` cell, `NAME_OR_URL[:SCALE]` entries separated by `;`, as the request's list; ValueError
+    naming the entry that is neither."""
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        ref, sep, tail = entry.rpartition(":")
+        if not sep or (ref.lower() in ("http", "https") and tail.startswith("//")):  # no scale, or a bare URL
+            ref, tail = entry, ""
+        try:
+            scale = float(tail) if tail else 1.0
+        except ValueError:
+            raise ValueError(f"entry {i + 1} {entry!r}: the scale after the last ':' must be a number") from None
+        key = "url" if ref.lower().startswith(("http://", "https://")) else "name"
+        if key == "name" and not NAME_PATTERN.fullmatch(ref):
+            raise ValueError(f"entry {i + 1} {entry!r}: give a LoRA name from the library or an http(s) URL, "
+                             "each with an optional :SCALE")
+        out.append({key: ref, "scale": scale})
+    return out
 
 
 def _json_cell(text: str, kind: type, what: str) -> Any:
@@ -215,11 +245,12 @@ def _check_unique(rows: list[Row]) -> None:
 
 
 def check_rows(manifest: Manifest, schema: dict[str, dict[str, Any]] | None = None,
-               task_check: Any = None) -> list[Problem]:
+               task_check: Any = None, lora_check: Any = None) -> list[Problem]:
     """Check every row: the schema's field names and types (`schema`: the server's published input schema,
-    default this package's own), the ranges GenerationRequest enforces, task name and options, and that every
-    local media file exists. `task_check(request)` replaces the task check (e.g. the full preflight with the
-    annotator weights of a local model). Returns every problem of every row."""
+    default this package's own), the ranges GenerationRequest enforces (the form of `loras` too), task name and
+    options, and that every local media file exists. `task_check(request)` replaces the task check (e.g. the
+    full preflight with the annotator weights of a local model); `lora_check(request)` checks the LoRAs and
+    preset turbo against where the rows will run (see server_lora_check). Returns every problem of every row."""
     for row in manifest.rows:
         if row.problems:  # unreadable row: nothing more to say about it
             continue
@@ -238,6 +269,8 @@ def check_rows(manifest: Manifest, schema: dict[str, dict[str, Any]] | None = No
         try:
             request = validated(row.input)
             (task_check or check_task)(request)
+            if lora_check is not None:
+                lora_check(request)
         except RequestError as exc:
             row.problem(exc.field, exc.message)
     return manifest.problems
@@ -255,6 +288,28 @@ def check_task(request: GenerationRequest) -> None:
     if name not in TASKS:
         raise RequestError("task", f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
     parse_options(name, request.task_options)
+
+
+def server_lora_check(listing: dict[str, Any], model: str) -> Any:
+    """A lora_check for rows sent to a server, from its GET /v1/loras: library names it has that fit `model`,
+    no local paths (the server takes names and URLs), and preset turbo only where it has a distill LoRA."""
+    fits = {e["name"]: e.get("fits", []) for e in listing.get("loras", [])}
+
+    def check(request: GenerationRequest) -> None:
+        for i, lora in enumerate(request.loras):
+            if "path" in lora:
+                raise RequestError(f"loras[{i}].path", "a server takes a LoRA name from its library or an http(s) "
+                                                       "URL, not a local path")
+            name = lora.get("name")
+            if name is not None and name not in fits:
+                raise RequestError(f"loras[{i}].name", f"the server has no LoRA named {name!r}; it has: "
+                                                       f"{', '.join(sorted(fits)) or 'none'}")
+            if name is not None and model not in fits[name]:
+                raise RequestError(f"loras[{i}].name", f"LoRA {name!r} does not fit model {model}")
+        if request.preset == "turbo" and listing.get("distill") is None:
+            raise RequestError("preset", "preset turbo needs a step-distillation LoRA and the server has none "
+                                         "(it starts with --distill-lora to offer it)")
+    return check
 
 
 def media_refs(data: dict[str, Any]) -> list[tuple[str, Any]]:

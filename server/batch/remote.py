@@ -88,6 +88,10 @@ class ServerClient:
         body = self.request("GET", f"/v1/models/vace/{model}").json()
         return body["latest_version"]["openapi_schema"]["components"]["schemas"]["Input"]["properties"]
 
+    def loras(self) -> dict[str, Any]:
+        """GET /v1/loras: the server's LoRA library (which models each one fits) and its turbo distill."""
+        return self.request("GET", "/v1/loras").json()
+
     def upload(self, path: Path) -> str:
         """Upload a local file; its URL on the server works wherever a media URL does."""
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

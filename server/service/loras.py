@@ -29,15 +29,25 @@ def check_loras(request: GenerationRequest, model: str, model_dir: str | None, c
     turbo = get_preset(request.preset).distill and config.distill is not None
     if model_dir is None or not (specs or turbo):
         return
-    two_experts = has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
     if specs:
-        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, two_experts, model)
+        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, _two_experts(model_dir),
+                            model)
     if turbo:
-        try:
-            check_request_loras([config.distill.spec], config.library(policy), model_dir, two_experts, model)
-        except RequestError as exc:
-            raise RequestError("preset", f"the distill LoRA of preset turbo (--distill-lora): {exc.message}") \
-                from None
+        check_distill_fits(config, model, model_dir, policy)
+
+
+def _two_experts(model_dir: str) -> bool:
+    return has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
+
+
+def check_distill_fits(config: LoraConfig, model: str, model_dir: str, policy: FetchPolicy | None = None) -> None:
+    """RequestError naming `preset` when the distill LoRA of preset turbo does not resolve or fit the model."""
+    if config.distill is None:
+        return  # nothing to fit: check_distill refuses turbo without one
+    try:
+        check_request_loras([config.distill.spec], config.library(policy), model_dir, _two_experts(model_dir), model)
+    except RequestError as exc:
+        raise RequestError("preset", f"the distill LoRA of preset turbo (--distill-lora): {exc.message}") from None
 
 
 def library_listing(library: LoraLibrary, distill: DistillRecipe | None, models: dict[str, str]) -> dict[str, Any]:

@@ -64,7 +64,8 @@ def summary(pred: Prediction, service: PredictionService, position: int | None =
         "cancel_requested": pred.cancel_requested, "error": pred.error,
         "seed": pred.seed if pred.seed is not None else metrics.get("seed"),
         "predict_time": metrics.get("predict_time"), "gpu_seconds": metrics.get("gpu_seconds"),
-        "timings": metrics.get("timings"),
+        "timings": metrics.get("timings"), "loras": metrics.get("loras"),
+        "transformer_evaluations": metrics.get("transformer_evaluations"),
         "output": {"url": url, **{k: output.get(k) for k in ("width", "height", "fps", "num_frames", "duration")}}
         if url else None,
         "data_removed": pred.data_removed,

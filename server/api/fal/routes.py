@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from vace.pipelines.acceleration.presets import preset_for_acceleration
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.probe import probe_media
@@ -197,8 +198,10 @@ class FalAPI:
             except RequestError as exc:
                 raise FalInputError.of(field_name, exc.message) from exc
 
-        job = fs.build_job(app_id, sub, data, probe=probe)
         settings = self.app.state.settings
+        turbo = settings.turbo_map()
+        job = fs.build_job(app_id, sub, data, probe=probe,
+                           preset_for=lambda value: preset_for_acceleration(value, turbo))
         model = pick_model(settings.served_models(), job.two_experts, app_id)
         preflight(job.request, settings, model, lambda f: fs.fal_field(f, job.media_fields), FalInputError.of)
         return job, model

@@ -159,7 +159,7 @@ class ReplicateAPI:
         if cancel_s is not None and cancel_s < 5:
             raise InvalidInput.of("Cancel-After", "must be at least 5s")
         try:
-            gen = model.to_request(body.input)
+            gen = model.to_request(body.input, self.settings.turbo_map())
             preflight(gen, self.settings, model.served, None, InvalidInput.of)
             pred = await self.service.create(
                 endpoint=model.ref, model=model.served, job=Job(gen), input=body.input,

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vace.pipelines.acceleration.presets import SPEED_MODES
+from vace.pipelines.acceleration.presets import SPEED_MODES, TurboMap, preset_for_speed_mode
 from vace.pipelines.job.loras import EXPERTS, MAX_LORAS, MAX_SCALE
 from vace.pipelines.job.request import GenerationRequest, parse_size
 from vace.server.service.errors import InvalidInput
@@ -175,7 +175,8 @@ class ReplicateModel:
         digest = hashlib.sha256(json.dumps([self.ref, NATIVE_INPUT], sort_keys=True).encode()).hexdigest()
         return (digest,)
 
-    def to_request(self, data: Any) -> GenerationRequest:
+    def to_request(self, data: Any, turbo: TurboMap | None = None) -> GenerationRequest:
+        """The job an input asks for; `turbo`: the speed_mode values the operator runs as preset turbo."""
         check_input(self.schema, ["prompt"], data)
         if self.kind == "native":
             return GenerationRequest.from_dict({k: v for k, v in data.items() if v is not None})
@@ -186,7 +187,7 @@ class ReplicateModel:
             reference_images=list(data.get("src_ref_images") or []), width=width, height=height,
             num_frames=get("frame_num"), steps=get("sample_steps"), guidance=float(get("sample_guide_scale")),
             shift=float(get("sample_shift")), sampler=get("sample_solver"), seed=get("seed"),
-            preset=PRUNAAI_SPEED_MODES[get("speed_mode")],
+            preset=preset_for_speed_mode(get("speed_mode"), turbo),
         )
 
     def field_name(self, request_field: str) -> str:
