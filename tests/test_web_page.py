@@ -1,8 +1,9 @@
 """The operator's page in a real headless Chromium (Debian's chromium, driven by playwright; no browser download).
 
 One test walks what an operator does: enter the key, submit a tiny job from the playground with an uploaded
-video, watch its progress bar and live previews, cancel a second job from the queue, play the finished video,
-open the prediction's own page and the offline API docs. Around it the API side: a job whose input cannot be
+video and a LoRA from the server's library, watch its progress bar and live previews, cancel a second job from
+the queue, play the finished video, fill the form again from it (Run again: every field, the LoRA too), open the
+prediction's own page and the offline API docs. Around it the API side: a job whose input cannot be
 fetched, /metrics after those three jobs, and preview events on a prediction's SSE stream and webhook.
 Every request the browser made is recorded: all went to the server on loopback. Screenshots of each view
 are saved under the test's tmp dir (paths printed).
@@ -143,6 +144,14 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
                             ("seed", 7)):
             page.fill(f"{form} [name={name}]", str(value))
         page.set_input_files(f"{form} [name=video_file]", str(source))
+        # A LoRA picked from the server's library (GET /v1/loras fills the suggestions), and a field the form
+        # has no control for, given as JSON.
+        page.wait_for_selector("#lora-names option[value='tiny-style']", state="attached")
+        page.click("#lora-add")
+        page.fill("#lora-rows .lora [name=lora_ref]", "tiny-style")
+        page.fill("#lora-rows .lora [name=lora_scale]", "0.5")
+        page.click("#more-fields summary")
+        page.fill(f"{form} [name=extra]", '{"conditioning_scale": 0.9}')
         shot(page, "01-playground")
         page.click("#submit")
         page.wait_for_function("() => document.querySelector('#submit-status').textContent.startsWith('Submitted')")
@@ -183,8 +192,36 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
                                "return {duration: v.duration, width: v.videoWidth, height: v.videoHeight}; }", video)
         assert (played["width"], played["height"]) == (WIDTH, HEIGHT)
         assert abs(played["duration"] - FRAMES / 16) < 0.1, played
-        assert page.text_content(f"{card(page, first)} .facts").count("GPU seconds") == 1
+        facts = page.text_content(f"{card(page, first)} .facts")
+        assert facts.count("GPU seconds") == 1 and "tiny-style x0.5" in facts
         shot(page, "03-history")
+        with server.client() as http:
+            ran = http.get(f"/web/api/predictions/{first}", params={"preview": "false"}).json()
+        assert ran["input"]["loras"] == [{"name": "tiny-style", "scale": 0.5}]
+        assert ran["input"]["conditioning_scale"] == 0.9
+        assert [(r["lora"], r["scale"]) for r in ran["loras"]] == [("tiny-style", 0.5)]  # the job ran with it
+
+        # Run again fills the form with everything the first job asked for; what it submits is recorded on the
+        # wire and refused there, so no fifth job runs.
+        sent: list[dict] = []
+
+        def capture(route) -> None:
+            sent.append(json.loads(route.request.post_data or "{}"))
+            route.abort()
+
+        page.route(f"{base}/v1/models/vace/*/predictions", capture)
+        page.fill(f"{form} [name=extra]", "")
+        page.click("#lora-rows .lora .lora-remove")
+        page.click(f"#history-list {card(page, first)} button.rerun")
+        page.wait_for_function("id => document.querySelector('#submit-status').textContent === `Filled in from ${id}.`",
+                               arg=first)
+        assert page.input_value("#lora-rows .lora [name=lora_ref]") == "tiny-style"
+        page.click("#submit")
+        page.wait_for_function("() => document.querySelector('#submit-status').textContent.startsWith('Refused')")
+        page.unroute(f"{base}/v1/models/vace/*/predictions")
+        again = sent[0]["input"]
+        assert again["loras"] == [{"name": "tiny-style", "scale": 0.5}] and again["conditioning_scale"] == 0.9
+        assert again == ran["rerun"]  # every field of the first job, the uploaded video as its URL
 
         # The prediction's own page (Replicate's urls.web points here).
         with server.client() as http:

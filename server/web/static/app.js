@@ -214,6 +214,7 @@ function fillCard(card, p) {
   fact(dl, "predict time", p.predict_time !== null && p.predict_time !== undefined ? `${p.predict_time} s` : "");
   fact(dl, "GPU seconds", p.gpu_seconds);
   if (p.timings) fact(dl, "timings", Object.entries(p.timings).map(([k, v]) => `${k} ${v} s`).join(", "));
+  if (p.loras) fact(dl, "LoRAs", p.loras.map((r) => `${r.lora} x${r.scale}`).join(", "));
   const inputs = Object.entries(p.input || {}).filter(([, v]) => v !== null && v !== "");
   const shown = (v) => (typeof v === "string" ? v : JSON.stringify(v));
   const short = (v) => (shown(v).length > 80 ? `${shown(v).slice(0, 77)}...` : shown(v));
@@ -284,6 +285,75 @@ async function uploaded(form, field) {
   return urls;
 }
 
+// ---- LoRAs: rows of (name or URL, scale, expert); names offered from GET /v1/loras -------------------------
+
+const EXPERTS = ["both", "high_noise", "low_noise"];
+
+async function loadLoraNames() {
+  const list = $("#lora-names");
+  if (!list) return;
+  try {
+    const library = await api("/v1/loras");
+    list.replaceChildren(...library.loras.filter((e) => !e.error).map((e) => {
+      const option = element("option");
+      option.value = e.name;
+      option.label = `${e.name}: ${e.base_model.model}, rank ${e.base_model.rank}; fits ${e.fits.join(", ") || "none"}`;
+      return option;
+    }));
+  } catch (err) {
+    if (!(err instanceof NeedKey)) console.warn(`LoRA library: ${err.message}`);
+  }
+}
+
+function addLoraRow(lora = {}) {
+  const row = element("div", "lora");
+  const ref = element("input");
+  ref.name = "lora_ref";
+  ref.setAttribute("list", "lora-names");
+  ref.placeholder = "name or https://.../lora.safetensors";
+  ref.value = lora.name || lora.url || "";
+  const scale = element("input");
+  Object.assign(scale, { name: "lora_scale", type: "number", min: "-4", max: "4", step: "0.05" });
+  scale.value = lora.scale ?? 1;
+  const expert = element("select");
+  expert.name = "lora_expert";
+  for (const name of EXPERTS) expert.append(new Option(name, name));
+  expert.value = lora.expert || "both";
+  const remove = element("button", "lora-remove", "Remove");
+  remove.type = "button";
+  remove.addEventListener("click", () => row.remove());
+  row.append(ref, scale, expert, remove);
+  $("#lora-rows").append(row);
+}
+
+function loraInput() {
+  const loras = [];
+  for (const row of document.querySelectorAll("#lora-rows .lora")) {
+    const ref = $("[name=lora_ref]", row).value.trim();
+    if (!ref) continue;
+    const lora = /^https?:\/\//i.test(ref) ? { url: ref } : { name: ref };
+    lora.scale = parseFloat($("[name=lora_scale]", row).value);
+    const expert = $("[name=lora_expert]", row).value;
+    if (expert !== "both") lora.expert = expert;
+    loras.push(lora);
+  }
+  return loras;
+}
+
+// Fields of the input the form has no control for (task_options, interpolation, ...): kept as JSON.
+function extraInput(form) {
+  const text = form.elements.extra.value.trim();
+  if (!text) return {};
+  let extra;
+  try {
+    extra = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`More fields: not JSON (${err.message})`);
+  }
+  if (!extra || typeof extra !== "object" || Array.isArray(extra)) throw new Error("More fields: give a JSON object");
+  return extra;
+}
+
 async function submit(event) {
   event.preventDefault();
   const form = event.target;
@@ -291,8 +361,8 @@ async function submit(event) {
   const button = $("#submit");
   button.disabled = true;
   try {
+    const input = extraInput(form);
     status.textContent = "Uploading inputs...";
-    const input = {};
     for (const name of TEXTS) if (form.elements[name].value) input[name] = form.elements[name].value;
     for (const [name, parse] of Object.entries(NUMBERS)) input[name] = parse(form.elements[name].value, 10);
     for (const field of MEDIA) {
@@ -301,6 +371,8 @@ async function submit(event) {
     }
     const refs = await uploaded(form, "reference_images");
     if (refs.length) input.reference_images = refs;
+    const loras = loraInput();
+    if (loras.length) input.loras = loras;
     status.textContent = "Submitting...";
     const model = encodeURIComponent(form.elements.model.value);
     const created = await api(`/v1/models/vace/${model}/predictions`, {
@@ -317,17 +389,24 @@ async function runAgain(id) {
   const form = $("#playground-form");
   try {
     const p = await api(`/web/api/predictions/${encodeURIComponent(id)}?preview=0`);
-    const input = p.rerun;
+    const input = { ...p.rerun };
     if ([...form.elements.model.options].some((o) => o.value === p.model)) form.elements.model.value = p.model;
     for (const name of [...TEXTS, ...Object.keys(NUMBERS)]) {
       if (name in input) form.elements[name].value = input[name];
       else if (name === "task") form.elements.task.value = "";
+      delete input[name];
     }
     for (const field of [...MEDIA, "reference_images"]) {
       form.elements[`${field}_file`].value = "";
       const value = input[field];
       form.elements[`${field}_url`].value = Array.isArray(value) ? value.join("\n") : value || "";
+      delete input[field];
     }
+    $("#lora-rows").replaceChildren();
+    for (const lora of input.loras || []) addLoraRow(lora);
+    delete input.loras;
+    form.elements.extra.value = Object.keys(input).length ? JSON.stringify(input, null, 1) : "";
+    $("#more-fields").open = Object.keys(input).length > 0;
     $("#submit-status").textContent = `Filled in from ${id}.`;
     $("#playground").scrollIntoView();
   } catch (err) {
@@ -351,11 +430,16 @@ function start() {
     $("#auth-key").value = "";
     $("#auth").hidden = true;
     follow();
+    loadLoraNames();
   });
   $("#playground-form")?.addEventListener("submit", submit);
+  $("#lora-add")?.addEventListener("click", () => addLoraRow());
   $("#history-more")?.addEventListener("click", () => olderHistory().catch((err) => console.warn(err)));
   if (page.authRequired === "true" && !sessionStorage.getItem(KEY)) askKey();
-  else follow();
+  else {
+    follow();
+    loadLoraNames();
+  }
 }
 
 start();
