@@ -171,6 +171,11 @@ def webhook_receiver(fail_first: int = 0) -> Iterator[WebhookReceiver]:
         httpd.shutdown()
 
 
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP: a fault-test hook was reached)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
 def wait_until_denoising(prediction: object, timeout: float = 120.0) -> None:
     """Reload a replicate Prediction until its logs show a denoising step (bounded)."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import Server
+from tests.server_process import Server, stopped
 from vace.server.store import Store
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -87,11 +87,6 @@ def test_worker_death_fails_its_job_and_a_new_worker_takes_over(data_dir: Path):
             assert health["worker"]["pid"] != worker_pid
     finally:
         server.stop()
-
-
-def stopped(pid: int) -> bool:
-    """Whether the process is stopped (SIGSTOP: the fault-test hook reached)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
 def test_a_job_lost_before_denoising_is_requeued_once_and_runs(data_dir: Path):

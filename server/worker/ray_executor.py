@@ -153,6 +153,7 @@ class _Slot:
         except ray.exceptions.RayError as exc:
             if self.executor.stopping.is_set():  # stop() ended the actor: the job goes back to the queue
                 return
+            self.state = RESTARTING  # until the actor answers again (Ray restarts it, on another node if need be)
             settle_lost(store, f"the Ray worker {owner} on node {where.get('node_ip')} ({where.get('node')}) was "
                                f"lost ({type(exc).__name__})", owner=owner)
         finally:
@@ -229,9 +230,10 @@ class RayExecutor:
         self._grow()
 
     def _gpu_slots(self) -> int:
+        """The workers the live nodes hold: a group's GPUs must all be on one node."""
         import ray  # the [ray] extra
 
-        return int(ray.cluster_resources().get("GPU", 0) // self.group)
+        return sum(int(node["Resources"].get("GPU", 0) // self.group) for node in ray.nodes() if node["Alive"])
 
     def _grow(self) -> None:
         """One slot per GPU (or group of GPUs) the cluster offers now; never fewer than one."""
@@ -329,10 +331,13 @@ class RayExecutor:
         return [slot.describe() for slot in self.slots]
 
     def states(self) -> list[WorkerState]:
-        """The workers as /metrics reports them; a device is `<node address>/<device on that node>`."""
+        """The workers as /metrics reports them; a device is `<node address>/gpu<Ray's GPU id on that node>` (or
+        `<node address>/<device>` on a node without GPUs)."""
         states = []
         for slot in self.slots:
             where = slot.where or {}
-            devices = [f"{where.get('node_ip')}/{d}" for d in where.get("devices") or ["?"]]
+            ip = where.get("node_ip")
+            devices = ([f"{ip}/gpu{g}" for g in where.get("gpus") or []]
+                       or [f"{ip}/{d}" for d in where.get("devices") or ["?"]])
             states.append(WorkerState(slot.worker_id, devices, up=slot.state == READY, busy=slot.job is not None))
         return states
