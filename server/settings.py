@@ -104,6 +104,10 @@ class ServeSettings(BaseSettings):
     distill_lora: str | None = Field(None, description=(
         "step-distillation LoRA preset turbo runs: a name in --lora-dir or a path, [:SCALE] (default with only "
         "tiny models served: tiny-distill)"), json_schema_extra=_flag(metavar="PATH_OR_NAME[:SCALE]"))
+    distill_lora_low_noise: str | None = Field(None, description=(
+        "two-expert models (Wan2.2 A14B): the distill LoRA of the low-noise expert, as published distill pairs "
+        "come; --distill-lora then goes on the high-noise expert only (without this flag it goes on both)"),
+        json_schema_extra=_flag(metavar="PATH_OR_NAME[:SCALE]"))
     distill_steps: int = Field(DistillRecipe.steps, ge=1, le=100, description="steps of the distill recipe")
     distill_shift: float = Field(DistillRecipe.shift, ge=0, le=30, description="flow shift of the distill recipe")
     distill_sampler: Literal["unipc", "dpm++", "euler"] = Field(DistillRecipe.sampler, description=(
@@ -227,8 +231,8 @@ class ServeSettings(BaseSettings):
 
     def lora_config(self) -> LoraConfig:
         """The LoRA library, the URL LoRA cache (<data dir>/loras) and the distill recipe of preset turbo."""
-        distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler) \
-            if self.distill_lora else None
+        distill = DistillRecipe(self.distill_lora, self.distill_steps, self.distill_shift, self.distill_sampler,
+                                self.distill_lora_low_noise) if self.distill_lora else None
         return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
 
     def file_storage(self) -> Storage:

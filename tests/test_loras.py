@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.acceleration.presets import DistillRecipe, apply_distill
 from vace.pipelines.engine.group import GroupRenderer, render_group
 from vace.pipelines.engine.loading import load_pipeline
 from vace.pipelines.engine.lora_keys import converted_shapes
@@ -32,6 +32,7 @@ from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_l
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
+from vace.server.service.loras import check_distill_fits
 from vace.weights.safetensors_header import read_header
 
 STYLE_FILES = (TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya")
@@ -327,8 +328,14 @@ def test_lru_evicts_least_recently_used_and_reloads_exactly(tiny_model_dir, libr
     assert again.metrics["loras"][0]["cached"] is False and np.array_equal(again.frames, first.frames)
 
 
-def test_two_experts_take_a_lora_each_or_both(tiny_a14b_dir, library, library_dir, tmp_path):
-    model = load_pipeline(tiny_a14b_dir, device="cpu")
+@pytest.fixture(scope="module")
+def own_a14b(tiny_a14b_dir):
+    """This module's own two-expert tiny model (its adapters stay here)."""
+    return load_pipeline(tiny_a14b_dir, device="cpu")
+
+
+def test_two_experts_take_a_lora_each_or_both(own_a14b, library, library_dir, tmp_path):
+    model = own_a14b
     renderer = Renderer(model, work_dir=tmp_path, loras=LoraConfig(library_dir))
     style = library.resolve(LoraSpec(name=TINY_STYLE), "loras[0]")
 
@@ -367,6 +374,33 @@ def test_turbo_runs_the_distill_recipe_and_is_refused_without_one(own_tiny, libr
     with pytest.raises(RequestError) as err:
         Renderer(own_tiny, work_dir=tmp_path, loras=LoraConfig(library_dir)).prepare(small(preset="turbo"))
     assert err.value.field == "preset" and "--distill-lora" in err.value.message
+
+
+def test_two_expert_turbo_runs_a_distill_pair(own_a14b, tiny_a14b_dir, tiny_model_dir, library_dir, other_base_lora,
+                                             tmp_path):
+    """--distill-lora-low-noise: the pair's high-noise LoRA on transformer, the low-noise one on transformer_2;
+    a one-transformer model takes the first alone."""
+    low = write_lora(tmp_path / "low-distill.safetensors", "comfy", seed=4, dtype="bfloat16")
+    recipe = DistillRecipe(TINY_DISTILL, low_noise_lora=str(low))
+    assert apply_distill(small(preset="turbo"), recipe).loras == [{"name": TINY_DISTILL, "scale": 1.0}]
+    renderer = Renderer(own_a14b, work_dir=tmp_path, loras=LoraConfig(library_dir, distill=recipe))
+    result = renderer.render(small(preset="turbo", steps=30))
+    m = result.metrics
+    assert [(r["lora"], r["expert"]) for r in m["loras"]] == [(TINY_DISTILL, "high_noise"), (str(low), "low_noise")]
+    assert m["steps"] == 4 and m["guidance"] == 1.0
+    by_hand = renderer.render(small(steps=4, guidance=1.0, guidance_2=1.0, shift=5.0, sampler="dpm++",
+                                    loras=[{"name": TINY_DISTILL, "expert": "high_noise"},
+                                           {"path": str(low), "expert": "low_noise"}]))
+    assert np.array_equal(by_hand.frames, result.frames)
+    one = Renderer(own_a14b, work_dir=tmp_path, loras=LoraConfig(library_dir, distill=DistillRecipe(TINY_DISTILL)))
+    assert not np.array_equal(one.render(small(preset="turbo", steps=30)).frames, result.frames)
+
+    check_distill_fits(LoraConfig(library_dir, distill=recipe), "tiny-a14b", str(tiny_a14b_dir))
+    check_distill_fits(LoraConfig(library_dir, distill=recipe), "tiny", str(tiny_model_dir))
+    wrong = DistillRecipe(TINY_DISTILL, low_noise_lora=str(other_base_lora))
+    with pytest.raises(RequestError) as err:
+        check_distill_fits(LoraConfig(library_dir, distill=wrong), "tiny-a14b", str(tiny_a14b_dir))
+    assert err.value.field == "preset" and "does not fit model tiny-a14b" in err.value.message
 
 
 # --- a sequence-parallel group -------------------------------------------------------------------------------

@@ -118,8 +118,8 @@ DISTILL_LORAS: dict[str, LoraEntry] = {
                   "Wan2.1 14B (VACE-14B): guidance 1, 4-8 steps (community usage; no official recipe)"),
         LoraEntry("wan22-lightning-t2v-a14b", "lightx2v/Wan2.2-Lightning",
                   "Wan2.2-T2V-A14B-4steps-lora-rank64-Seko-V1.1/*",
-                  "Wan2.2 A14B: 4 steps, guidance 1, shift 5; high_noise_model on expert high_noise, "
-                  "low_noise_model on low_noise"),
+                  "Wan2.2 A14B: 4 steps, guidance 1, shift 5; as turbo: --distill-lora high_noise_model "
+                  "--distill-lora-low-noise low_noise_model"),
     )
 }
 # --- frame interpolators and prompt extenders ---------------------------------------------------------------

@@ -30,6 +30,11 @@ def has_two_experts(index: dict[str, Any]) -> bool:
     return bool(index.get("transformer_2") and index["transformer_2"][0])
 
 
+def two_experts_at(model_dir: str | Path) -> bool:
+    """Whether the model in a diffusers directory has two experts (reads its model_index.json)."""
+    return has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
+
+
 def check_layout(root: str | Path) -> dict[str, Any]:
     """Validate the diffusers layout of root; return model_index.json or raise one WeightsError listing all gaps."""
     root = Path(root)

@@ -127,23 +127,31 @@ def resolve_preset(request: GenerationRequest) -> GenerationRequest:
 class DistillRecipe:
     """A step-distillation LoRA and the recipe it was distilled for, which preset turbo runs. The defaults are
     LightX2V's 4-step Wan recipe: timesteps 1000/937/833/625 at shift 5 (what dpm++ and unipc pick on the
-    flow-sigma schedule), no classifier-free guidance."""
+    flow-sigma schedule), no classifier-free guidance.
+
+    Two-expert models (Wan2.2 A14B) may take a distill pair, as published for them: `lora` on the high-noise
+    expert and `low_noise_lora` on the low-noise one. Without `low_noise_lora`, `lora` goes on both; a
+    one-transformer model always takes `lora` alone."""
 
     lora: str  # PATH_OR_NAME[:SCALE], as `--lora` reads it
     steps: int = 4
     shift: float = 5.0
     sampler: str = "dpm++"
+    low_noise_lora: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 100:
             raise ValueError(f"distill steps must be between 1 and 100, got {self.steps}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"distill sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        LoraSpec.parse(self.lora)
+        self.specs(two_experts=True)
 
-    @property
-    def spec(self) -> LoraSpec:
-        return LoraSpec.parse(self.lora)
+    def specs(self, two_experts: bool) -> list[LoraSpec]:
+        """The distill LoRA(s) a model with one or two experts runs."""
+        if not (two_experts and self.low_noise_lora):
+            return [LoraSpec.parse(self.lora)]
+        return [dataclasses.replace(LoraSpec.parse(self.lora), expert="high_noise"),
+                dataclasses.replace(LoraSpec.parse(self.low_noise_lora), expert="low_noise")]
 
 
 def check_distill(request: GenerationRequest, recipe: DistillRecipe | None) -> None:
@@ -153,11 +161,13 @@ def check_distill(request: GenerationRequest, recipe: DistillRecipe | None) -> N
                                      "(start the server, or vace generate, with --distill-lora PATH_OR_NAME)")
 
 
-def apply_distill(request: GenerationRequest, recipe: DistillRecipe | None) -> GenerationRequest:
-    """A turbo request rewritten to the distill's recipe: its LoRA first, its steps, shift and sampler, guidance 1
-    on every expert; any other preset unchanged."""
+def apply_distill(request: GenerationRequest, recipe: DistillRecipe | None,
+                  two_experts: bool = False) -> GenerationRequest:
+    """A turbo request rewritten to the distill's recipe: its LoRA(s) first (a pair on a two-expert model where
+    one is configured), its steps, shift and sampler, guidance 1 on every expert; any other preset unchanged."""
     check_distill(request, recipe)
     if not get_preset(request.preset).distill or recipe is None:
         return request
+    distill = [spec.to_dict() for spec in recipe.specs(two_experts)]
     return dataclasses.replace(request, steps=recipe.steps, guidance=1.0, guidance_2=1.0, shift=recipe.shift,
-                               sampler=recipe.sampler, loras=[recipe.spec.to_dict(), *request.loras])
+                               sampler=recipe.sampler, loras=[*distill, *request.loras])

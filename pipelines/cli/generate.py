@@ -137,7 +137,8 @@ def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
     tiny = args.model in TINY_MODELS
     lora_dir = args.lora_dir or (resolve_tiny_loras() if tiny else None)
     distill = args.distill_lora or (TINY_DISTILL if tiny else None)
-    recipe = DistillRecipe(distill, args.distill_steps, args.distill_shift, args.distill_sampler) if distill else None
+    recipe = DistillRecipe(distill, args.distill_steps, args.distill_shift, args.distill_sampler,
+                           args.distill_lora_low_noise) if distill else None
     return LoraConfig(library_dir=lora_dir, distill=recipe)
 
 
@@ -184,6 +185,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="LoRA library that --lora names refer to (default for the tiny models: the tiny LoRAs)")
     gen.add_argument("--distill-lora", default=None, metavar="PATH_OR_NAME[:SCALE]",
                      help="step-distillation LoRA of --preset turbo (default for the tiny models: tiny-distill)")
+    gen.add_argument("--distill-lora-low-noise", default=None, metavar="PATH_OR_NAME[:SCALE]",
+                     help="two-expert models: the distill LoRA of the low-noise expert (--distill-lora then goes on "
+                          "the high-noise expert only)")
     gen.add_argument("--distill-steps", type=int, default=DistillRecipe.steps)
     gen.add_argument("--distill-shift", type=float, default=DistillRecipe.shift)
     gen.add_argument("--distill-sampler", default=DistillRecipe.sampler, help="unipc | dpm++ | euler")

@@ -29,6 +29,7 @@ from vace.pipelines.job.requirements import require_helpers
 from vace.pipelines.media.codec import write_mp4
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.weights.catalog import HelperDirs
+from vace.weights.loader import two_experts_at
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -78,7 +79,8 @@ def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: Fe
     started = time.perf_counter()
     loras = loras or LoraConfig()
     helpers = helpers or HelperDirs()
-    request = apply_distill(resolve_preset(request.validated()), loras.distill).with_seed()
+    two_experts = weights_path is not None and two_experts_at(weights_path)
+    request = apply_distill(resolve_preset(request.validated()), loras.distill, two_experts).with_seed()
     require_helpers(request, helpers, weights_path)
     library = loras.library(fetch_policy, allow_paths=fetch_policy.allow_local_paths if fetch_policy else True)
     active = resolve_loras(request.loras, library)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
 
 from vace.server.service.errors import ServiceError
-from vace.weights.loader import has_two_experts
+from vace.weights.loader import two_experts_at
 
 
 class ModelUnavailable(ServiceError):
@@ -18,7 +16,7 @@ class ModelUnavailable(ServiceError):
 def _is_two_expert(path: str) -> bool:
     """Read once per process: a served model's directory does not change while it is served."""
     try:
-        return has_two_experts(json.loads((Path(path) / "model_index.json").read_text()))
+        return two_experts_at(path)
     except (OSError, ValueError):
         return False
 

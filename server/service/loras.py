@@ -3,8 +3,6 @@ and the listing of the LoRA library (GET /v1/loras)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from vace.pipelines.acceleration.presets import DistillRecipe, check_distill, get_preset
@@ -12,7 +10,7 @@ from vace.pipelines.engine.loras import LoraConfig, LoraLibrary, check_request_l
 from vace.pipelines.job.loras import parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
-from vace.weights.loader import has_two_experts
+from vace.weights.loader import two_experts_at
 
 
 def check_loras(request: GenerationRequest, model: str, model_dir: str | None, config: LoraConfig,
@@ -30,14 +28,10 @@ def check_loras(request: GenerationRequest, model: str, model_dir: str | None, c
     if model_dir is None or not (specs or turbo):
         return
     if specs:
-        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, _two_experts(model_dir),
+        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, two_experts_at(model_dir),
                             model)
     if turbo:
         check_distill_fits(config, model, model_dir, policy)
-
-
-def _two_experts(model_dir: str) -> bool:
-    return has_two_experts(json.loads((Path(model_dir) / "model_index.json").read_text()))
 
 
 def check_distill_fits(config: LoraConfig, model: str, model_dir: str, policy: FetchPolicy | None = None) -> None:
@@ -45,7 +39,8 @@ def check_distill_fits(config: LoraConfig, model: str, model_dir: str, policy: F
     if config.distill is None:
         return  # nothing to fit: check_distill refuses turbo without one
     try:
-        check_request_loras([config.distill.spec], config.library(policy), model_dir, _two_experts(model_dir), model)
+        two_experts = two_experts_at(model_dir)
+        check_request_loras(config.distill.specs(two_experts), config.library(policy), model_dir, two_experts, model)
     except RequestError as exc:
         raise RequestError("preset", f"the distill LoRA of preset turbo (--distill-lora): {exc.message}") from None
 
@@ -56,4 +51,6 @@ def library_listing(library: LoraLibrary, distill: DistillRecipe | None, models:
     fits = {name: linear_shapes_from_weights(path) for name, path in models.items()}
     return {"loras": library.entries(fits),
             "distill": None if distill is None else {"lora": distill.lora, "steps": distill.steps, "guidance": 1.0,
-                                                      "shift": distill.shift, "sampler": distill.sampler}}
+                                                      "shift": distill.shift, "sampler": distill.sampler,
+                                                      **({"low_noise_lora": distill.low_noise_lora}
+                                                         if distill.low_noise_lora else {})}}
