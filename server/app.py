@@ -44,6 +44,7 @@ from vace.server.worker.supervisor import DEGRADED, READY, SETUP_FAILED, WorkerS
 log = logging.getLogger("vace.server")
 
 SUPERVISE_INTERVAL_S = 0.5
+LEASE_CHECK_S = 10.0  # how often a shared database is searched for jobs whose worker elsewhere stopped heartbeating
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -115,9 +116,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 async def _supervise(supervisor: WorkerSupervisor, store: Store) -> None:
+    lease_checked = 0.0
+
     def once() -> None:  # in a thread, like the change feed's reads: database calls must not stall the loop
+        nonlocal lease_checked
         supervisor.poll()
-        if not store.single_host:
+        if not store.single_host and time.monotonic() - lease_checked >= LEASE_CHECK_S:
+            lease_checked = time.monotonic()
             settle_lost(store, "the worker running this prediction stopped heartbeating (its lease expired)",
                         expired_before=time.time())
 

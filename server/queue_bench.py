@@ -1,9 +1,10 @@
 """Measure what the queue itself costs: the store queries an idle server sends each second, and how much a job
 takes end to end beyond its render (create -> terminal as a client sees it, minus the worker's predict_time).
 
-    python -m vace.server.queue_bench [--model tiny] [--idle-s 20] [--jobs 10]
+    python -m vace.server.queue_bench [--model tiny] [--idle-s 20] [--jobs 10] [--database-url URL]
 
-Starts `vace serve` on a free loopback port with a fresh data dir, prints the figures, stops it. Figures, not
+Starts `vace serve` on a free loopback port with a fresh data dir (and its SQLite store, or the empty database
+`--database-url` names), prints the figures, stops it. Figures, not
 pass/fail: they depend on the machine.
 """
 
@@ -79,17 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite in the data dir)")
     args = parser.parse_args(argv)
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="vace-queue-bench-") as tmp:
         cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--model", args.model, "--host", "127.0.0.1",
                "--port", str(port), "--data-dir", str(Path(tmp) / "data"), "--log-level", "warning"]
+        if args.database_url:
+            cmd += ["--database-url", args.database_url]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
                 _wait_ready(http, proc)
                 rate = idle_rate(http, args.idle_s)
-                print(f"idle store queries: {rate:.2f}/s (API and worker together, over {args.idle_s:g} s)")
+                store = "PostgreSQL" if args.database_url else "SQLite"
+                print(f"idle store queries: {rate:.2f}/s on {store} (API and worker together, over {args.idle_s:g} s)")
                 overheads = job_overheads(http, args.jobs)
                 print(f"per-job overhead over the render: median {1000 * statistics.median(overheads):.0f} ms, "
                       f"max {1000 * max(overheads):.0f} ms ({args.jobs} jobs, client polling every 20 ms)")

@@ -24,17 +24,18 @@ from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.metrics import INPUT_FETCH
 from vace.server.storage import LocalStorage, Storage
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
-from vace.server.store_listen import QUEUE_CHANNEL
+from vace.server.store_listen import QUEUE_CHANNEL, Listener
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.job_log import JobLog
-from vace.server.worker.liveness import Liveness
+from vace.server.worker.liveness import BEAT_S, Liveness
 from vace.server.worker.pool import ModelPool, renderer_for
 
 log = logging.getLogger("vace.worker")
 
-IDLE_POLL_S = 0.1
-IDLE_WAIT_S = 2.0  # the longest an idle worker waits between claims when the database announces new work
-WAKE_WAIT_S = 5.0  # SQLite: the fallback claim poll (a create on this host wakes the worker at once)
+IDLE_POLL_S = 0.1  # a worker with neither announcements nor a supervisor's wake-up polls this often
+# The fallback claim poll of an idle worker: new work wakes it at once (PostgreSQL's NOTIFY, or on SQLite the
+# supervisor's wake-up on create), so this only catches what a wake-up could not carry (a lost connection).
+CLAIM_FALLBACK_S = 5.0
 STORE_RETRY_MAX_S = 10.0
 
 
@@ -299,6 +300,17 @@ class _Heartbeat(threading.Thread):
         self.stopped.set()
 
 
+def await_announcement(queued: Listener, liveness: Liveness | None, stop: Any) -> None:
+    """Wait until the database announces claimable work, for at most CLAIM_FALLBACK_S, heartbeating meanwhile and
+    returning soon after `stop` is set."""
+    deadline = time.monotonic() + CLAIM_FALLBACK_S
+    while time.monotonic() < deadline and (stop is None or not stop.is_set()):
+        if liveness is not None:
+            liveness.beat()
+        if queued.wait(min(BEAT_S, deadline - time.monotonic())):
+            return
+
+
 def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, liveness: Liveness | None = None) -> None:
     """Process entry point: load the default model, then claim and run jobs until `stop` is set (a job already
     running is finished first: that is the graceful drain)."""
@@ -329,10 +341,12 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, live
         writes.beat()
         job = writes.claim(config.worker_id, config.lease_s, models=list(config.models))
         if job is None:
-            if liveness is not None and not queued.pushes:
-                liveness.wait_for_work(WAKE_WAIT_S)
+            if queued.pushes:
+                await_announcement(queued, liveness, stop)
+            elif liveness is not None:
+                liveness.wait_for_work(CLAIM_FALLBACK_S)
             else:
-                queued.wait(IDLE_WAIT_S)
+                queued.wait(IDLE_POLL_S)
             continue
         log.info("running %s on %s", job.id, job.model)
         status = runner.run(job)
