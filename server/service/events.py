@@ -145,11 +145,13 @@ class ChangeFeed:
         finally:
             self._subscribers.discard(queue)
 
-    def read(self, now: float) -> list[Prediction]:
-        """The database side of one watch tick: Cancel-After deadlines, then every row changed after the cursor,
-        in sequence order. Safe in a thread: only _watch, which awaits this, moves the cursor."""
-        for due in self.store.due_for_cancel(now):
-            self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
+    def read(self, now: float, cancels: bool = True) -> list[Prediction]:
+        """The database side of one watch tick: Cancel-After deadlines (when `cancels`: one is due), then every row
+        changed after the cursor, in sequence order. Safe in a thread: only _watch, which awaits this, moves the
+        cursor."""
+        if cancels:
+            for due in self.store.due_for_cancel(now):
+                self.store.request_cancel(due, reason="canceled: Cancel-After deadline reached")
         changed = self.store.changes_after(self._cursor)
         if changed:
             self._cursor = max(p.change_seq or 0 for p in changed)
@@ -171,7 +173,7 @@ class ChangeFeed:
                     self._wake.clear()
                     last_read = now
                     # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.
-                    changed = await asyncio.to_thread(self.read, time.time())
+                    changed = await asyncio.to_thread(self.read, time.time(), due)
                     for pred in changed:
                         self.apply(pred)
                     for pid in [p.id for p in self._seen.values() if p.terminal]:
