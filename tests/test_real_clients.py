@@ -1,6 +1,7 @@
 """The clients our users run, unmodified, against one fresh tiny demo server over TLS (loopback only): the
 JavaScript `replicate` (with a file input) and `@fal-ai/client` (pointed here by its requestMiddleware) under
-Debian's Node, replicate 2.x for Python (base URL HOST/v1, like its default), and curl for WaveSpeed."""
+Debian's Node, replicate 2.x for Python, and curl for WaveSpeed. The replicate clients get the bare host as their
+base URL (a 2.x run also gets HOST/v1, the form of its own default): the server answers both."""
 
 from __future__ import annotations
 
@@ -77,22 +78,28 @@ def test_replicate_2x_python_and_curl_wavespeed(server: Server, media, tmp_path:
     video, _ = media
     script = """
 import json, sys, replicate
-client = replicate.Replicate()
-with open(sys.argv[1], "rb") as fh:
-    output = client.run("prunaai/vace-14b", input={"prompt": "a red square", "src_video": fh, "size": "832*480",
-                                                    "frame_num": 17, "sample_steps": 2, "seed": 9})
-open(sys.argv[2], "wb").write(output.read())
-print(json.dumps({"version": replicate.__version__, "url": str(output.url)}))
+host = sys.argv[1]
+bare = replicate.Replicate(base_url=host)  # the bare host: served at the root as well as under /v1
+with open(sys.argv[2], "rb") as fh:
+    output = bare.run("prunaai/vace-14b", input={"prompt": "a red square", "src_video": fh, "size": "832*480",
+                                                  "frame_num": 17, "sample_steps": 2, "seed": 9})
+open(sys.argv[3], "wb").write(output.read())
+v1 = replicate.Replicate(base_url=host + "/v1")
+text_only = v1.run("prunaai/vace-14b", input={"prompt": "snow", "size": "480*832", "frame_num": 5, "sample_steps": 1})
+open(sys.argv[4], "wb").write(text_only.read())
+print(json.dumps({"version": replicate.__version__, "urls": [str(output.url), str(text_only.url)]}))
 """
-    env = {**os.environ, "PYTHONPATH": str(replicate_2x()), "REPLICATE_BASE_URL": f"{server.base_url}/v1",
-           "REPLICATE_API_TOKEN": API_KEY, "SSL_CERT_FILE": str(server.tls.ca_file)}
-    out = tmp_path / "replicate2.mp4"
-    proc = subprocess.run([sys.executable, "-c", script, str(video), str(out)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(replicate_2x()), "REPLICATE_API_TOKEN": API_KEY,
+           "SSL_CERT_FILE": str(server.tls.ca_file)}
+    out, out_v1 = tmp_path / "replicate2.mp4", tmp_path / "replicate2-v1.mp4"
+    proc = subprocess.run([sys.executable, "-c", script, server.base_url, str(video), str(out), str(out_v1)],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + server.log_tail()
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["version"].startswith("2.") and report["url"].startswith(server.base_url + "/outputs/")
+    assert report["version"].startswith("2.")
+    assert all(url.startswith(server.base_url + "/outputs/") for url in report["urls"]), report
     assert decodable(out) == {"num_frames": 17, "width": 832, "height": 480, "fps": 16.0}
+    assert decodable(out_v1) == {"num_frames": 5, "width": 480, "height": 832, "fps": 16.0}
 
     # WaveSpeed's documented flow with curl: upload, submit (task depth: the annotator; safety checker on by
     # default), poll the result, download the output.

@@ -226,7 +226,7 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
         # The prediction's own page (Replicate's urls.web points here).
         with server.client() as http:
             web_url = http.get(f"/v1/predictions/{first}").json()["urls"]["web"]
-        assert web_url == f"{base}/predictions/{first}"
+        assert web_url == f"{base}/p/{first}"
         page.goto(web_url)
         page.wait_for_selector(f"#detail-card {card(page, first)} video")
         shot(page, "04-prediction-page")

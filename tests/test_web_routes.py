@@ -1,15 +1,18 @@
 """The page's routes in-process (no worker): the server-rendered page, offline docs, /metrics auth, the page's
-JSON, Replicate's urls.web, the preview opt-in, and the change feed's subscription for the whole farm."""
+JSON, Replicate's urls.web and its routes at the root, the preview opt-in, and the change feed's subscription
+for the whole farm."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.synthetic import solid_image
 from vace.server.app import create_app
 from vace.server.service.events import ChangeFeed
 from vace.server.service.webhooks import webhook_events_between
@@ -37,7 +40,7 @@ def test_page_and_docs_load_nothing_from_elsewhere(client: TestClient):
     page = client.get("/")
     assert page.status_code == 200 and 'data-auth-required="true"' in page.text
     assert '<option value="tiny">vace/tiny</option>' in page.text and 'value="inpainting"' in page.text
-    for path in ("/", "/predictions/abc", "/docs", "/redoc"):
+    for path in ("/", "/p/abc", "/docs", "/redoc"):
         html = client.get(path).text
         links = _urls(html) + re.findall(r"""url: ?['"]([^'"]+)['"]""", html)
         assert links and all(u.startswith(("/", "#", "data:")) for u in links), (path, links)
@@ -61,7 +64,7 @@ def test_metrics_need_the_key_unless_public(client: TestClient, tiny_model_dir: 
 def test_page_json_lists_the_queue_and_replicate_links_the_page(client: TestClient):
     created = [client.post("/v1/models/vace/tiny/predictions", json={"input": TINY_INPUT}, headers=AUTH).json()
                for _ in range(3)]
-    assert created[0]["urls"]["web"] == f"http://127.0.0.1:9/predictions/{created[0]['id']}"
+    assert created[0]["urls"]["web"] == f"http://127.0.0.1:9/p/{created[0]['id']}"
     client.post(f"/v1/predictions/{created[1]['id']}/cancel", headers=AUTH)
     active = client.get("/web/api/predictions", headers=AUTH).json()["results"]
     assert [(p["id"], p["position"], p["status"]) for p in active] == [
@@ -73,6 +76,41 @@ def test_page_json_lists_the_queue_and_replicate_links_the_page(client: TestClie
     assert client.get("/web/api/predictions?state=finished&cursor=x", headers=AUTH).status_code == 422
     assert client.get("/web/api/predictions?state=later", headers=AUTH).status_code == 422
     assert client.get("/web/api/events?id=nope", headers=AUTH).status_code == 404
+
+
+def test_replicate_answers_at_the_root_too_and_the_page_is_at_p(client: TestClient):
+    """replicate 2.x and JavaScript join /... onto their base URL: the bare host works like HOST/v1 for them."""
+    png = io.BytesIO()
+    solid_image(16, 16, (200, 10, 10)).save(png, "PNG")
+    upload = client.post("/files", files={"content": ("ref.png", png.getvalue(), "image/png")}, headers=AUTH).json()
+    assert upload["urls"]["get"] == f"http://127.0.0.1:9/v1/files/{upload['id']}"  # links stay canonical
+    ref = f"http://127.0.0.1:9/files/{upload['id']}"  # the root form of this server's file URL is ours too
+    made = client.post("/models/vace/tiny/predictions", json={"input": {**TINY_INPUT, "reference_images": [ref]}},
+                       headers=AUTH)
+    assert made.status_code == 201, made.text
+    pred = made.json()
+    assert pred["urls"]["get"] == f"http://127.0.0.1:9/v1/predictions/{pred['id']}"
+    assert client.get(f"/predictions/{pred['id']}", headers=AUTH).json() == client.get(
+        f"/v1/predictions/{pred['id']}", headers=AUTH).json()
+    assert client.get(f"/replicate/predictions/{pred['id']}", headers=AUTH).json()["urls"]["get"] == \
+        f"http://127.0.0.1:9/replicate/v1/predictions/{pred['id']}"
+    assert client.get(f"/predictions/{pred['id']}").status_code == 401  # an API route now, not a page
+    assert [p["id"] for p in client.get("/predictions", headers=AUTH).json()["results"]] == [pred["id"]]
+    assert client.get("/models/vace/tiny", headers=AUTH).json()["url"] == "http://127.0.0.1:9/v1/models/vace/tiny"
+    page = client.get(f"/p/{pred['id']}")
+    assert page.headers["content-type"].startswith("text/html") and f'data-prediction="{pred["id"]}"' in page.text
+    web = client.get(f"/web/api/predictions/{pred['id']}", headers=AUTH).json()
+    assert web["page"] == f"http://127.0.0.1:9/p/{pred['id']}"
+    assert web["rerun"]["reference_images"] == [upload["urls"]["get"]]
+    # What else lives at the root is untouched, and the OpenAPI document lists each Replicate route once.
+    assert client.get("/").headers["content-type"].startswith("text/html")
+    assert client.get("/health").json()["status"] == "READY"
+    assert client.get("/metrics", headers=AUTH).text.startswith("#")
+    assert client.get("/outputs/nothing.mp4").status_code == 404
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/predictions" in paths and "/replicate/v1/predictions" in paths
+    assert not [p for p in paths if p.startswith(("/predictions", "/models", "/files", "/webhooks",
+                                                  "/replicate/predictions"))]
 
 
 def test_page_json_shows_each_key_only_its_own_predictions(tiny_model_dir: Path, tmp_path: Path):
@@ -138,6 +176,6 @@ def test_pages_tell_the_browser_to_reach_this_server_only(client: TestClient):
     for path in ("/docs", "/redoc"):
         policy = client.get(path).headers["content-security-policy"]
         assert policy.startswith("default-src 'self'") and "http" not in policy, path
-    for path in ("/", "/predictions/abc"):  # and the server's public URL, which output URLs use
+    for path in ("/", "/p/abc"):  # and the server's public URL, which output URLs use
         policy = client.get(path).headers["content-security-policy"]
         assert policy.startswith("default-src 'self'") and "media-src 'self' http://127.0.0.1:9;" in policy

@@ -12,7 +12,7 @@ from vace.server.service.errors import InvalidInput
 from vace.server.service.files import FileStorage, utc
 from vace.server.service.tenants import EVERYONE, Tenant
 
-_FILE_PATH = re.compile(r"^(?:/[\w.-]+)*/v1/files/(?P<id>[a-z0-9]+)(?:/download)?$")
+_FILE_PATH = re.compile(r"^(?:/[\w.-]+)*/files/(?P<id>[a-z0-9]+)(?:/download)?$")  # /v1 or not
 _OUTPUT_PATH = re.compile(r"^/outputs/(?P<name>[\w.-]+)$")
 
 

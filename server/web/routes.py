@@ -1,4 +1,4 @@
-"""The operator's page (/ and /predictions/{id}), its JSON and SSE feed (/web/api), /metrics and offline docs.
+"""The operator's page (/, and /p/{id} as on replicate.com), its JSON and SSE feed (/web/api), /metrics, offline docs.
 
 The page itself holds no data and needs no key; everything it shows comes from /web/api and the
 predictions and files APIs, with the same API key as any client (kept in the browser tab).
@@ -134,7 +134,7 @@ def install(app: FastAPI) -> None:
     def home(request: Request) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, None), headers=headers)
 
-    @app.get("/predictions/{prediction_id}", include_in_schema=False)
+    @app.get("/p/{prediction_id}", include_in_schema=False)
     def prediction_page(prediction_id: str, request: Request) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, "page.html", page_context(app, prediction_id), headers=headers)
 

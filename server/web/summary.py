@@ -70,7 +70,7 @@ def summary(pred: Prediction, service: PredictionService, position: int | None =
         if url else None,
         "data_removed": pred.data_removed,
         "input": trim(pred.input), "rerun": trim(rerun_input(service, request)),
-        "page": service.url(f"/predictions/{pred.id}"),
+        "page": service.url(f"/p/{pred.id}"),
     }
     if preview:
         body["preview"] = pred.preview

@@ -9,9 +9,9 @@ const [base, key, videoPath, maskPath, outDir] = process.argv.slice(2);
 const dataUri = (path, type) => `data:${type};base64,${readFileSync(path).toString("base64")}`;
 const report = {};
 
-// replicate: its own default base URL with this host (https://HOST/v1), a local file as input (uploaded through
-// POST /v1/files with metadata as a file part).
-const replicate = new Replicate({ auth: key, baseUrl: `${base}/v1` });
+// replicate: the bare host as its base URL (the server answers HOST/v1 too), a local file as input (uploaded
+// through POST /files with metadata as a file part).
+const replicate = new Replicate({ auth: key, baseUrl: base });
 const output = await replicate.run("prunaai/vace-14b", {
   input: {
     prompt: "a red square slides to the right",

@@ -1,4 +1,4 @@
-"""The Replicate predictions API (served at the root and under /replicate). Thin: JSON <-> the service."""
+"""The Replicate predictions API (under /v1 and /replicate/v1, and both without /v1). Thin: JSON <-> the service."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ from vace.server.settings import ServeSettings
 from vace.server.store import PROCESSING, QUEUED, Prediction, StoredFile
 
 DIALECT = "replicate"
-# replicate 1.x joins "/v1/..." onto its base URL (the bare host); 2.x and the JavaScript client join "/..." onto
-# a base URL that ends in /v1 (host/v1), as their own defaults do. The root's /predictions/{id} is the web page.
+# replicate 1.x joins "/v1/..." onto its base URL; 2.x and the JavaScript client join "/..." onto theirs (their
+# defaults end in /v1). Every route is served under /v1 and again without it, so the bare host and host/v1 both
+# work as the base URL of every client; the aliases without /v1 stay out of the OpenAPI document.
 PREFIXES = ("", "/replicate")
+VERSIONS = ("/v1", "")
 MAX_WAIT_S = 60
 _STATUS = {QUEUED: "starting", PROCESSING: "processing"}
 # Replicate's predict_time, the seed used, and what the job held: gpu_seconds (= seconds x gpus), the model's experts
@@ -80,7 +82,7 @@ def prediction_json(pred: Prediction, service: PredictionService, base: str, wai
         "status": status, "created_at": iso(pred.created_at), "started_at": iso(pred.started_at),
         "completed_at": iso(pred.completed_at), "metrics": metrics,
         "urls": {"get": get, "cancel": f"{get}/cancel", "stream": f"{get}/stream",
-                 "web": service.url(f"/predictions/{pred.id}")},
+                 "web": service.url(f"/p/{pred.id}")},
     }
 
 
@@ -180,7 +182,7 @@ class ReplicateAPI:
         r = APIRouter(dependencies=[Depends(require_api_key)], tags=["replicate"])
         svc = self.service
 
-        @r.post("/v1/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction (model)")
+        @r.post("/models/{owner}/{name}/predictions", status_code=201, summary="Create a prediction (model)")
         async def create_by_model(owner: str, name: str, body: PredictionCreate, request: Request,
                                   prefer: str | None = Header(None),
                                   cancel_after: str | None = Header(None, alias="Cancel-After"),
@@ -188,7 +190,7 @@ class ReplicateAPI:
             model = self.model(owner, name)
             return await self.create(request, model, model.versions[0], body, prefer, cancel_after, idempotency_key)
 
-        @r.post("/v1/predictions", status_code=201, summary="Create a prediction (version)")
+        @r.post("/predictions", status_code=201, summary="Create a prediction (version)")
         async def create_by_version(body: PredictionCreate, request: Request, prefer: str | None = Header(None),
                                     cancel_after: str | None = Header(None, alias="Cancel-After"),
                                     idempotency_key: str | None = IDEMPOTENCY) -> Response:
@@ -197,7 +199,7 @@ class ReplicateAPI:
             model, version = self.by_version(body.version)
             return await self.create(request, model, version, body, prefer, cancel_after, idempotency_key)
 
-        @r.get("/v1/predictions", summary="List predictions, newest first")
+        @r.get("/predictions", summary="List predictions, newest first")
         def list_predictions(request: Request, cursor: str | None = None) -> dict:
             page = svc.list(cursor, tenant=tenant_of(request))
             base = base_url(request, svc)
@@ -208,43 +210,43 @@ class ReplicateAPI:
             return {"next": link(page.next_cursor), "previous": link(page.previous_cursor),
                     "results": [prediction_json(p, svc, base) for p in page.results]}
 
-        @r.get("/v1/predictions/{prediction_id}", summary="Get a prediction")
+        @r.get("/predictions/{prediction_id}", summary="Get a prediction")
         def get_prediction(prediction_id: str, request: Request) -> dict:
             return prediction_json(svc.get(prediction_id, tenant_of(request)), svc, base_url(request, svc))
 
-        @r.post("/v1/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
+        @r.post("/predictions/{prediction_id}/cancel", summary="Cancel a prediction")
         def cancel_prediction(prediction_id: str, request: Request) -> dict:
             return prediction_json(svc.cancel(prediction_id, tenant_of(request)), svc, base_url(request, svc))
 
-        @r.get("/v1/predictions/{prediction_id}/stream", summary="Server-sent events of a prediction",
+        @r.get("/predictions/{prediction_id}/stream", summary="Server-sent events of a prediction",
                response_class=StreamingResponse)
         def stream_prediction(prediction_id: str, request: Request) -> StreamingResponse:
             svc.get(prediction_id, tenant_of(request))
             return StreamingResponse(self.events(prediction_id, request), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})
 
-        @r.get("/v1/models", summary="List models")
+        @r.get("/models", summary="List models")
         def list_models(request: Request) -> dict:
             return {"next": None, "previous": None,
                     "results": [self.model_json(m, request) for m in self.models.values()]}
 
-        @r.get("/v1/models/{owner}/{name}", summary="Get a model")
+        @r.get("/models/{owner}/{name}", summary="Get a model")
         def get_model(owner: str, name: str, request: Request) -> dict:
             return self.model_json(self.model(owner, name), request)
 
-        @r.get("/v1/models/{owner}/{name}/versions", summary="List a model's versions")
+        @r.get("/models/{owner}/{name}/versions", summary="List a model's versions")
         def list_versions(owner: str, name: str) -> dict:
             model = self.model(owner, name)
             return {"next": None, "previous": None, "results": [model.version_json(v) for v in model.versions]}
 
-        @r.get("/v1/models/{owner}/{name}/versions/{version_id}", summary="Get a model version")
+        @r.get("/models/{owner}/{name}/versions/{version_id}", summary="Get a model version")
         def get_version(owner: str, name: str, version_id: str) -> dict:
             model = self.model(owner, name)
             if version_id not in model.versions:
                 raise NotFound(f"version {version_id} of {model.ref} not found")
             return model.version_json(version_id)
 
-        @r.post("/v1/files", status_code=201, summary="Upload a file to use as an input")
+        @r.post("/files", status_code=201, summary="Upload a file to use as an input")
         async def upload_file(request: Request, content: UploadFile = File(...),
                               metadata: UploadFile | str | None = Form(None)) -> dict:
             if metadata is not None and not isinstance(metadata, str):  # the JavaScript client: a JSON file part
@@ -258,28 +260,28 @@ class ReplicateAPI:
                                              meta, tenant_of(request))  # a bucket's PUT must not stall the loop
             return file_json(record, base_url(request, svc))
 
-        @r.get("/v1/files", summary="List uploaded files")
+        @r.get("/files", summary="List uploaded files")
         def list_files(request: Request) -> dict:
             base = base_url(request, svc)
             return {"next": None, "previous": None,
                     "results": [file_json(f, base) for f in svc.files.list(tenant_of(request))]}
 
-        @r.get("/v1/files/{file_id}", summary="Get an uploaded file's metadata")
+        @r.get("/files/{file_id}", summary="Get an uploaded file's metadata")
         def get_file(file_id: str, request: Request) -> dict:
             return file_json(svc.files.get(file_id, tenant_of(request)), base_url(request, svc))
 
-        @r.get("/v1/files/{file_id}/download", summary="Download an uploaded file")
+        @r.get("/files/{file_id}/download", summary="Download an uploaded file")
         def download_file(file_id: str, request: Request) -> Response:
             record = svc.files.get(file_id, tenant_of(request))
             return stored_file_response(svc.storage, record.path, record.content_type, request, filename=record.name,
                                         missing=f"file {file_id!r} not found: its bytes are gone")
 
-        @r.delete("/v1/files/{file_id}", status_code=204, summary="Delete an uploaded file")
+        @r.delete("/files/{file_id}", status_code=204, summary="Delete an uploaded file")
         def delete_file(file_id: str, request: Request) -> Response:
             svc.files.delete(file_id, tenant_of(request))
             return Response(status_code=204)
 
-        @r.get("/v1/webhooks/default/secret", summary="The key webhooks are signed with")
+        @r.get("/webhooks/default/secret", summary="The key webhooks are signed with")
         def webhook_secret(request: Request) -> dict:
             return {"key": svc.webhook_secret_for(tenant_of(request).owner)}
 
@@ -333,9 +335,10 @@ def install(app: FastAPI) -> None:
     api = ReplicateAPI(service, app.state.settings)
     router = api.router()
     for prefix in PREFIXES:
-        app.include_router(router, prefix=prefix,
-                           generate_unique_id_function=lambda route, p=prefix: f"replicate{p.replace('/', '_')}_"
-                                                                                f"{route.name}")
+        for version in VERSIONS:
+            app.include_router(router, prefix=prefix + version, include_in_schema=bool(version),
+                               generate_unique_id_function=lambda route, p=prefix: f"replicate{p.replace('/', '_')}_"
+                                                                                    f"{route.name}")
     service.webhooks.formatters[DIALECT] = functools.partial(webhook_message, service=service)
     app.state.openapi_input_schemas.update(
         {f"ReplicateInput_{m.owner}_{m.name}".replace("-", "_").replace(".", "_"):

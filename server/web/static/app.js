@@ -131,7 +131,7 @@ function makeCard(p) {
   card.dataset.id = p.id;
   const head = element("header");
   const link = element("a", "id", p.id);
-  link.href = `/predictions/${p.id}`;
+  link.href = `/p/${p.id}`;
   head.append(link, " ", element("span", "status"), " ", element("span", "endpoint muted"));
   const bar = element("div", "progress-row");
   const progress = element("progress");
