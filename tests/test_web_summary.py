@@ -42,6 +42,6 @@ def test_summary_of_a_running_prediction(tmp_path: Path):
     assert expected.items() <= body["rerun"].items()  # every request field, defaults included
     assert "model" not in body["rerun"] and "reference_images" not in body["rerun"]
     assert body["preview"]["step"] == 8 and body["output"] is None
-    assert body["page"] == "http://127.0.0.1:8000/predictions/p1"
+    assert body["page"] == "http://127.0.0.1:8000/p/p1"
     full = summary(pred, service, full=True, preview=False)
     assert full["rerun"]["video"] == big and "preview" not in full
