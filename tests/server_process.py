@@ -87,7 +87,11 @@ class Server:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         self.health_seen = []
-        self.wait_health(ready=wait_ready)
+        try:
+            self.wait_health(ready=wait_ready)
+        except BaseException:
+            self.stop()  # a fixture whose start failed never reaches its own stop
+            raise
         return self
 
     def wait_health(self, ready: bool = True, timeout: float = 120.0) -> None:
