@@ -44,6 +44,7 @@ class ChangeFeed:
         self.fallback_s = fallback_s or (ANNOUNCED_FALLBACK_S if self.announced else FALLBACK_S)
         self.recheck_s = max(UPDATE_RECHECK_S, self.fallback_s)
         self.listening = threading.Event()  # set once the LISTEN is in place (PostgreSQL)
+        self._heard = threading.Event()  # an announced change not read yet (looked at each tick, like `poke`)
         self._stopping = threading.Event()
         self._listener_thread: threading.Thread | None = None
         self._listeners: dict[str, set[asyncio.Queue[Prediction]]] = {}
@@ -59,13 +60,13 @@ class ChangeFeed:
             self._seen[pred.id] = pred
         self._task = asyncio.create_task(self._watch(), name="prediction-watch")
         if self.announced:
-            self._listener_thread = threading.Thread(target=self._listen, args=(asyncio.get_running_loop(),),
-                                                     name="change-listener", daemon=True)
+            self._listener_thread = threading.Thread(target=self._listen, name="change-listener", daemon=True)
             self._listener_thread.start()
 
-    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """PostgreSQL: wake the watch at every announced change (and after each (re)connect, since announcements
-        made while no LISTEN was in place were not heard). A thread: the wait blocks on the connection."""
+    def _listen(self) -> None:
+        """PostgreSQL: have the next tick read after an announced change (and after each (re)connect, since
+        announcements made while no LISTEN was in place were not heard). A burst of announcements costs one read
+        per tick at most. A thread: the wait blocks on the connection."""
         listener = None
         heard = 0
         while not self._stopping.is_set():
@@ -74,10 +75,8 @@ class ChangeFeed:
                 announced = listener.wait(LISTEN_WAIT_S)
                 if announced or listener.connects != heard:
                     heard = listener.connects
-                    loop.call_soon_threadsafe(self._wake.set)
+                    self._heard.set()
                     self.listening.set()
-            except RuntimeError:  # the event loop closed under us: the server is stopping
-                break
             except Exception:  # noqa: BLE001 - the fallback read covers the gap; retry the LISTEN
                 log.warning("change listener failed; retrying", exc_info=True)
                 self._stopping.wait(LISTEN_WAIT_S)
@@ -169,8 +168,10 @@ class ChangeFeed:
                 now = time.monotonic()
                 changed: list[Prediction] = []
                 due = time.time() >= self._next_deadline()
-                if self._wake.is_set() or self.poke() or due or now - last_read >= self.fallback_s:
+                if self._wake.is_set() or self._heard.is_set() or self.poke() or due or \
+                        now - last_read >= self.fallback_s:
                     self._wake.clear()
+                    self._heard.clear()
                     last_read = now
                     # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.
                     changed = await asyncio.to_thread(self.read, time.time(), due)
