@@ -11,6 +11,9 @@ import httpx
 import pytest
 
 from tests.synthetic import save_image, solid_image
+from vace.pipelines.engine.loading import load_pipeline
+from vace.pipelines.engine.loras import LoraConfig
+from vace.pipelines.fixtures.tiny_loras import TINY_STYLE, resolve_tiny_loras, write_lora
 from vace.pipelines.media.codec import probe_video
 from vace.server.batch import command
 from vace.server.batch.execute import LocalBatch, plan_rows
@@ -203,17 +206,20 @@ def test_batch_registers_run_check_report():
     assert report.handler is command._report and report.gpu_hour_price == 3.0 and report.hosted == "auto"
 
 
-def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_model):
+def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_model_dir: Path):
+    tiny_model = load_pipeline(tiny_model_dir, device="cpu")  # its own: the LoRA adapter stays on this one
 
     save_image(solid_image(16, 16, (0, 200, 0)), tmp_path / "ref.png")
     manifest = read_manifest(write_jsonl(tmp_path / "m.jsonl", [
-        {"id": "a", "prompt": "x", "width": 32, "height": 32, "num_frames": 5, "steps": 1, "output": "o/a.mp4"},
+        {"id": "a", "prompt": "x", "width": 32, "height": 32, "num_frames": 5, "steps": 1, "output": "o/a.mp4",
+         "loras": [{"name": TINY_STYLE, "scale": 0.5}]},
         {"id": "b", "prompt": "y", "width": 32, "height": 16, "num_frames": 5, "steps": 1,
          "reference_images": ["ref.png"]},
     ]))
     out = tmp_path / "out"
     state = BatchState.open(out, mode="local")
-    batch = LocalBatch(tiny_model, state, manifest, BatchProgress(2, enabled=False))
+    batch = LocalBatch(tiny_model, state, manifest, BatchProgress(2, enabled=False),
+                       LoraConfig(library_dir=resolve_tiny_loras()))
     outcome = batch.run(plan_rows(manifest, state, retry_failed=False).rows)
     assert (outcome.succeeded, outcome.failed) == (2, 0), batch.errors
     assert probe_video(out / "o/a.mp4") == {"num_frames": 5, "width": 32, "height": 32, "fps": 16.0}
@@ -221,8 +227,29 @@ def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_mod
     for row in ("a", "b"):
         metrics = BatchState.load(out).rows[row].get("metrics")
         assert metrics["gpus"] == 1 and metrics["gpu_seconds"] == metrics["predict_time"] > 0
+    rows = BatchState.load(out).rows
+    assert [(r["lora"], r["scale"]) for r in rows["a"].get("metrics")["loras"]] == [(TINY_STYLE, 0.5)]
+    assert "loras" not in rows["b"].get("metrics")
     assert not (out / ".work").exists()
     assert plan_rows(manifest, BatchState.load(out), retry_failed=False).done == 2
+
+
+def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, tiny_home: Path):
+    """--local: names in the tiny LoRA library (the tiny model's default), local paths allowed and checked."""
+    from vace.server.cli import build_parser
+
+    wide = write_lora(tmp_path / "wide.safetensors", "comfy", seed=3, dim=48)
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"prompt": "a", "loras": [{"name": TINY_STYLE, "scale": 0.5}], "preset": "turbo"},
+        {"prompt": "b", "loras": [{"name": "absent"}]},
+        {"prompt": "c", "loras": [{"path": str(wide)}]},
+        {"prompt": "d", "loras": [{"path": str(tmp_path / "style.safetensors")}]},
+    ])
+    args = build_parser().parse_args(["batch", "check", str(manifest), "--local"])
+    _, problems = command.checked_manifest(args, None)
+    assert [(p.line, p.field) for p in problems] == [(2, "loras[0].name"), (3, "loras[0].path"),
+                                                     (4, "loras[0].path")]
+    assert "does not fit model tiny" in problems[1].message and "file not found" in problems[2].message
 
 
 def test_the_client_waits_out_429_and_retries_an_unavailable_server():

@@ -132,9 +132,10 @@ def request_from_args(args: argparse.Namespace):
     )
 
 
-def lora_config_from_args(args: argparse.Namespace) -> LoraConfig:
-    """--lora-dir and --distill-*; the tiny models get their tiny LoRA library and tiny distill by default."""
-    tiny = args.model in TINY_MODELS
+def lora_config_from_args(args: argparse.Namespace, model: str | None = None) -> LoraConfig:
+    """--lora-dir and --distill-* (add_lora_library_flags); the tiny models (`model`, default args.model) get their
+    tiny LoRA library and tiny distill by default."""
+    tiny = (model or args.model) in TINY_MODELS
     lora_dir = args.lora_dir or (resolve_tiny_loras() if tiny else None)
     distill = args.distill_lora or (TINY_DISTILL if tiny else None)
     recipe = DistillRecipe(distill, args.distill_steps, args.distill_shift, args.distill_sampler,
@@ -172,6 +173,21 @@ def flag_error(field: str, message: str) -> str:
     return f"{flag}{where}: {detail}"
 
 
+def add_lora_library_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--lora-dir and --distill-* of a command that renders in its own process (`prefix` starts each help)."""
+    parser.add_argument("--lora-dir", default=None, metavar="DIR", help=f"{prefix}LoRA library that LoRA names "
+                        "refer to (default for the tiny models: the tiny LoRAs)")
+    parser.add_argument("--distill-lora", default=None, metavar="PATH_OR_NAME[:SCALE]",
+                        help=f"{prefix}step-distillation LoRA of preset turbo (default for the tiny models: "
+                             "tiny-distill)")
+    parser.add_argument("--distill-lora-low-noise", default=None, metavar="PATH_OR_NAME[:SCALE]",
+                        help=f"{prefix}two-expert models: the distill LoRA of the low-noise expert (--distill-lora "
+                             "then goes on the high-noise expert only)")
+    parser.add_argument("--distill-steps", type=int, default=DistillRecipe.steps, help=f"{prefix}distill steps")
+    parser.add_argument("--distill-shift", type=float, default=DistillRecipe.shift, help=f"{prefix}distill shift")
+    parser.add_argument("--distill-sampler", default=DistillRecipe.sampler, help=f"{prefix}unipc | dpm++ | euler")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="render one video without a server")
     gen.add_argument("--model", default="tiny", help="tiny | tiny-a14b | path to a diffusers VACE directory")
@@ -181,16 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="render at most N px on the longer side, then resize to --size (default 256 for the "
                           "tiny models, which make noise, else none; 0 = no cap)")
     gen.add_argument("--out", required=True, help="output .mp4 path")
-    gen.add_argument("--lora-dir", default=None, metavar="DIR",
-                     help="LoRA library that --lora names refer to (default for the tiny models: the tiny LoRAs)")
-    gen.add_argument("--distill-lora", default=None, metavar="PATH_OR_NAME[:SCALE]",
-                     help="step-distillation LoRA of --preset turbo (default for the tiny models: tiny-distill)")
-    gen.add_argument("--distill-lora-low-noise", default=None, metavar="PATH_OR_NAME[:SCALE]",
-                     help="two-expert models: the distill LoRA of the low-noise expert (--distill-lora then goes on "
-                          "the high-noise expert only)")
-    gen.add_argument("--distill-steps", type=int, default=DistillRecipe.steps)
-    gen.add_argument("--distill-shift", type=float, default=DistillRecipe.shift)
-    gen.add_argument("--distill-sampler", default=DistillRecipe.sampler, help="unipc | dpm++ | euler")
+    add_lora_library_flags(gen)
     gen.add_argument("--interpolators", type=Path, help="frame interpolator weights root (rife/, film/); default: "
                      "interpolators/ beside the model")
     gen.add_argument("--prompt-extender", type=Path, help="Qwen2.5-Instruct folder; default: prompt-extender/ "

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from vace.pipelines.cli.generate import add_lora_library_flags, lora_config_from_args
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.tasks import preflight
 from vace.pipelines.engine.loading import load_pipeline
@@ -31,6 +32,7 @@ from vace.server.batch.progress import BatchProgress
 from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.report import AUTO, build_report, summary, write_report
 from vace.server.batch.state import STATE_FILE, BatchState, StateError
+from vace.server.service.loras import check_loras
 from vace.weights.loader import WeightsError
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -75,6 +77,7 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
                                         "--local: tiny | tiny-a14b | weights directory (default tiny)")
     parser.add_argument("--device", default="auto", help="--local: auto | cpu | cuda | cuda:N")
     parser.add_argument("--offload", default="auto", help="--local: none | model | group | sequential | auto")
+    add_lora_library_flags(parser, prefix="--local: ")
 
 
 class Refused(Exception):
@@ -125,8 +128,13 @@ def checked_manifest(args: argparse.Namespace, client: ServerClient | None) -> t
         return manifest, check_rows(manifest, schema=client.input_schema(model),
                                     lora_check=server_lora_check(client.loras(), model))
     if args.local:
-        env = AnnotatorEnv.for_model(resolve_model(args.model or "tiny"))
-        return manifest, check_rows(manifest, task_check=lambda request: preflight(request, env))
+        name = args.model or "tiny"
+        path = str(resolve_model(name))
+        env = AnnotatorEnv.for_model(path)
+        loras = lora_config_from_args(args, name)
+        return manifest, check_rows(manifest, task_check=lambda request: preflight(request, env),
+                                    lora_check=lambda request: check_loras(request, name, path, loras, None,
+                                                                           allow_paths=True))
     return manifest, check_rows(manifest)
 
 
@@ -170,7 +178,8 @@ def _run_local(args: argparse.Namespace, manifest: Manifest) -> int:
     model = load_pipeline(path, device=args.device, offload=args.offload)
     state = BatchState.open(args.out, mode="local", model=str(path), two_experts=model.two_experts,
                             manifest=str(args.manifest.resolve()))
-    return _execute(args, manifest, state, lambda progress: LocalBatch(model, state, manifest, progress))
+    loras = lora_config_from_args(args, args.model or "tiny")
+    return _execute(args, manifest, state, lambda progress: LocalBatch(model, state, manifest, progress, loras))
 
 
 def _execute(args: argparse.Namespace, manifest: Manifest, state: BatchState, make: Any) -> int:

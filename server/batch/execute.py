@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
@@ -203,12 +204,13 @@ class ServerBatch:
 class LocalBatch:
     """Renders rows one after another in this process on one loaded model (no server)."""
 
-    def __init__(self, model: Any, state: BatchState, manifest: Manifest, progress: BatchProgress):
+    def __init__(self, model: Any, state: BatchState, manifest: Manifest, progress: BatchProgress,
+                 loras: LoraConfig | None = None):
         self.model = model
         self.state = state
         self.manifest = manifest
         self.progress = progress
-        self.renderer = Renderer(model, work_dir=state.out_dir / ".work", fetch_policy=FetchPolicy())
+        self.renderer = Renderer(model, work_dir=state.out_dir / ".work", fetch_policy=FetchPolicy(), loras=loras)
         self.errors: list[str] = []
 
     def run(self, rows: list[Row]) -> Outcome:

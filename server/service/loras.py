@@ -14,22 +14,22 @@ from vace.weights.loader import two_experts_at
 
 
 def check_loras(request: GenerationRequest, model: str, model_dir: str | None, config: LoraConfig,
-                policy: FetchPolicy) -> None:
-    """RequestError naming the field: a local path from a client, a name not in the library, a LoRA (or the
-    distill of preset turbo) that does not fit the model, or turbo with no distill configured. A URL not
-    fetched before is checked by the worker once fetched."""
+                policy: FetchPolicy | None, allow_paths: bool = False) -> None:
+    """RequestError naming the field: a local path from a client (unless `allow_paths`: a batch rendered in its
+    own process), a name not in the library, a LoRA (or the distill of preset turbo) that does not fit the
+    model, or turbo with no distill configured. A URL not fetched before is checked by the worker once fetched."""
     check_distill(request, config.distill)
     specs = parse_loras(request.loras)
     for i, spec in enumerate(specs):
-        if spec.path is not None:
+        if spec.path is not None and not allow_paths:
             raise RequestError(f"loras[{i}].path", "local paths are not accepted by the server; use name (a LoRA "
                                                    "in its library, GET /v1/loras) or url")
     turbo = get_preset(request.preset).distill and config.distill is not None
     if model_dir is None or not (specs or turbo):
         return
     if specs:
-        check_request_loras(specs, config.library(policy, allow_paths=False), model_dir, two_experts_at(model_dir),
-                            model)
+        check_request_loras(specs, config.library(policy, allow_paths=allow_paths), model_dir,
+                            two_experts_at(model_dir), model)
     if turbo:
         check_distill_fits(config, model, model_dir, policy)
 
