@@ -240,6 +240,11 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         type(self).hits += 1
+        if self.path.startswith("/resolve/"):  # as Hugging Face answers: a redirect to its CDN
+            self.send_response(302)
+            self.send_header("Location", "/cdn/" + self.path.removeprefix("/resolve/"))
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(self.body)))
@@ -256,7 +261,7 @@ def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_mo
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/style.safetensors"
+        url = f"http://127.0.0.1:{server.server_address[1]}/resolve/style.safetensors"
         refused = LoraLibrary(cache_dir=tmp_path / "cache")
         with pytest.raises(RequestError) as err:
             refused.resolve(LoraSpec(url=url), "loras[0]")
@@ -265,7 +270,7 @@ def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_mo
         assert lib.resolve(LoraSpec(url=url), "loras[0]", fetch=False) is None
         first = lib.resolve(LoraSpec(url=url), "loras[0]")
         again = LoraLibrary(cache_dir=tmp_path / "cache").resolve(LoraSpec(url=url), "loras[0]", fetch=False)
-        assert _Files.hits == 1
+        assert _Files.hits == 2  # the redirect and the file, once
         assert first == again and first.path.name == f"{first.sha256}.safetensors"
         check_request_loras([LoraSpec(url=url)], lib, tiny_model_dir, False, "tiny")
         with pytest.raises(RequestError) as err:
