@@ -13,7 +13,7 @@ REPORT_KEYS = {
     "steps", "cfg", "latent_tokens", "flops_per_forward", "transformer_evaluations",
     "transformer_evaluations_skipped", "seconds_per_step", "seconds_per_step_mean", "setup_and_first_step_seconds",
     "stages", "peak_gpu_memory_gib", "peak_rss_gib", "achieved_tflops", "effective_tflops", "peak_tflops", "mfu",
-    "gpu_levers", "versions", "config", "flops_check", "text_encoder",
+    "gpu_levers", "versions", "config", "flops_check", "text_encoder", "host_memory",
 }
 
 
@@ -142,10 +142,83 @@ def test_sharded_bench_runs_a_two_rank_group(tiny_home, tmp_path):
     assert report["sequence_parallel"] == 2 and report["sp_mode"] == "ring" and report["devices"] == ["cpu", "cpu"]
     assert report["transformer_evaluations"] == 8 and report["transformer_evaluations_skipped"] == 0
     assert report["seconds_per_step"] > 0 and report["stages"]["load_model"] > 0
+    memory = report["host_memory"]  # the bench process and both ranks, sampled while they ran
+    assert memory["peak_processes"] >= 3 and memory["peak_pss_gib"] > 0 and memory["peak_anonymous_gib"] > 0
 
 
-@pytest.mark.parametrize("args", [["--preset", "warp"], ["--steps", "0"], ["--offload", "half"],
-                                  ["--preset", "warp", "--sequence-parallel", "2"]])
+def _toy_shape(monkeypatch) -> dict:
+    """Register the tiny model's transformer config as shape `toy` and build random shapes with the tiny VAE, so the
+    real-shape code path runs at the tiny model's size."""
+    from vace.pipelines.bench import random_model
+    from vace.pipelines.fixtures.tiny_model import resolve_model
+    from vace.weights import configs
+
+    def config(sub: str) -> dict:
+        data = json.loads((resolve_model("tiny") / sub / "config.json").read_text())
+        return {k: v for k, v in data.items() if not k.startswith("_")}
+
+    toy = config("transformer")
+    monkeypatch.setitem(configs.TRANSFORMERS, "toy", toy)
+    monkeypatch.setattr(random_model, "WAN21_VAE", config("vae"))
+    return toy
+
+
+def _mapped_ranges(path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps `path` (/proc/self/maps)."""
+    with open("/proc/self/maps") as fh:
+        lines = [line.split() for line in fh]
+    return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in lines if parts[-1] == str(path)]
+
+
+def test_a_random_shape_on_cpu_is_written_once_and_both_ranks_open_it(tiny_home, tmp_path, monkeypatch):
+    """The path of `vace bench --model 1.3b --device cpu --sequence-parallel 2`, at a toy shape: the random
+    weights are written once (bf16) to a temporary checkpoint, both gloo ranks open it and the job renders
+    through the group; the checkpoint is removed afterwards."""
+    import tempfile
+
+    from vace.pipelines.acceleration.flops import transformer_flops
+
+    toy = _toy_shape(monkeypatch)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "report.json"
+    assert main(["bench", "--model", "toy", "--size", "64*64", "--frames", "5", "--steps", "2", "--device", "cpu",
+                 "--sequence-parallel", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "bfloat16" and report["devices"] == ["cpu", "cpu"] and report["model"] == "toy"
+    assert report["transformer_evaluations"] == 4 and report["transformer_evaluations_skipped"] == 0
+    assert report["flops_per_forward"] == transformer_flops(toy, 64, 64, 5)
+    assert report["stages"]["write_random_checkpoint"] > 0 and report["host_memory"]["peak_processes"] >= 3
+    assert not list(scratch.glob("vace-bench-random-*"))
+
+
+def test_the_random_checkpoint_is_mapped_at_its_dtype(tiny_home, tmp_path, monkeypatch):
+    """What each rank opens: the transformer's weights at the written dtype, their memory inside the mapping of
+    the safetensors file (no copy, no float32 detour), with the written values."""
+    from safetensors import safe_open
+
+    from vace.pipelines.bench.random_checkpoint import RANDOM_WEIGHTS_FILE, open_model, write_random_checkpoint
+    from vace.pipelines.bench.random_model import RandomSpec
+
+    _toy_shape(monkeypatch)
+    root = write_random_checkpoint(RandomSpec("toy", "bfloat16", full_text_encoder=False), tmp_path / "ckpt")
+    assert json.loads((root / RANDOM_WEIGHTS_FILE).read_text())["dtype"] == "bfloat16"
+    model = open_model(str(root), "cpu")
+    assert model.name == "random-toy" and model.pipeline.vae.dtype == torch.float32
+    assert model.pipeline.text_encoder.shared.weight.dtype == torch.bfloat16
+    file = root / "transformer" / "diffusion_pytorch_model.safetensors"
+    ranges = _mapped_ranges(file)
+    assert ranges
+    block = model.pipeline.transformer.blocks[0]
+    for weight in (block.attn1.to_q.weight, block.ffn.net[0].proj.weight):
+        assert weight.dtype == torch.bfloat16
+        assert any(lo <= weight.data_ptr() < hi for lo, hi in ranges)
+    with safe_open(str(file), "pt") as f:
+        assert torch.equal(f.get_tensor("blocks.0.attn1.to_q.weight"), block.attn1.to_q.weight)
+    assert 0 < block.attn1.to_q.weight.abs().max() <= 0.02
+
+
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
     from vace.pipelines.bench import benchmark as bench
@@ -153,7 +226,8 @@ def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monk
     def must_not_run(*a, **k):
         raise AssertionError("model built or group started for a job that is refused anyway")
 
-    monkeypatch.setattr(bench, "build_model", must_not_run)
+    monkeypatch.setattr(bench, "open_model", must_not_run)
+    monkeypatch.setattr(bench, "write_random_checkpoint", must_not_run)
     monkeypatch.setattr(bench, "RenderGroup", must_not_run)
     code = main(["bench", "--device", "cpu", "--size", "64*64", "--frames", "5", "--steps", "1",
                  "--out", str(tmp_path / "r.json"), *args])

@@ -1,15 +1,18 @@
 """`vace bench`: time the real render path at a real model shape and write a JSON report.
 
 `--model 14b|1.3b` builds the real classes (WanVACETransformer3DModel, UMT5 encoder, Wan VAE) from the
-published configs with random weights, allocated directly on the GPU in serving precision (no
-checkpoint, no CPU copy); `--model DIR` loads real weights; `--model tiny` runs anywhere and tests the
-harness. The job is a text-to-video render through Renderer.render, so presets, offload modes and the
-GPU levers are measured exactly as served. MFU counts only the transformer FLOPs actually executed
-(pipelines.flops x evaluations done), so a step cache raises speed, not MFU.
+published configs with random weights: on a GPU allocated directly in serving precision (no checkpoint,
+no CPU copy); on a CPU written once as a temporary checkpoint that the process, or every rank of a gloo
+group, maps (pipelines.bench.random_checkpoint). `--model DIR` loads real weights; `--model tiny` runs
+anywhere and tests the harness. The job is a text-to-video render through Renderer.render, so presets,
+offload modes and the GPU levers are measured exactly as served. MFU counts only the transformer FLOPs
+actually executed (pipelines.flops x evaluations done), so a step cache raises speed, not MFU. The report's
+host_memory gives the peak physical memory of the process and its ranks (pipelines.bench.host_memory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import resource
@@ -23,7 +26,9 @@ from typing import Any
 from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, transformer_flops
 from vace.pipelines.acceleration.levers import apply_gpu_levers
 from vace.pipelines.acceleration.presets import DistillRecipe, get_preset, resolve_preset
-from vace.pipelines.bench.random_model import BenchError, RandomSpec, build_model, check_fits
+from vace.pipelines.bench.host_memory import HostMemory
+from vace.pipelines.bench.random_checkpoint import open_model, write_random_checkpoint
+from vace.pipelines.bench.random_model import BenchError, RandomSpec, check_fits
 from vace.pipelines.engine.group import GroupRenderer, GroupSpec, RenderGroup
 from vace.pipelines.engine.loading import LoadedModel
 from vace.pipelines.engine.loras import LoraConfig
@@ -97,14 +102,29 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     check_mode(cfg.offload)
     device = resolve_device(cfg.device)
     random = random_spec(cfg, device)
+    devices = group_devices(cfg, device) if cfg.sequence_parallel > 1 else (device,)
     if random:
-        check_fits(random, device if cfg.offload == "none" else "cpu", ranks=cfg.sequence_parallel)
-    if cfg.sequence_parallel > 1:
-        return _run_sharded(cfg, random)
-    started = time.perf_counter()
-    model = build_model(random.encode() if random else cfg.model, device, cfg.offload)
-    apply_gpu_levers(model, attention=cfg.attention, compile_blocks=cfg.compile_blocks, fp8=cfg.fp8)
-    return bench_loaded(cfg, model, time.perf_counter() - started, random)
+        check_fits(random, device if cfg.offload == "none" else "cpu")
+    with contextlib.ExitStack() as stack:
+        memory = stack.enter_context(HostMemory())
+        ref, written_s = random.encode() if random else cfg.model, 0.0
+        if random and not device.startswith("cuda"):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-bench-random-"))
+            started = time.perf_counter()
+            ref = str(write_random_checkpoint(random, Path(folder) / "checkpoint"))
+            written_s = time.perf_counter() - started
+        started = time.perf_counter()
+        if cfg.sequence_parallel > 1:
+            report = _run_sharded(cfg, ref, devices, random, started)
+        else:
+            model = open_model(ref, device, cfg.offload)
+            apply_gpu_levers(model, attention=cfg.attention, compile_blocks=cfg.compile_blocks, fp8=cfg.fp8)
+            report = bench_loaded(cfg, model, time.perf_counter() - started, random)
+    if written_s:
+        report["stages"] = {"write_random_checkpoint": written_s, **report["stages"]}
+        report["total_seconds"] += written_s
+    report["host_memory"] = memory.report()
+    return report
 
 
 def random_spec(cfg: BenchConfig, device: str) -> RandomSpec | None:
@@ -133,23 +153,26 @@ def transformer_config(spec: str) -> dict[str, Any]:
     return json.loads((resolve_model(spec) / "transformer" / "config.json").read_text())
 
 
-def _run_sharded(cfg: BenchConfig, random: RandomSpec | None) -> dict[str, Any]:
-    """The same job through a pipelines.distributed render group of cfg.sequence_parallel ranks."""
+def group_devices(cfg: BenchConfig, device: str) -> tuple[str, ...]:
+    """The devices of a cfg.sequence_parallel-rank group, or BenchError saying why there is none."""
     import torch  # torch loads only where tensors are used (the API process never needs it)
 
-    device = resolve_device(cfg.device)
-    if device.startswith("cuda"):
-        if torch.cuda.device_count() < cfg.sequence_parallel:
-            raise BenchError(f"--sequence-parallel {cfg.sequence_parallel} needs that many GPUs; "
-                             f"{torch.cuda.device_count()} visible")
-        devices = plan_groups([f"cuda:{i}" for i in range(cfg.sequence_parallel)], cfg.sequence_parallel)[0]
-    else:
-        devices = plan_groups(["cpu"], cfg.sequence_parallel)[0]
     if cfg.offload != "none":
         raise BenchError("--offload applies to one-process runs; a sequence-parallel group keeps its shards resident")
-    started = time.perf_counter()
-    group = RenderGroup(GroupSpec(random.encode() if random else cfg.model, devices, cfg.sp_mode,
-                                  f"sharded-{cfg.model}", loader="vace.pipelines.bench.random_model:rank_model"))
+    if not device.startswith("cuda"):
+        return tuple(plan_groups(["cpu"], cfg.sequence_parallel)[0])
+    if torch.cuda.device_count() < cfg.sequence_parallel:
+        raise BenchError(f"--sequence-parallel {cfg.sequence_parallel} needs that many GPUs; "
+                         f"{torch.cuda.device_count()} visible")
+    return tuple(plan_groups([f"cuda:{i}" for i in range(cfg.sequence_parallel)], cfg.sequence_parallel)[0])
+
+
+def _run_sharded(cfg: BenchConfig, ref: str, devices: tuple[str, ...], random: RandomSpec | None,
+                 started: float) -> dict[str, Any]:
+    """The same job through a pipelines.distributed render group over `devices`, each rank opening `ref` (on a
+    CPU with a random shape: the written checkpoint, mapped by every rank)."""
+    group = RenderGroup(GroupSpec(ref, devices, cfg.sp_mode, f"sharded-{cfg.model}",
+                                  loader="vace.pipelines.bench.random_checkpoint:rank_model"))
     try:
         group.wait_ready()
         load_seconds = time.perf_counter() - started

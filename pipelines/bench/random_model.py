@@ -1,14 +1,16 @@
-"""Models of the real shape with random weights: the real classes at the published configs (weights.configs),
-built in place on the target device, so benchmarks need no checkpoint and no CPU copy.
+"""Models of the real shape with random weights: the real classes at the published configs (weights.configs).
 
-On CUDA the transformer and text encoder are bf16 (the modules diffusers keeps in fp32 stay fp32, as
-from_pretrained does) and the VAE fp32, as served. On a CPU the weights are float32 and the full UMT5-XXL
-(5.7 B parameters) does not fit a test machine, so the text encoder is reduced (one layer, the tokenizer's
-vocabulary; same class, same output width); the transformer and VAE are the real ones.
+On CUDA they are built in place on the GPU (no checkpoint, no CPU copy): the transformer and text encoder in bf16
+(the modules diffusers keeps in fp32 stay fp32, as from_pretrained does), the VAE in fp32, as served. On a CPU the
+full UMT5-XXL (5.7 B parameters) does not fit a test machine, so the text encoder is reduced (one layer, the
+tokenizer's vocabulary; same class, same output width); the transformer and VAE are the real ones, written once
+as a checkpoint that every process maps (pipelines.bench.random_checkpoint).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,10 @@ class RandomSpec:
 
     @classmethod
     def default(cls, shape: str, device: str, dtype: str | None = None) -> RandomSpec:
-        """bf16 and the full text encoder on CUDA; on a CPU float32 (bf16 matmuls there are emulated: one 1.3B
-        forward at 64x64x5 took 265 s in bf16 on the 2-core test machine) and the reduced text encoder."""
-        cuda = device.startswith("cuda")
-        return cls(shape, dtype or ("bfloat16" if cuda else "float32"), full_text_encoder=cuda)
+        """bf16 (as shipped) unless `dtype`; the full text encoder on CUDA, the reduced one elsewhere. bf16 on a CPU
+        too: it halves the mapped weights (the 1.3B: 4.0 GiB, not 8.0), and on CPUs without bf16 units costs
+        about twice the time of float32 matmuls (`--dtype float32` when memory allows)."""
+        return cls(shape, dtype or "bfloat16", full_text_encoder=device.startswith("cuda"))
 
     def encode(self) -> str:
         """As one string (what a render group's rank loader receives as its model)."""
@@ -59,7 +61,7 @@ class RandomSpec:
     def text_encoder_note(self) -> str:
         if self.full_text_encoder:
             return "umt5-xxl (24 layers)"
-        return "umt5-xxl reduced to 1 layer and the tokenizer's vocabulary (width 4096 kept)"
+        return "umt5-xxl reduced to 1 layer and the tokenizer's vocabulary (width = the transformer's text_dim)"
 
 
 def keep_fp32_modules(model: Any) -> Any:
@@ -73,9 +75,10 @@ def keep_fp32_modules(model: Any) -> Any:
     return model
 
 
-def random_components(spec: RandomSpec, device: str, text_encoder: bool = True) -> dict[str, Any]:
+def random_components(spec: RandomSpec, device: str, text_encoder: bool = True,
+                      text_layers: int | None = None) -> dict[str, Any]:
     """The pipeline's components at `spec` with random weights, allocated on `device` (meta works: nothing is
-    allocated). The text encoder is None unless `text_encoder`."""
+    allocated). The text encoder is None unless `text_encoder`; `text_layers` overrides its depth."""
     import torch  # torch loads only where tensors are used (the API process never needs it)
 
     # diffusers loads only where a model is built
@@ -86,14 +89,17 @@ def random_components(spec: RandomSpec, device: str, text_encoder: bool = True) 
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer"))
     dtype = getattr(torch, spec.dtype)
-    encoder_config = dict(UMT5_XXL) if spec.full_text_encoder else dict(UMT5_XXL, num_layers=1,
-                                                                         vocab_size=len(tokenizer))
+    transformer_config = TRANSFORMERS[spec.shape]
+    encoder_config = dict(UMT5_XXL) if spec.full_text_encoder else dict(
+        UMT5_XXL, num_layers=1, vocab_size=len(tokenizer), d_model=transformer_config["text_dim"])
+    if text_layers is not None:
+        encoder_config["num_layers"] = text_layers
     previous = torch.get_default_dtype()
     torch.manual_seed(0)
     try:
         torch.set_default_dtype(dtype)
         with torch.device(device):
-            transformer = keep_fp32_modules(WanVACETransformer3DModel(**TRANSFORMERS[spec.shape])).eval()
+            transformer = keep_fp32_modules(WanVACETransformer3DModel(**transformer_config)).eval()
             encoder = UMT5EncoderModel(UMT5Config(**encoder_config)).eval() if text_encoder else None
         torch.set_default_dtype(torch.float32)
         with torch.device(device):
@@ -124,15 +130,21 @@ def available_bytes(device: str) -> int | None:
     return None
 
 
-def check_fits(spec: RandomSpec, device: str, ranks: int = 1) -> None:
-    """Refuse, naming the sizes, a build whose weights alone exceed the free memory where they would live."""
-    need = weight_bytes(spec) * (ranks if not device.startswith("cuda") else 1)
+def check_fits(spec: RandomSpec, device: str) -> None:
+    """Refuse, naming the sizes, a build whose weights alone exceed the free memory where they would live: the
+    GPU (each rank its own), or on a CPU the host (one checkpoint, mapped by every rank) and the temporary
+    folder the checkpoint is written to."""
+    need = weight_bytes(spec)
     free = available_bytes(device)
+    cuda = device.startswith("cuda")
     if free is not None and need > free:
-        where = "GPU" if device.startswith("cuda") else "host"
-        raise BenchError(f"--model {spec.shape} needs {need / 2**30:.1f} GiB of {spec.dtype} weights on {device} "
-                         f"({ranks} rank(s)); only {free / 2**30:.1f} GiB of {where} memory is free"
-                         + ("" if device.startswith("cuda") else "; on a CPU use --model 1.3b or tiny"))
+        raise BenchError(f"--model {spec.shape} needs {need / 2**30:.1f} GiB of {spec.dtype} weights on {device}; "
+                         f"only {free / 2**30:.1f} GiB of {'GPU' if cuda else 'host'} memory is free"
+                         + ("" if cuda else "; on a CPU use --model 1.3b or tiny"))
+    disk = shutil.disk_usage(tempfile.gettempdir()).free
+    if not cuda and need > disk:
+        raise BenchError(f"--model {spec.shape} writes {need / 2**30:.1f} GiB of weights to {tempfile.gettempdir()}; "
+                         f"only {disk / 2**30:.1f} GiB of disk is free there (set TMPDIR)")
 
 
 def build_model(spec: str, device: str, offload: str, text_encoder: bool = True,
@@ -162,9 +174,3 @@ def build_model(spec: str, device: str, offload: str, text_encoder: bool = True,
     apply_memory_mode(pipe, mode, device)
     return LoadedModel(name=f"random-{random.shape}", path=Path(f"<random {random.shape}>"), pipeline=pipe,
                        device=device, two_experts=False, offload=mode)
-
-
-def rank_model(spec: str, device: str, text_encoder: bool = True) -> LoadedModel:
-    """GroupSpec.loader for sharded benches: each rank builds what a one-process bench would (ranks > 0
-    without a text encoder)."""
-    return build_model(spec, device, "none", text_encoder)

@@ -14,7 +14,6 @@ on disk. Memory-mapped weight pages count: they are resident memory too.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -22,82 +21,19 @@ import time
 from pathlib import Path
 
 from tests.benchmarks.rss import MIB, emit, peak_since_reset, report, reset_peak, run_child
+from vace.pipelines.bench.random_checkpoint import write_random_checkpoint
+from vace.pipelines.bench.random_model import RandomSpec
+from vace.pipelines.fixtures.tiny_model import resolve_model
 
 MODULE = "tests.benchmarks.loading_memory"
-SHARD_BYTES = 2 * 2**30  # the published transformers are split into files of a few GB with an index
-
-
-def _random_state(model: object, dtype: object) -> dict:
-    """Random tensors for every entry of a (meta-device) model's state dict, in `dtype`."""
-    import torch
-
-    return {name: torch.empty(t.shape, dtype=dtype).uniform_(-0.02, 0.02)
-            for name, t in model.state_dict().items()}
-
-
-def _save_sharded(state: dict, folder: Path, stem: str) -> None:
-    """safetensors shards of at most SHARD_BYTES plus the `<stem>.safetensors.index.json` weight map."""
-    from safetensors.torch import save_file
-
-    shards: list[dict] = [{}]
-    size = 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(folder / f"{stem}.safetensors"))
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        file = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(folder / file))
-        weight_map.update(dict.fromkeys(shard, file))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / f"{stem}.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
 def write_checkpoint(root: Path, shape: str) -> Path:
     """A diffusers-layout checkpoint with random weights at `shape` (1.3b: real transformer and VAE)."""
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from vace.pipelines.fixtures.tiny_model import resolve_model
-    from vace.weights.configs import TRANSFORMERS, UMT5_XXL, UNIPC_FLOW, WAN21_VAE
-
-    tiny = resolve_model("tiny")
     if shape == "tiny":
-        shutil.copytree(tiny, root)
+        shutil.copytree(resolve_model("tiny"), root)
         return root
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        transformer = WanVACETransformer3DModel(**TRANSFORMERS[shape])
-        vae = AutoencoderKLWan(**WAN21_VAE)
-        encoder = UMT5EncoderModel(UMT5Config(**dict(UMT5_XXL, num_layers=2)))
-    for sub, model, dtype, stem in (("transformer", transformer, torch.bfloat16, "diffusion_pytorch_model"),
-                                    ("vae", vae, torch.float32, "diffusion_pytorch_model"),
-                                    ("text_encoder", encoder, torch.bfloat16, "model")):
-        folder = root / sub
-        folder.mkdir(parents=True)
-        if sub == "text_encoder":
-            model.config.torch_dtype = "bfloat16"
-            model.config.save_pretrained(folder)
-            state = _random_state(model, dtype)
-            state.pop("encoder.embed_tokens.weight", None)  # tied to `shared`, as transformers saves it
-        else:
-            model.save_config(folder)
-            state = _random_state(model, dtype)
-        _save_sharded(state, folder, stem)
-        del state
-    shutil.copytree(tiny / "tokenizer", root / "tokenizer")
-    UniPCMultistepScheduler(**UNIPC_FLOW).save_config(root / "scheduler")
-    shutil.copy(tiny / "model_index.json", root / "model_index.json")
-    return root
+    return write_random_checkpoint(RandomSpec(shape, "bfloat16"), root, text_layers=2)
 
 
 def checkpoint_bytes(root: Path) -> dict[str, int]:
