@@ -69,12 +69,29 @@ def test_bench_refuses_what_it_cannot_run(tiny_home, tmp_path, capsys, args):
     assert not (tmp_path / "r.json").exists()
 
 
+def _main_stack_parameters(config: dict) -> int:
+    """The transformer without its VACE blocks, counted by hand from a published config."""
+    d, f, t = config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"], config["text_dim"]
+    # per block: 2 attentions (4 projections each, with bias), their q/k RMS norms, the cross-attention LayerNorm,
+    # the FFN, the modulation table; then patch embedding, time embedder + projection, text embedder, head
+    block = 8 * d * d + 8 * d + 4 * d + 2 * d + 2 * d * f + f + d + 6 * d
+    ends = (16 * 4 * d + d) + (256 * d + d + d * d + d) + (6 * d * d + 6 * d) + (t * d + d + d * d + d) \
+        + (d * 64 + 64) + 2 * d
+    return config["num_layers"] * block + ends
+
+
 def test_the_14b_configuration_checked_on_meta(tiny_home):
     """The 14B as the GPU suite builds it, on the meta device (no memory): shapes, parameter counts against a hand
-    count from the published config, and torch's FLOP counter over one 832x480x81 forward against flops.py."""
+    count from the published config, and torch's FLOP counter over one 832x480x81 forward against flops.py.
+
+    Which count "14B" names: the Wan2.1 report's two model scales, 1.3B and 14B, are the text-to-video DiTs (width
+    1536 / 5120, 30 / 40 layers, FFN 8960 / 13824); Wan2.1-VACE keeps that stack and adds VACE blocks, and keeps
+    the name. The names are rounded: the 14B stack is 14,288,491,584 parameters (2.1% above 14e9) and the 1.3B
+    stack 1,418,996,800 (9.2% above 1.3e9), so "14B within 1%" cannot hold literally for any reading (with its
+    VACE blocks the 14B is 17.34 B). The test therefore asserts the exact hand-derived counts."""
     from vace.pipelines.acceleration.flops import counted_flops, latent_tokens, transformer_flops
     from vace.pipelines.bench.random_model import RandomSpec, random_components
-    from vace.weights.configs import VACE_14B
+    from vace.weights.configs import VACE_1_3B, VACE_14B
 
     parts = random_components(RandomSpec("14b"), "meta")
     transformer = parts["transformer"]
@@ -84,15 +101,11 @@ def test_the_14b_configuration_checked_on_meta(tiny_home):
     assert transformer.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32  # kept fp32
     main = sum(p.numel() for n, p in transformer.named_parameters() if not n.startswith("vace_"))
     vace = sum(p.numel() for n, p in transformer.named_parameters() if n.startswith("vace_"))
-    d, f, t = 5120, 13824, 4096
-    # per block: 2 attentions (4 projections each, with bias), their q/k RMS norms, the cross-attention LayerNorm,
-    # the FFN, the modulation table; then patch embedding, time embedder + projection, text embedder, head
-    block = 8 * d * d + 8 * d + 4 * d + 2 * d + 2 * d * f + f + d + 6 * d
-    ends = (16 * 4 * d + d) + (256 * d + d + d * d + d) + (6 * d * d + 6 * d) + (t * d + d + d * d + d) \
-        + (d * 64 + 64) + 2 * d
-    assert main == 40 * block + ends
-    assert main / 1e9 == pytest.approx(14.29, abs=0.01)  # the Wan2.1 "14B" body, 2% above the round name
-    assert vace / 1e9 == pytest.approx(3.05, abs=0.01) and (main + vace) / 1e9 == pytest.approx(17.34, abs=0.01)
+    assert main == _main_stack_parameters(VACE_14B) == 14_288_491_584
+    assert vace == 3_049_101_312 and main + vace == 17_337_592_896
+    small = random_components(RandomSpec("1.3b", full_text_encoder=False), "meta", text_encoder=False)["transformer"]
+    assert sum(p.numel() for n, p in small.named_parameters() if not n.startswith("vace_")) \
+        == _main_stack_parameters(VACE_1_3B) == 1_418_996_800
     assert sum(p.numel() for p in parts["text_encoder"].parameters()) / 1e9 == pytest.approx(5.68, abs=0.01)
     assert latent_tokens(VACE_14B, 832, 480, 81) == 32760
     analytic = transformer_flops(VACE_14B, 832, 480, 81)
@@ -219,6 +232,8 @@ def test_the_random_checkpoint_is_mapped_at_its_dtype(tiny_home, tmp_path, monke
     assert 0 < block.attn1.to_q.weight.abs().max() <= 0.02
 
 
+@pytest.mark.parametrize("args", [["--preset", "warp"], ["--steps", "0"], ["--offload", "half"],
+                                  ["--preset", "warp", "--sequence-parallel", "2"]])
 def test_bench_refuses_a_bad_job_before_building_anything(tmp_path, capsys, monkeypatch, args):
     """A bad preset, step count or offload mode is refused before a (possibly 14B, minutes-long) model build."""
     from vace.pipelines.bench import benchmark as bench

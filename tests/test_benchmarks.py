@@ -35,3 +35,16 @@ def test_loading_memory_script_runs_at_a_toy_size(tiny_home, tmp_path, capsys):
     # dtype="bfloat16" keeps the transformer and text encoder in bf16 on a CPU (the VAE stays fp32).
     assert "bfloat16" in report["dtypes"]["transformer"] and set(report["dtypes"]["vae"]) == {"float32"}
     assert "x the bytes on disk" in capsys.readouterr().out
+
+
+def test_cpu_bench_script_runs_at_a_toy_size(tiny_home, tmp_path, capsys):
+    """The 1.3B CPU benchmark's harness, on the tiny model: one preset through a 2-rank gloo group."""
+    from tests.benchmarks import cpu_bench
+
+    out = tmp_path / "cpu-bench.json"
+    assert cpu_bench.main(["--model", "tiny", "--runs", "regular@2", "--min-free-gib", "0", "--out", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["run"] == "regular@2" and run["evaluations"] + run["skipped"] == 4
+    assert run["peak_pss_gib"] > 0 and run["flops_vs_counter"] < 0.01  # the tiny model: 1.1e-3
+    printed = capsys.readouterr().out
+    assert "--sequence-parallel 2" in printed and "peak Pss GiB" in printed

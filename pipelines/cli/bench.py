@@ -14,8 +14,9 @@ from vace.pipelines.bench.benchmark import BenchConfig, BenchError, run_bench
 from vace.pipelines.job.request import RequestError, parse_size
 from vace.weights.loader import WeightsError
 
-SUMMARY_KEYS = ("device", "preset", "seconds_per_step", "transformer_evaluations", "transformer_evaluations_skipped",
-                "achieved_tflops", "mfu", "peak_gpu_memory_gib")
+SUMMARY_KEYS = ("device", "dtype", "preset", "sequence_parallel", "seconds_per_step", "transformer_evaluations",
+                "transformer_evaluations_skipped", "flops_per_forward", "flops_check", "achieved_tflops", "mfu",
+                "peak_gpu_memory_gib", "peak_rss_gib", "host_memory")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
