@@ -2,9 +2,9 @@
 
 On a CPU every process that runs the model (a one-process bench, or each rank of a gloo render group) opens the
 same files with load_pipeline at the written dtype: safetensors maps them and nothing is converted, so the ranks
-share one copy of the weights in the page cache instead of each holding its own (two float32 copies of the 1.3B
-were about 20 GB; one bf16 mapping is 4.7 GB). The tensors are drawn shard by shard (uniform in +-0.02 from a
-seeded generator), so writing holds one shard at a time, never the whole model.
+share one copy of the weights in the page cache instead of each holding its own (the 1.3B with its VAE and the
+reduced text encoder: up to 9.2 GiB per rank in float32, one 4.9 GiB mapping in bf16). The tensors are drawn shard by
+shard (uniform in +-0.02 from a seeded generator), so writing holds one shard at a time, never the whole model.
 """
 
 from __future__ import annotations

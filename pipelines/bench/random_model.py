@@ -44,9 +44,9 @@ class RandomSpec:
 
     @classmethod
     def default(cls, shape: str, device: str, dtype: str | None = None) -> RandomSpec:
-        """bf16 (as shipped) unless `dtype`; the full text encoder on CUDA, the reduced one elsewhere. bf16 on a CPU
-        too: it halves the mapped weights (the 1.3B: 4.0 GiB, not 8.0), and on CPUs without bf16 units costs
-        about twice the time of float32 matmuls (`--dtype float32` when memory allows)."""
+        """bf16 (as shipped) unless `dtype`; the full text encoder on CUDA, the reduced one elsewhere. bf16 on a
+        CPU too: it halves the mapped weights (the 1.3B's transformer: 4.0 GiB, not 8.0), and on CPUs without bf16
+        units costs about twice the time of float32 matmuls (`--dtype float32` when memory allows)."""
         return cls(shape, dtype or "bfloat16", full_text_encoder=device.startswith("cuda"))
 
     def encode(self) -> str:
