@@ -107,7 +107,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         check_fits(random, device if cfg.offload == "none" else "cpu")
     with contextlib.ExitStack() as stack:
         memory = stack.enter_context(HostMemory())
-        ref, written_s = random.encode() if random else cfg.model, 0.0
+        ref, written_s = random.encode() if random else str(resolve_model(cfg.model)), 0.0
         if random and not device.startswith("cuda"):
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-bench-random-"))
             started = time.perf_counter()

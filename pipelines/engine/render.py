@@ -79,7 +79,9 @@ def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: Fe
     started = time.perf_counter()
     loras = loras or LoraConfig()
     helpers = helpers or HelperDirs()
-    two_experts = weights_path is not None and two_experts_at(weights_path)
+    # a model built in place (a benchmark's random 14B) or named (tiny) has no model_index.json here: one expert
+    two_experts = weights_path is not None and (weights_path / "model_index.json").is_file() \
+        and two_experts_at(weights_path)
     request = apply_distill(resolve_preset(request.validated()), loras.distill, two_experts).with_seed()
     require_helpers(request, helpers, weights_path)
     library = loras.library(fetch_policy, allow_paths=fetch_policy.allow_local_paths if fetch_policy else True)
