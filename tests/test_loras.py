@@ -165,6 +165,7 @@ def test_header_key_conversion_matches_diffusers_on_rarer_keys(fmt, tmp_path):
 
 
 def test_keys_diffusers_refuses_are_refused_from_the_header(tmp_path):
+    from diffusers import WanVACEPipeline
     from safetensors.torch import save_file
 
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 24),
@@ -173,6 +174,13 @@ def test_keys_diffusers_refuses_are_refused_from_the_header(tmp_path):
     with pytest.raises(RequestError) as err:
         lora_shapes(tmp_path / "x.safetensors", "loras[0].name")
     assert err.value.field == "loras[0].name" and "blocks.0.mystery.lora_up.weight" in err.value.message
+    head_only = {"diffusion_model.head.head.lora_down.weight": torch.zeros(2, 24),
+                 "diffusion_model.head.head.lora_up.weight": torch.zeros(7, 2)}
+    save_file(head_only, str(tmp_path / "head.safetensors"))
+    with pytest.raises(ValueError):  # diffusers' converter needs blocks, and so does the header check
+        WanVACEPipeline.lora_state_dict(dict(head_only))
+    with pytest.raises(RequestError, match="numbered transformer blocks"):
+        lora_shapes(tmp_path / "head.safetensors", "loras[0].name")
     with open(tmp_path / "x.safetensors", "r+b") as fh:  # a header that claims more bytes than the file has
         fh.truncate(200)
     with pytest.raises(RequestError, match="not a readable .safetensors"):

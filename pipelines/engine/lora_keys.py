@@ -70,8 +70,9 @@ def _comfy(raw: Shapes) -> Shapes:
     shapes = {k[len(COMFY_PREFIX):]: v for k, v in raw.items()}
     down = "lora_A" if any("lora_A" in k for k in shapes) else "lora_down"
     up = "lora_B" if any("lora_B" in k for k in shapes) else "lora_up"
-    if any(k.startswith("blocks.") for k in shapes) and not any(_BLOCK_KEY.match(k) for k in shapes):
-        raise UnknownKeys("block keys without a block number")
+    numbers = [k.split(".")[1] for k in shapes if k.startswith("blocks.")]
+    if not numbers or not all(n.isdigit() for n in numbers):  # diffusers' converter needs numbered blocks
+        raise UnknownKeys("a ComfyUI Wan LoRA needs numbered transformer blocks (blocks.N.…)")
     has_time_weight = any(k.startswith("time_projection") and k.endswith(".weight") for k in shapes)
     image = any("k_img" in k for k in shapes) and any("v_img" in k for k in shapes)
     blocks = BLOCK_MODULES | (IMAGE_MODULES if image else {})
