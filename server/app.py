@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import mimetypes
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +27,7 @@ from vace.server.auth import Access, require_api_key
 from vace.server.downloads import stored_file_response
 from vace.server.limits import MB, Limits, RequestLimits
 from vace.server.metrics import ServerMetrics, WorkerState
-from vace.server.openapi_errors import document_errors
+from vace.server.openapi_errors import METHODS, binary_responses, document_errors
 from vace.server.problems import problem, service_problem
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import InvalidInput, NotFound, ServiceError, StoreUnavailable
@@ -178,7 +179,8 @@ def _add_core_routes(app: FastAPI) -> None:
     def loras() -> dict[str, Any]:
         return library_listing(lora_library, lora_config.distill, settings.served_models())
 
-    @app.get("/outputs/{name}", tags=["server"], summary="A rendered video")
+    @app.get("/outputs/{name}", tags=["server"], summary="A rendered video", response_class=Response,
+             responses=binary_responses("The output file (its type from its name)"))
     def output(name: str, request: Request) -> Response:
         missing = f"output {name!r} not found"
         if "/" in name or name.startswith("."):
@@ -221,9 +223,26 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 400:  # a body FastAPI could not parse (malformed multipart, form data): bad input
+            return render(request, InvalidInput.of("body", str(exc.detail)))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # the methods the document lists for the path (Starlette names one route's)
+            allowed = allowed_methods(app.openapi(), request.url.path)
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         titles = {404: "Not found", 405: "Method not allowed"}
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail),
-                       headers=getattr(exc, "headers", None))
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), headers=headers)
+
+
+def allowed_methods(schema: dict[str, Any], path: str) -> list[str]:
+    """The methods the OpenAPI document lists for the paths that `path` matches."""
+    methods: set[str] = set()
+    for template, item in schema.get("paths", {}).items():
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part)
+                          for part in re.split(r"(\{[^}]+\})", template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in item if m in METHODS}
+    return sorted(methods)
 
 
 def _add_openapi(app: FastAPI) -> None:

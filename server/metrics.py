@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from vace.server.store import FAILED, PROCESSING, QUEUED, TERMINAL, Prediction
 
+EXPOSITION_TYPES = ("text/plain", "application/openmetrics-text")  # what exposition() answers (+ parameters)
 INPUT_FETCH = "input_fetch"  # metrics["error_kind"] of a prediction whose input could not be fetched
 WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 PREDICT_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)

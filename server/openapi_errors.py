@@ -1,6 +1,9 @@
 """The error answers of every operation, written into the OpenAPI document from the error renderers themselves:
 each dialect answers errors in its own status codes, content types and bodies, so the document is made by
-rendering one sample of each error an operation can meet and describing what came out."""
+rendering one sample of each error an operation can meet and describing what came out.
+
+Errors an operation's shape does not show are declared on the route with `responses=declared(404, ...)`; a
+route that answers a status with a body of its own declares that status with its `content`, which is kept."""
 
 from __future__ import annotations
 
@@ -8,11 +11,34 @@ from collections.abc import Callable
 from typing import Any
 
 from vace.server.limits import PayloadTooLarge
-from vace.server.service.errors import InvalidInput, NotFound, QueueFull, ServiceError, StoreUnavailable, Unauthorized
+from vace.server.service.errors import (
+    Gone,
+    InvalidInput,
+    NotFound,
+    QueueFull,
+    ServiceError,
+    StoreUnavailable,
+    Unauthorized,
+)
 
 # (path, error) -> (HTTP status, media type, JSON body) as the server would answer it on that path
 ErrorSample = Callable[[str, ServiceError], "tuple[int, str, Any]"]
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+DECLARABLE: dict[int, type[ServiceError]] = {e.status: e for e in (Unauthorized, NotFound, Gone)}
+
+
+def declared(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for errors a route answers that its shape does not show (document_errors renders them)."""
+    return {status: {"description": DECLARABLE[status].title} for status in statuses}
+
+
+def binary_responses(description: str, statuses: tuple[int, ...] = (200, 206)) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a download: any content type (the file's own), ranges included, 416 for a bad range."""
+    content = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+    responses: dict[int | str, dict[str, Any]] = {s: {"description": description, "content": content}
+                                                  for s in statuses}
+    responses[416] = {"description": "The Range header asks for bytes the file does not have"}
+    return responses
 
 
 def _json_type(value: Any) -> str:
@@ -46,6 +72,7 @@ def possible_errors(path: str, method: str, operation: dict[str, Any], secured: 
     if body is not None or operation.get("parameters"):
         errors.append(InvalidInput.of("field", "message"))
     if method == "post" and body is not None and "application/json" in body.get("content", {}):
+        errors.append(NotFound("the model it asks for is not served"))
         errors.append(QueueFull("the queue is full", headers={"Retry-After": "5"}))
     if secured:  # the API's routes all use the store
         errors.append(StoreUnavailable("the store cannot be read or written", headers={"Retry-After": "5"}))
@@ -53,18 +80,24 @@ def possible_errors(path: str, method: str, operation: dict[str, Any], secured: 
 
 
 def document_errors(schema: dict[str, Any], sample: ErrorSample, secured: Callable[[str], bool]) -> None:
-    """Add (or replace) each operation's 4xx responses with what `sample` renders for its path."""
+    """Add each operation's error responses as `sample` renders them for its path (a status the route documents
+    with a body of its own is kept as it is)."""
     for path, item in schema.get("paths", {}).items():
         for method in METHODS:
             operation = item.get(method)
             if operation is None:
                 continue
             responses = operation.setdefault("responses", {})
-            for code in [c for c in responses if c.startswith("4")]:
+            for code in [c for c in responses if "HTTPValidationError" in str(responses[c])]:
                 del responses[code]  # FastAPI's generic 422 describes a body this server never sends
+            errors = possible_errors(path, method, operation, secured(path))
+            errors += [DECLARABLE[int(c)](entry["description"]) for c, entry in list(responses.items())
+                       if "content" not in entry and int(c) in DECLARABLE]
             by_status: dict[str, dict[str, Any]] = {}
-            for error in possible_errors(path, method, operation, secured(path)):
+            for error in errors:
                 status, media_type, body = sample(path, error)
+                if "content" in responses.get(str(status), {}):
+                    continue  # the route answers this status with a body of its own
                 entry = by_status.setdefault(str(status), {"description": error.title, "content": {}})
                 if entry["description"] != error.title:
                     entry["description"] += f" / {error.title}"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from vace.server.openapi_errors import document_errors
+from pathlib import Path
+
+from tests.server_process import Server
+from tests.system_deps import need_python
+from vace.server.openapi_errors import declared, document_errors
 from vace.server.service.errors import ServiceError
+
+REQUEST_TIMEOUT_S = 3.0
 
 
 def sample(path: str, exc: ServiceError) -> tuple[int, str, object]:
@@ -22,6 +28,11 @@ def test_each_operation_documents_what_its_renderer_answers():
         "/ws/upload": {"post": {"responses": {"200": {"description": "ok"}},
                                 "requestBody": {"content": {"multipart/form-data": {}}}}},
         "/health": {"get": {"responses": {"200": {"description": "ok"}}}},
+        "/ws/result/{id}": {"put": {"responses": {
+            "422": {"description": "FastAPI's", "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/HTTPValidationError"}}}},
+            "404": {"description": "own", "content": {"application/json": {"schema": {"required": ["status"]}}}},
+            **{str(code): entry for code, entry in declared(410).items()}}}},
     }}
     document_errors(schema, sample, secured=lambda path: path != "/health")
     get = schema["paths"]["/v1/predictions/{id}"]["get"]["responses"]
@@ -29,9 +40,55 @@ def test_each_operation_documents_what_its_renderer_answers():
     assert get["404"]["content"]["application/problem+json"]["schema"]["required"] == [
         "detail", "status", "title", "type"]
     create = schema["paths"]["/v1/predictions"]["post"]["responses"]
-    assert sorted(create) == ["201", "401", "413", "422", "429", "503"]
+    assert sorted(create) == ["201", "401", "404", "413", "422", "429", "503"]  # 404: the model is not served
     assert create["429"]["headers"] == {"Retry-After": {"schema": {"type": "string"}}}
     upload = schema["paths"]["/ws/upload"]["post"]["responses"]
     assert sorted(upload) == ["200", "400", "401", "413", "503"]  # bad input is a 400 there; no queue for uploads
     assert upload["400"]["content"]["application/json"]["schema"]["required"] == ["code", "message"]
     assert sorted(schema["paths"]["/health"]["get"]["responses"]) == ["200"]
+    result = schema["paths"]["/ws/result/{id}"]["put"]["responses"]
+    assert sorted(result) == ["401", "404", "410", "503"]  # no parameters: FastAPI's 422 is gone, not replaced
+    assert result["404"]["content"]["application/json"]["schema"] == {"required": ["status"]}  # the route's own
+    assert result["410"]["content"]["application/json"]["schema"]["required"] == ["code", "message"]  # rendered
+
+
+def test_schemathesis_finds_no_server_error_and_nothing_undocumented(tiny_model_dir: Path, tmp_path: Path):
+    """A bounded, deterministic schemathesis pass (3 cases per operation, fixed derivation) against a live
+    no-worker server on loopback: no 5xx, and every status code, content type and Allow header is one the
+    document lists. A request still open after REQUEST_TIMEOUT_S (an event stream, a sync run waiting for a worker
+    this server does not have) has nothing to check."""
+    schemathesis = need_python("schemathesis", "schemathesis")
+    import requests
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        allow_header_conformance,
+        content_type_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, allow_header_conformance]
+    server = Server(tmp_path / "data", args=["--model", "tiny", "--no-worker"]).start()
+    failures: list[str] = []
+    try:
+        schema = schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
+        with requests.Session() as session:
+            for result in schema.get_all_operations():
+                operation = result.ok()
+
+                @given(case=operation.as_strategy())
+                @settings(max_examples=3, derandomize=True, database=None, deadline=None,
+                          suppress_health_check=list(HealthCheck))
+                def run(case) -> None:
+                    try:
+                        case.call_and_validate(base_url=server.base_url, session=session, checks=checks,
+                                               timeout=REQUEST_TIMEOUT_S)
+                    except requests.exceptions.Timeout:
+                        pass
+                    except Exception as exc:  # noqa: BLE001 - collected, reported together below
+                        failures.append(f"{case.operation.label}: {str(exc).strip()[:300]}")
+
+                run()
+    finally:
+        server.stop()
+    assert not failures, "\n".join(sorted(set(failures)))

@@ -21,6 +21,12 @@ class NotFound(ServiceError):
     status, title = 404, "Not found"
 
 
+class Gone(ServiceError):
+    """It existed, but its data was removed (retention)."""
+
+    status, title = 410, "Gone"
+
+
 class InvalidInput(ServiceError):
     status, title = 422, "Invalid input"
 

@@ -22,6 +22,8 @@ from vace.pipelines.acceleration.presets import PRESETS
 from vace.pipelines.conditioning.tasks import TASKS
 from vace.pipelines.job.request import SAMPLERS, GenerationRequest
 from vace.server.auth import require_api_key, tenant_of
+from vace.server.metrics import EXPOSITION_TYPES
+from vace.server.openapi_errors import declared
 from vace.server.service.errors import InvalidInput
 from vace.server.service.predictions import PredictionService
 from vace.server.service.tenants import Tenant
@@ -152,8 +154,8 @@ def install(app: FastAPI) -> None:
     def get_prediction(request: Request, prediction_id: str, preview: bool = True) -> dict[str, Any]:
         return web.one(prediction_id, tenant_of(request), preview)
 
-    @api.get("/events", summary="Server-sent events: a snapshot, then every prediction change",
-             response_class=StreamingResponse)
+    @api.get("/events", summary="Server-sent events: a snapshot, then every prediction change (?id=: of one)",
+             response_class=StreamingResponse, responses=declared(404))
     def events(request: Request, id: str | None = None) -> StreamingResponse:  # noqa: A002 - the query name
         tenant = tenant_of(request)
         if id:
@@ -163,7 +165,10 @@ def install(app: FastAPI) -> None:
 
     app.include_router(api)
 
-    @app.get("/metrics", tags=["server"], summary="Prometheus metrics (needs the API key unless --metrics-public)")
+    @app.get("/metrics", tags=["server"], summary="Prometheus metrics (needs the API key unless --metrics-public)",
+             response_class=Response, responses={200: {"description": "The exposition, in the format Accept asks for",
+                                                       "content": {t: {"schema": {"type": "string"}}
+                                                                   for t in EXPOSITION_TYPES}}, **declared(401)})
     def metrics(request: Request) -> Response:
         if not app.state.settings.metrics_public:
             require_api_key(request)

@@ -52,6 +52,20 @@ def fal_error(status: int, detail: Any, error_type: str | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def error_responses(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for fal error bodies a route answers itself: status code -> when."""
+    schema = {"type": "object", "required": ["detail"], "properties": {"detail": {}, "error_type": {"type": "string"}}}
+    return {code: {"description": text, "content": {"application/json": {"schema": schema}}}
+            for code, text in described.items()}
+
+
+def status_responses(statuses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of the cancel route, which answers `{"status": NAME}`: status code -> NAME."""
+    return {code: {"description": name, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["status"], "properties": {"status": {"const": name}}}}}}
+        for code, name in statuses.items()}
+
+
 def for_request(response: Response, request_id: str) -> Response:
     """The response, carrying the id of the request it is about."""
     response.headers[REQUEST_ID_HEADER] = request_id
@@ -73,6 +87,13 @@ def log_entries(pred: Prediction) -> list[dict[str, Any]]:
     return [{"message": line, "level": "INFO", "source": "USER",
              "timestamp": iso(times[i] if i < len(times) else pred.updated_at)}
             for i, line in enumerate(lines) if line.strip()]
+
+
+# What the result of a finished request can be instead of its output (see FalAPI.outcome_error).
+RESULT_ERRORS = error_responses({
+    400: "Still in progress, or cancelled", 410: "The output was removed after the retention period",
+    422: "Invalid input found by the worker, or the output was flagged by the safety checker",
+    500: "The render failed"})
 
 
 class FalAPI:
@@ -253,7 +274,8 @@ class FalAPI:
             return for_request(JSONResponse(self.status_json(pred, with_logs=False)), pred.id)
 
         r.add_api_route(path, run_sync, methods=["POST"], summary=f"Run {path} and wait for the output",
-                        openapi_extra=schema, name=f"fal_run_{path}")
+                        openapi_extra=schema, name=f"fal_run_{path}", responses={
+                            **RESULT_ERRORS, **error_responses({504: "The request did not finish in time"})})
         r.add_api_route(f"{QUEUE}{path}", submit, methods=["POST"], summary=f"Queue {path} (?fal_webhook=URL)",
                         openapi_extra=schema, name=f"fal_submit_{path}")
 
@@ -301,12 +323,16 @@ class FalAPI:
 
         tag = base.replace("/", "_").replace("{", "").replace("}", "")
         r.add_api_route(f"{base}/status", status, methods=["GET"], summary="Request status (?logs=1)",
-                        name=f"fal_status{tag}")
+                        name=f"fal_status{tag}", responses={202: {
+                            "description": "IN_QUEUE or IN_PROGRESS (200: COMPLETED)",
+                            "content": {"application/json": {"schema": {"type": "object", "required": ["status"]}}}}})
         r.add_api_route(f"{base}/status/stream", stream, methods=["GET"], summary="Status as server-sent events",
                         name=f"fal_stream{tag}")
-        r.add_api_route(base, result, methods=["GET"], summary="The output (or the error)", name=f"fal_result{tag}")
+        r.add_api_route(base, result, methods=["GET"], summary="The output (or the error)", name=f"fal_result{tag}",
+                        responses=RESULT_ERRORS)
         r.add_api_route(f"{base}/cancel", cancel, methods=["PUT"], summary="Cancel the request",
-                        name=f"fal_cancel{tag}")
+                        name=f"fal_cancel{tag}", status_code=202, responses=status_responses(
+                            {202: "CANCELLATION_REQUESTED", 400: "ALREADY_COMPLETED", 404: "NOT_FOUND"}))
 
 
 def schema_name(sub: str) -> str:

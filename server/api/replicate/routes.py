@@ -18,6 +18,7 @@ from vace.server.api.common import preflight
 from vace.server.api.replicate.schema import ReplicateModel, catalog
 from vace.server.auth import require_api_key, tenant_of
 from vace.server.downloads import stored_file_response
+from vace.server.openapi_errors import binary_responses
 from vace.server.service.errors import InvalidInput, NotFound
 from vace.server.service.predictions import IDEMPOTENCY_HEADER, PredictionService
 from vace.server.service.webhooks import WebhookMessage, standard_webhook_headers
@@ -270,7 +271,8 @@ class ReplicateAPI:
         def get_file(file_id: str, request: Request) -> dict:
             return file_json(svc.files.get(file_id, tenant_of(request)), base_url(request, svc))
 
-        @r.get("/files/{file_id}/download", summary="Download an uploaded file")
+        @r.get("/files/{file_id}/download", summary="Download an uploaded file", response_class=Response,
+               responses=binary_responses("The file as uploaded (its own content type)"))
         def download_file(file_id: str, request: Request) -> Response:
             record = svc.files.get(file_id, tenant_of(request))
             return stored_file_response(svc.storage, record.path, record.content_type, request, filename=record.name,

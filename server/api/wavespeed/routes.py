@@ -24,6 +24,7 @@ from vace.server.api.models import pick_model
 from vace.server.api.wavespeed import schema as ws
 from vace.server.api.wavespeed.schema import WaveSpeedInputError
 from vace.server.auth import require_api_key, tenant_of
+from vace.server.openapi_errors import declared
 from vace.server.service.errors import InvalidInput, ServiceError
 from vace.server.service.predictions import PredictionService
 from vace.server.service.tenants import Tenant
@@ -127,8 +128,9 @@ class WaveSpeedAPI:
                 pred = await svc.wait(pred.id, SYNC_WAIT_S)
             return JSONResponse(ws.envelope(prediction_data(pred, svc)))
 
-        @r.get("/predictions/{prediction_id}/result", summary="A prediction's status and outputs")
-        @r.get("/predictions/{prediction_id}", summary="A prediction's status and outputs")
+        @r.get("/predictions/{prediction_id}/result", summary="A prediction's status and outputs",
+               responses=declared(410))
+        @r.get("/predictions/{prediction_id}", summary="A prediction's status and outputs", responses=declared(410))
         def result(prediction_id: str, request: Request) -> JSONResponse:
             pred = svc.store.get(prediction_id)
             if pred is None or pred.dialect != DIALECT or not tenant_of(request).sees(pred.owner):
