@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from tests.server_process import Server
 from tests.synthetic import data_uri, solid_image
+from vace.server.store import Prediction, Store, database_url
 
 KEY_A, KEY_B, ADMIN = "key-a-0123456789", "key-b-0123456789", "admin-0123456789"
 CREATE = "/v1/models/vace/tiny/predictions"
@@ -239,3 +242,55 @@ def test_a_pending_webhook_retry_survives_a_restart(tiny_model_dir: Path, tmp_pa
     finally:
         server.stop()
         httpd.shutdown()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): its state in /proc is T."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _paused_job(server: Server) -> tuple[str, int]:
+    """Submit a job, and wait until the worker has stopped itself at the hook's step: (prediction id, worker pid)."""
+    pid = health(server)["worker"]["pid"]
+    with server.client() as http:
+        pred = http.post(CREATE, json={"input": tiny_input()}).json()
+        wait_for(lambda: http.get(f"/v1/predictions/{pred['id']}").json()["status"] == "processing" and _stopped(pid),
+                 "the worker to stop at the hook's step")
+    return pred["id"], pid
+
+
+def _stored(data_dir: Path, prediction_id: str) -> Prediction:
+    """The prediction as the stopped server left it in its store."""
+    store = Store(database_url(data_dir))
+    try:
+        pred = store.get(prediction_id)
+        assert pred is not None
+        return pred
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("drain", ["finishes", "times out"])
+def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, drain: str):
+    """SIGTERM while a job runs (held at step 2 by the hook): the server takes no new work and waits for the job.
+    With time to drain, the job goes on (SIGCONT) and finishes before the server exits; with a drain timeout
+    shorter than the held job, the worker is ended and the job goes back to the queue, and the server exits."""
+    timeout = "600" if drain == "finishes" else "1"
+    server = Server(tmp_path / "data", args=["--model", f"tiny={tiny_model_dir}", "--test-stop-at-step", "2",
+                                             "--drain-timeout", timeout])
+    server.start()
+    try:
+        prediction_id, worker_pid = _paused_job(server)
+        server.proc.send_signal(signal.SIGTERM)
+        if drain == "finishes":
+            wait_for(lambda: server.proc.poll() is None and _stopped(worker_pid), "the drain to begin", timeout=5)
+            os.kill(worker_pid, signal.SIGCONT)
+        assert server.proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    finally:
+        server.stop()
+    pred = _stored(server.data_dir, prediction_id)
+    if drain == "finishes":
+        assert pred.status == "succeeded" and pred.output
+    else:
+        assert pred.status == "queued" and "requeued: the server stopped" in pred.logs and pred.lease_owner is None
