@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.synthetic import moving_square_frames, write_video
 from vace.pipelines.engine.render import RenderCancelled
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import from_uint8, load_video, probe_video
@@ -60,6 +61,33 @@ def test_progress_each_step_and_cancel_within_one_step(renderer):
         renderer.render(small(steps=6), on_progress=lambda i, n: steps_done.append(i),
                         should_cancel=lambda: len(steps_done) >= 2)
     assert steps_done == [1, 2]
+
+
+def test_all_zero_conditioning_is_encoded_once_per_shape(renderer, tmp_path):
+    """Text-to-video conditions on two all-zero halves: the VAE encoder runs for one of them (a 9-frame clip is 3
+    chunks), a later job of that shape runs it for none, and a control video (which keeps nothing: its kept half
+    is zeros) for its own half only. The remembered latents are those of a plain encode."""
+    import torch  # torch loads only where tensors are used
+    from diffusers import AutoencoderKLWan  # diffusers loads only where a model is built
+
+    vae = renderer.pipe.vae
+    vae.zero_encodes().clear()
+    chunks: list[int] = []
+    hook = vae.encoder.register_forward_pre_hook(lambda _module, args: chunks.append(args[0].shape[2]))
+    try:
+        first = renderer.render(small())
+        assert chunks == [1, 4, 4]
+        again = renderer.render(small())
+        assert len(chunks) == 3 and np.array_equal(first.frames, again.frames)
+        video = write_video(tmp_path / "src.mp4", moving_square_frames(9, 64, 48))
+        renderer.render(small(video=str(video)))
+        assert len(chunks) == 6
+    finally:
+        hook.remove()
+    with torch.inference_mode():
+        zeros = torch.zeros(1, 3, 9, 48, 64)
+        plain = AutoencoderKLWan.encode(vae, zeros).latent_dist.parameters
+        assert torch.equal(vae.encode(zeros).latent_dist.parameters, plain)
 
 
 @pytest.mark.parametrize("sampler", ["unipc", "dpm++", "euler"])

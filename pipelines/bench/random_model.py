@@ -82,10 +82,12 @@ def random_components(spec: RandomSpec, device: str, text_encoder: bool = True,
     import torch  # torch loads only where tensors are used (the API process never needs it)
 
     # diffusers loads only where a model is built
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+    from diffusers import UniPCMultistepScheduler, WanVACETransformer3DModel
 
     # transformers loads only where a model is built
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    from vace.pipelines.engine.wan_vae import WanVAE  # torch-bound: loads diffusers (the VAE the renderer loads)
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny") / "tokenizer"))
     dtype = getattr(torch, spec.dtype)
@@ -103,7 +105,7 @@ def random_components(spec: RandomSpec, device: str, text_encoder: bool = True,
             encoder = UMT5EncoderModel(UMT5Config(**encoder_config)).eval() if text_encoder else None
         torch.set_default_dtype(torch.float32)
         with torch.device(device):
-            vae = AutoencoderKLWan(**WAN21_VAE).eval()
+            vae = WanVAE(**WAN21_VAE).eval()
     finally:
         torch.set_default_dtype(previous)
     return {"transformer": transformer, "text_encoder": encoder, "vae": vae, "tokenizer": tokenizer,

@@ -47,9 +47,11 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
     import torch  # torch loads only where tensors are used (the API process never needs it)
 
     # diffusers loads only where a model is built
-    from diffusers import AutoencoderKLWan, WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
     from diffusers.schedulers import UniPCMultistepScheduler  # diffusers loads only where a model is built
     from transformers import AutoTokenizer, UMT5EncoderModel  # transformers loads only where a model is built
+
+    from vace.pipelines.engine.wan_vae import WanVAE  # torch-bound: loads diffusers
 
     set_offline()
     _quiet_libraries()
@@ -64,7 +66,7 @@ def load_pipeline(root: str | Path, device: str | None = None, name: str | None 
             "tokenizer": AutoTokenizer.from_pretrained(str(root / "tokenizer"), **local),
             "text_encoder": UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=big, **local)
             if text_encoder else None,
-            "vae": AutoencoderKLWan.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32, **local),
+            "vae": WanVAE.from_pretrained(str(root), subfolder="vae", torch_dtype=torch.float32, **local),
             "scheduler": UniPCMultistepScheduler.from_pretrained(str(root), subfolder="scheduler", **local),
             "transformer": WanVACETransformer3DModel.from_pretrained(
                 str(root), subfolder="transformer", torch_dtype=big, **local),
