@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from tests.server_process import Server
 from tests.synthetic import data_uri, solid_image
+from tests.system_deps import need_debian
 from vace.server.store import Prediction, Store, database_url
 
 KEY_A, KEY_B, ADMIN = "key-a-0123456789", "key-b-0123456789", "admin-0123456789"
@@ -294,3 +296,41 @@ def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, dr
         assert pred.status == "succeeded" and pred.output
     else:
         assert pred.status == "queued" and "requeued: the server stopped" in pred.logs and pred.lease_owner is None
+
+
+def test_an_unwritable_data_dir_mid_job_then_writable_again_service_resumes(tiny_model_dir: Path, tmp_path: Path):
+    """The data dir (database, outputs, work files) is made immutable with chattr +i -- which stops root too --
+    while a job is held at step 2; the job then goes on into the failing disk. /health leaves READY saying the
+    store cannot be written, a create is refused with a 503 and no row; once the disk is writable again the held
+    job ends, /health is READY again and a new job succeeds."""
+    chattr = need_debian("e2fsprogs", "chattr")
+    server = Server(tmp_path / "data", args=["--model", f"tiny={tiny_model_dir}", "--test-stop-at-step", "2"])
+    server.start()
+    frozen = False
+    try:
+        prediction_id, worker_pid = _paused_job(server)
+        with server.client() as http:
+            before = len(http.get("/v1/predictions").json()["results"])
+            subprocess.run([chattr, "-R", "+i", str(server.data_dir)], check=True)
+            frozen = True
+            os.kill(worker_pid, signal.SIGCONT)
+            seen = wait_for(lambda: (h := http.get("/health")).status_code != 200 and h.json(),
+                            "/health to leave READY")
+            assert seen["status"] == "DEGRADED" and "cannot write to the store" in seen["reason"]
+            refused = http.post(CREATE, json={"input": tiny_input(seed=5)})
+            assert refused.status_code == 503 and "retry later" in refused.json()["detail"]
+            subprocess.run([chattr, "-R", "-i", str(server.data_dir)], check=True)
+            frozen = False
+            held = wait_for(lambda: finished(http, prediction_id), "the held job to end")
+            assert held["status"] in ("succeeded", "failed")  # failed: its work files could not be written
+            wait_for(lambda: http.get("/health").status_code == 200, "/health READY again")
+            assert len(http.get("/v1/predictions").json()["results"]) == before  # the refused create left no row
+            new = http.post(CREATE, json={"input": tiny_input(seed=6)}).json()
+            wait_for(lambda: _stopped(worker_pid), "the hook to hold the new job too (it holds every job here)")
+            os.kill(worker_pid, signal.SIGCONT)
+            done = wait_for(lambda: finished(http, new["id"]), "a new job after the disk came back")
+            assert done["status"] == "succeeded", done["error"]
+    finally:
+        if frozen:
+            subprocess.run([chattr, "-R", "-i", str(server.data_dir)], check=True)
+        server.stop()
