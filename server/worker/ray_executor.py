@@ -109,22 +109,31 @@ class _Slot:
         listener = executor.store.listener(QUEUE_CHANNEL, poll_s=executor.idle_poll_s)
         try:
             while not executor.stopping.is_set():
-                if self.state == SETUP_FAILED or not self._ready():
-                    executor.stopping.wait(READY_WAIT_S)
-                    continue
-                job = executor.store.claim(self.worker_id, executor.config.lease_s, models=list(executor.models))
-                if job is None:
-                    listener.wait(IDLE_WAIT_S)
-                    continue
-                self.job = job.id
                 try:
-                    self._run(job)
-                finally:
-                    self.job = None
-        except Exception:  # noqa: BLE001 - a feeder must never die silently: log, and the job's lease expires
-            log.exception("feeder %s stopped", self.worker_id)
+                    self._feed_once(listener)
+                except Exception:  # noqa: BLE001 - a store or cluster fault must not end the feeder: the held
+                    # job's lease expires and is settled; this slot takes jobs again once the fault clears
+                    log.exception("feeder %s: a job hand-off failed; retrying", self.worker_id)
+                    executor.stopping.wait(READY_WAIT_S)
         finally:
             listener.close()
+
+    def _feed_once(self, listener: Any) -> None:
+        executor = self.executor
+        if self.state == SETUP_FAILED or not self._ready():
+            executor.stopping.wait(READY_WAIT_S)
+            return
+        job = executor.store.claim(self.worker_id, executor.config.lease_s, models=list(executor.models))
+        if job is None:
+            listener.wait(IDLE_WAIT_S)
+            return
+        executor.changed.set()
+        self.job = job.id
+        try:
+            self._run(job)
+        finally:
+            self.job = None
+            executor.changed.set()
 
     def _run(self, job: Prediction) -> None:
         import ray  # the [ray] extra
@@ -145,6 +154,7 @@ class _Slot:
                 if event[0] == "report":
                     if not store.report(job.id, owner, **event[1]):  # the job was taken away: stop rendering
                         self.actor.cancel.remote(job.id)
+                    self.executor.changed.set()
                 elif event[0] == "heartbeat":
                     store.heartbeat(job.id, owner, self.executor.config.lease_s)
                 elif event[0] == "finish":
@@ -202,6 +212,7 @@ class RayExecutor:
         self.group = max(1, config.settings.sequence_parallel)
         self.idle_poll_s = 0.1
         self.stopping = threading.Event()
+        self.changed = threading.Event()  # a feeder wrote a job's state: the change feed should read
         self.joined = threading.Event()
         self.join_error: str | None = None
         self.slots: list[_Slot] = []
@@ -279,7 +290,11 @@ class RayExecutor:
         pass  # the slots' feeder threads wait on the store's own announcements
 
     def take_changed(self) -> bool:
-        return True  # no local worker to tell us: the change feed reads every tick
+        """Whether a feeder wrote a job's state since the last call (and clear the flag)."""
+        if self.changed.is_set():
+            self.changed.clear()
+            return True
+        return False
 
     queries = 0  # the actors' store statements are not counted here
 
