@@ -91,6 +91,21 @@ def test_a_hung_worker_is_killed_its_job_failed_and_a_new_worker_finishes_the_qu
     assert after["worker"]["pid"] != first_pid and after["worker"]["restarts"] == 1
 
 
+def test_a_worker_stopped_from_outside_is_replaced_and_runs_the_queue(server: Server):
+    """SIGSTOP sent to the idle worker from outside (as a hung driver leaves it): /health leaves READY once the
+    heartbeat deadline passes, the worker is killed and replaced, and the job queued meanwhile runs on the new one."""
+    before = wait_for(lambda: (h := health(server))["status"] == "READY" and h["worker"], "a READY worker")
+    os.kill(before["pid"], signal.SIGSTOP)
+    with client(server, KEY_A) as http:
+        pred = http.post(CREATE, json={"input": tiny_input(seed=7)}).json()
+        seen = wait_for(lambda: (h := health(server))["status"] != "READY" and h, "/health to leave READY")
+        assert seen["status"] == "DEGRADED" and "no heartbeat" in seen["reason"]
+        done = wait_for(lambda: finished(http, pred["id"]), "the queued job on the new worker")
+        assert done["status"] == "succeeded", done["error"]
+    after = wait_for(lambda: (h := health(server))["status"] == "READY" and h, "/health READY again")
+    assert after["worker"]["pid"] != before["pid"] and after["worker"]["restarts"] == before["restarts"] + 1
+
+
 BAD_PROMPTS = {
     "lone surrogate": '"a cat \\ud800 on a mat"',
     "oversize prompt": json.dumps("word " * 600),  # 600 words: over the text encoder's 512 tokens

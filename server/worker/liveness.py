@@ -1,6 +1,10 @@
 """What a supervisor and its worker process share, outside the database: the worker's heartbeat (the last time
-it showed it was making progress), a wake-up for new work, and a flag the worker raises after each store write
-(so the API's change feed reads the database when something changed, not on a fast timer)."""
+it showed it was making progress), a wake-up for new work, and a count of the worker's store writes (so the API's
+change feed reads the database when something changed, not on a fast timer).
+
+Nothing the API side calls may block on the worker: a worker can be stopped (SIGSTOP, a hung driver) at any
+instruction. So the wake-up is a semaphore (a release never waits; a multiprocessing Event's set() waits for a
+stopped waiter to wake, forever) and the write count is a plain shared value with one writer."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ class Liveness:
 
     def __init__(self, ctx: Any):
         self._beat = ctx.Value("d", time.time(), lock=False)  # one aligned double: written whole
-        self._wake = ctx.Event()
-        self._changed = ctx.Event()
+        self._wake = ctx.Semaphore(0)
+        self._writes = ctx.Value("q", 0, lock=False)  # the worker's landed store writes (one writer)
+        self._writes_seen = 0  # API side: the count at the last take_changed()
         self._queries = ctx.Value("q", 0, lock=False)  # the worker's store statements (one writer)
 
     # ---- worker side -------------------------------------------------------------------------------------------
@@ -33,14 +38,15 @@ class Liveness:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if self._wake.wait(min(left, BEAT_S)):
-                self._wake.clear()
+            if self._wake.acquire(timeout=min(left, BEAT_S)):
+                while self._wake.acquire(block=False):  # several wake-ups: one claim covers them all
+                    pass
                 self.beat()
                 return
 
     def changed(self) -> None:
         """A store write happened: the change feed should read."""
-        self._changed.set()
+        self._writes.value += 1
 
     def count_queries(self, total: int) -> None:
         """The worker's store has sent `total` statements so far."""
@@ -53,12 +59,13 @@ class Liveness:
         return (time.time() if now is None else now) - self._beat.value
 
     def wake(self) -> None:
-        self._wake.set()
+        self._wake.release()
 
     def take_changed(self) -> bool:
-        """Whether the worker wrote since the last call (and clear the flag)."""
-        if self._changed.is_set():
-            self._changed.clear()
+        """Whether the worker wrote since the last call."""
+        writes = self._writes.value
+        if writes != self._writes_seen:
+            self._writes_seen = writes
             return True
         return False
 
@@ -69,4 +76,4 @@ class Liveness:
     def reset(self) -> None:
         """A fresh worker starts with a fresh heartbeat."""
         self._beat.value = time.time()
-        self._changed.clear()
+        self._writes_seen = self._writes.value
