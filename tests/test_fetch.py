@@ -53,13 +53,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def serve_loopback() -> Iterator[str]:
+    """A Handler server on a free loopback port, for as long as the generator runs."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    yield from serve_loopback()
 
 
 def test_allow_listed_loopback_url_is_fetched(server, tmp_path):
@@ -98,12 +103,7 @@ def test_limits_and_refusals(server, tmp_path):
 @pytest.fixture(scope="module")
 def second_server() -> Iterator[str]:
     """Another loopback server: a redirect between two hosts (as Hugging Face's /resolve/ to its CDN)."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serve_loopback()
 
 
 def test_redirects_are_followed_and_every_hop_is_checked(server, second_server, tmp_path):
