@@ -11,4 +11,5 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 "$PY" -m pip install -c constraints.txt -e ".[test]"
-exec "$PY" -m pytest "$@"
+# Two processes, each taking whole test files: most of the suite's time is spent waiting on servers it started.
+exec "$PY" -m pytest -n 2 --dist loadfile "$@"
