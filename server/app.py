@@ -35,6 +35,7 @@ from vace.server.service.loras import library_listing
 from vace.server.service.predictions import PredictionService, ServiceConfig
 from vace.server.service.webhooks import DeliveryPolicy
 from vace.server.settings import ServeSettings
+from vace.server.storage import output_key
 from vace.server.store import PROCESSING, QUEUED, Store, database_url
 from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
@@ -66,7 +67,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
         models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs(),
-        storage=settings.file_storage()), metrics)
+        storage=settings.storage_backend()), metrics)
     if run_worker:
         service.on_created = supervisor.wake  # hand-off: the worker claims at once, no fast poll
         service.feed.poke = supervisor.take_changed  # the feed reads when the worker wrote
@@ -183,9 +184,9 @@ def _add_core_routes(app: FastAPI) -> None:
              responses=binary_responses("The output file (its type from its name)"))
     def output(name: str, request: Request) -> Response:
         missing = f"output {name!r} not found"
-        if "/" in name or name.startswith("."):
+        if (key := output_key(name)) is None:
             raise NotFound(missing)
-        return stored_file_response(app.state.service.storage, f"outputs/{name}",
+        return stored_file_response(app.state.service.storage, key,
                                     mimetypes.guess_type(name)[0] or "application/octet-stream", request,
                                     missing=missing)
 

@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from vace.server.service.errors import NotFound
-from vace.server.storage import LocalStorage, Storage
+from vace.server.storage import Storage
 
 _RANGE = re.compile(r"^bytes=(?P<start>\d*)-(?P<end>\d*)$")
 
@@ -39,8 +39,8 @@ def _disposition(filename: str) -> str:
 def stored_file_response(storage: Storage, rel: str, media_type: str, request: Request,
                          filename: str | None = None, missing: str = "file not found") -> Response:
     """The object at `rel` as a response (NotFound(missing) when it is not there)."""
-    if isinstance(storage, LocalStorage):
-        path = storage.path(rel)
+    if storage.local_root is not None:
+        path = storage.local_root / rel
         if not path.is_file():
             raise NotFound(missing)
         return FileResponse(path, media_type=media_type, filename=filename)
@@ -58,5 +58,5 @@ def stored_file_response(storage: Storage, rel: str, media_type: str, request: R
     status = 200
     if wanted:
         status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{size}"
-    body = storage.chunks(rel, start, end - start + 1) if request.method != "HEAD" else iter(())
-    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
+    return StreamingResponse(storage.chunks(rel, start, end - start + 1), status_code=status, media_type=media_type,
+                             headers=headers)

@@ -91,6 +91,9 @@ def resolve(settings: ServeSettings) -> ServeSettings:
                          "give a free port (or --public-url)")
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    if settings.storage_options and not settings.storage:
+        raise ValueError("--storage-options configures the object store of --storage s3://BUCKET/PREFIX; "
+                         "give --storage too (files are in --data-dir without it)")
     RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours)
     worker_device_sets(settings.device, settings.gpus, settings.sequence_parallel)
     scheme = "https" if settings.ssl_certfile else "http"
@@ -134,7 +137,7 @@ def serve(args: argparse.Namespace) -> int:
         # before resolve(), which says what it chose for a demo server
         logging.basicConfig(level=given.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
         settings = resolve(given)
-        settings.file_storage().check()  # a wrong bucket, endpoint or credential fails here, not at the first job
+        settings.storage_backend().check()  # a wrong bucket, endpoint or credential fails here, not at the first job
     except (ValueError, WeightsError, StorageError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

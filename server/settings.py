@@ -235,7 +235,7 @@ class ServeSettings(BaseSettings):
                                 self.distill_lora_low_noise) if self.distill_lora else None
         return LoraConfig(self.lora_dir, self.data_dir / "loras", self.lora_cache, distill)
 
-    def file_storage(self) -> Storage:
+    def storage_backend(self) -> Storage:
         """Where uploads and outputs are kept: the bucket of --storage, else the data dir."""
         return ObjectStorage(self.storage, self.storage_options) if self.storage else LocalStorage(self.data_dir)
 

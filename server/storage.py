@@ -19,6 +19,11 @@ from typing import Any, BinaryIO
 CHUNK = 1 << 20  # bytes per read when streaming an object
 
 
+def output_key(name: str) -> str | None:
+    """The key of a job's output file `name`; None for anything but a plain file name (no folder, not hidden)."""
+    return f"outputs/{name}" if name and "/" not in name and not name.startswith(".") else None
+
+
 class StorageError(RuntimeError):
     """The object store cannot be reached or used (bad credentials, no such bucket, s3fs missing)."""
 

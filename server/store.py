@@ -157,9 +157,7 @@ class LostJobs:
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.requeued or self.failed)
+    canceled: list[str] = field(default_factory=list)
 
 
 class AdmissionRefused(Exception):
@@ -553,37 +551,46 @@ class Store:
 
     def lose_held(self, cause: str, owner: str | None = None, expired_before: float | None = None) -> LostJobs:
         """Settle the processing predictions whose worker was lost (`cause` says how): those held by `owner`, those
-        whose lease expired, or (neither given) all of them. One that had not started denoising (no progress
-        reported yet) goes back to its place in the queue once, counted on its row so a restart cannot requeue it
-        again; any other fails with an error naming the cause. Both executors and the server's start call this."""
+        whose lease expired, or (neither given) all of them. One whose cancel was asked for is canceled. One that had
+        not started denoising (no progress reported yet) goes back to its place in the queue once, counted on its row
+        so a restart cannot requeue it again; any other fails with an error naming the cause. Both executors and the
+        server's start call this."""
         where = predictions.c.status == PROCESSING
         if owner is not None:
             where = and_(where, predictions.c.lease_owner == owner)
         if expired_before is not None:
             where = and_(where, or_(predictions.c.lease_expires.is_(None),
                                     predictions.c.lease_expires < expired_before))
+        columns = (predictions.c.id, predictions.c.lease_owner, predictions.c.progress,
+                   predictions.c.cancel_requested, predictions.c.requeues)
         with self.engine.connect() as conn:
-            held = conn.execute(select(predictions.c.id, predictions.c.lease_owner).where(where)).all()
+            held = conn.execute(select(*columns).where(where)).all()
         lost = LostJobs()
-        for pid, holder in held:
+        for pid, holder, progress, cancel, requeues in held:
+            # Guarded by the values just read, so a worker's concurrent write leaves the row to the next sweep.
             same_run = and_(predictions.c.id == pid, predictions.c.status == PROCESSING,
                             predictions.c.lease_owner.is_(None) if holder is None
-                            else predictions.c.lease_owner == holder)
-            note = f"requeued: {cause} before this prediction started denoising"
-            if self._update(and_(same_run, predictions.c.progress.is_(None), predictions.c.requeues < MAX_REQUEUES),
-                            status=QUEUED, requeues=predictions.c.requeues + 1, started_at=None, lease_owner=None,
-                            lease_expires=None, logs=predictions.c.logs + f"{note}\n"):
-                lost.requeued.append(pid)
-                continue
-            with self.engine.connect() as conn:
-                progress = conn.execute(select(predictions.c.progress).where(predictions.c.id == pid)).scalar()
-            error = (f"{cause} while this prediction was running; it was not retried" if progress is not None else
-                     f"{cause} before this prediction started denoising, after it had been requeued once for the "
-                     "same reason; it was not retried again")
-            if self._update(same_run, event=(pid, "completed"), status=FAILED, error=error,
-                            completed_at=time.time(), lease_owner=None, lease_expires=None,
-                            logs=predictions.c.logs + f"{error}\n"):
-                lost.failed.append(pid)
+                            else predictions.c.lease_owner == holder,
+                            predictions.c.cancel_requested.is_(bool(cancel)))
+            released = {"lease_owner": None, "lease_expires": None}
+            if cancel:
+                note = f"canceled: {cause} after the cancel was asked for"
+                if self._update(same_run, event=(pid, "completed"), status=CANCELED, completed_at=time.time(),
+                                logs=predictions.c.logs + f"{note}\n", **released):
+                    lost.canceled.append(pid)
+            elif progress is None and requeues < MAX_REQUEUES:
+                note = f"requeued: {cause} before this prediction started denoising"
+                if self._update(and_(same_run, predictions.c.progress.is_(None)), status=QUEUED,
+                                requeues=predictions.c.requeues + 1, started_at=None,
+                                logs=predictions.c.logs + f"{note}\n", **released):
+                    lost.requeued.append(pid)
+            else:
+                error = (f"{cause} while this prediction was running; it was not retried" if progress is not None else
+                         f"{cause} before this prediction started denoising, after it had been requeued once for "
+                         "the same reason; it was not retried again")
+                if self._update(same_run, event=(pid, "completed"), status=FAILED, error=error,
+                                completed_at=time.time(), logs=predictions.c.logs + f"{error}\n", **released):
+                    lost.failed.append(pid)
         return lost
 
     def requeue_held(self, owner: str, note: str) -> list[str]:

@@ -19,6 +19,7 @@ from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import probe_video
 from vace.server.downloads import byte_range
+from vace.server.serve import resolve
 from vace.server.settings import ServeSettings
 from vace.server.storage import ObjectStorage, StorageError
 from vace.server.store import Prediction, new_id
@@ -80,6 +81,8 @@ def test_a_missing_bucket_or_bad_url_is_refused_at_start(object_store, tiny_mode
         ServeSettings(storage="s3://b", storage_options='["endpoint_url"]')
     settings = ServeSettings(storage="s3://b/p/", storage_options='{"endpoint_url": "http://127.0.0.1:1"}')
     assert settings.storage == "s3://b/p" and settings.storage_options == {"endpoint_url": "http://127.0.0.1:1"}
+    with pytest.raises(ValueError, match="--storage-options configures the object store of --storage"):
+        resolve(ServeSettings(storage_options='{"endpoint_url": "http://127.0.0.1:1"}'))
 
 
 def test_byte_ranges():

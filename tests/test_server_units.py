@@ -104,6 +104,18 @@ def test_a_job_lost_before_denoising_is_requeued_once(database_url: str):
     store.close()
 
 
+def test_a_lost_job_whose_cancel_was_asked_is_canceled_not_requeued(store: Store):
+    a, b = queued(store, 2)
+    store.claim("w1", 30)
+    store.request_cancel(a)  # asked while it was still preparing (no progress yet), then the worker died
+    lost = store.lose_held("w1 died", owner="w1")
+    assert (lost.canceled, lost.requeued, lost.failed) == ([a], [], [])
+    final = store.get(a)
+    assert final.status == CANCELED and final.requeues == 0 and final.lease_owner is None and final.error is None
+    assert final.logs == "canceled: w1 died after the cancel was asked for\n"
+    assert store.claim("w2", 30).id == b  # not run again
+
+
 def test_cancel_queued_at_once_running_by_flag(store: Store):
     a, b = queued(store, 2)
     store.claim("w1", 30)

@@ -29,6 +29,7 @@ FALLBACK_S = 3.0  # SQLite: the longest wait between two reads of the database
 ANNOUNCED_FALLBACK_S = 60.0  # PostgreSQL: changes are announced; this read is a safety net only
 LISTEN_WAIT_S = 1.0  # the listener thread looks at its stop flag this often (no query: a socket wait)
 UPDATE_RECHECK_S = 5.0
+DEADLINE_SWEEP_S = 60.0  # Cancel-After deadlines are also swept this often, in case a row's change was not seen
 
 ChangeHandler = Callable[["Prediction | None", Prediction], None]
 
@@ -162,17 +163,18 @@ class ChangeFeed:
                     and not p.cancel_requested), default=math.inf)
 
     async def _watch(self) -> None:
-        last_read = 0.0
+        last_read = last_sweep = 0.0
         while True:
             try:
                 now = time.monotonic()
                 changed: list[Prediction] = []
-                due = time.time() >= self._next_deadline()
+                due = time.time() >= self._next_deadline() or now - last_sweep >= DEADLINE_SWEEP_S
                 if self._wake.is_set() or self._heard.is_set() or self.poke() or due or \
                         now - last_read >= self.fallback_s:
                     self._wake.clear()
                     self._heard.clear()
                     last_read = now
+                    last_sweep = now if due else last_sweep
                     # In a thread: a database waiting on a lock (or a network round trip) must not stall requests.
                     changed = await asyncio.to_thread(self.read, time.time(), due)
                     for pred in changed:

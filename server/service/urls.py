@@ -11,6 +11,7 @@ from vace.pipelines.media.fetch import FetchPolicy, check_url
 from vace.server.service.errors import InvalidInput
 from vace.server.service.files import FileStorage, utc
 from vace.server.service.tenants import EVERYONE, Tenant
+from vace.server.storage import output_key
 
 _FILE_PATH = re.compile(r"^(?:/[\w.-]+)*/files/(?P<id>[a-z0-9]+)(?:/download)?$")  # /v1 or not
 _OUTPUT_PATH = re.compile(r"^/outputs/(?P<name>[\w.-]+)$")
@@ -38,9 +39,8 @@ class MediaUrls:
 
     def output_rel(self, name: str) -> str | None:
         """The storage key of the output `name` (None when there is no such output)."""
-        rel = f"outputs/{name}"
-        ok = "/" not in name and not name.startswith(".")
-        return rel if ok and self.files.storage.size(rel) is not None else None
+        rel = output_key(name)
+        return rel if rel is not None and self.files.storage.size(rel) is not None else None
 
     def _local_ref(self, parsed: urllib.parse.ParseResult, field_name: str, tenant: Tenant) -> str | None:
         """A URL of this server's own upload (the tenant's) or output -> the object's storage ref (None if not)."""

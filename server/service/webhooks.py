@@ -175,7 +175,8 @@ class WebhookDispatcher:
     async def _read_outbox(self, held: list[tuple[Prediction, str]]) -> None:
         events: list[tuple[OutboxEvent, Prediction]] = []
         try:
-            events = await asyncio.to_thread(self._claim_due)
+            events = await asyncio.to_thread(self._claim_due, frozenset(self._inflight))
+            self._inflight.update(outbox.id for outbox, _ in events)
         except Exception:  # noqa: BLE001 - read again at the next change or fallback tick
             log.exception("reading the webhook outbox failed")
             self._outbox_at = time.time() + self.policy.backoff_s
@@ -191,20 +192,20 @@ class WebhookDispatcher:
             if outbox.event != "start":
                 self.enqueue(pred, outbox.event, outbox)
 
-    def _claim_due(self) -> list[tuple[OutboxEvent, Prediction]]:
+    def _claim_due(self, inflight: frozenset[int]) -> list[tuple[OutboxEvent, Prediction]]:
         """The due outbox events this process claimed (another API process on the database skips them), with
-        their predictions; rows for events the prediction did not ask for are closed here."""
+        their predictions; rows for events the prediction did not ask for are closed here. Runs in a thread: it
+        reads the ids being sent from `inflight`, a copy, and the caller records the claimed ones."""
         now = time.time()
         claimed = []
         for event in self.store.outbox_due(now):
-            if event.id in self._inflight:
+            if event.id in inflight:
                 continue  # between two of its in-line attempts here
             pred = self.store.get(event.prediction_id)
             if pred is None or not pred.webhook or event.event not in (pred.webhook_events or ()):
                 self.store.outbox_record(event.id, SENT, event.attempts, event.next_at, "not subscribed")
                 continue
             if self.store.outbox_claim(event.id, now, OUTBOX_HOLD_S):
-                self._inflight.add(event.id)
                 claimed.append((event, pred))
         self._outbox_at = self.store.outbox_next_at()
         return claimed

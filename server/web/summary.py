@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from vace.server.service.predictions import PredictionService
+from vace.server.storage import output_key
 from vace.server.store import Prediction
 
 MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
@@ -21,7 +22,7 @@ def media_url(service: PredictionService, value: str | None) -> str | None:
     folder, _, name = (service.storage.rel_of(value) or "").partition("/")
     if folder == "files" and "/" not in name and (m := _UPLOAD.match(name)):
         return service.url(f"/v1/files/{m['id']}")
-    if folder == "outputs" and name and "/" not in name:
+    if folder == "outputs" and output_key(name):
         return service.url(f"/outputs/{name}")
     return None  # not ours: never show a server path or a bucket's URL
 

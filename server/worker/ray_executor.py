@@ -22,7 +22,7 @@ from typing import Any
 
 from vace.pipelines.job.request import with_media
 from vace.server.metrics import WorkerState
-from vace.server.storage import Storage
+from vace.server.storage import Storage, output_key
 from vace.server.store import Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
@@ -171,9 +171,9 @@ class _Slot:
 
     def _finish(self, job: Prediction, status: str, values: dict[str, Any], files: dict[str, bytes]) -> None:
         for name, data in files.items():
-            if "/" in name or not name.startswith(job.id):
+            if not name.startswith(job.id) or (key := output_key(name)) is None:
                 continue  # only the job's own outputs, only into the outputs dir
-            self.executor.storage.put_bytes(f"outputs/{name}", data)
+            self.executor.storage.put_bytes(key, data)
         where = self.where or {}
         values["metrics"] = {**(values.get("metrics") or {}),
                              "worker": {"node": where.get("node"), "node_ip": where.get("node_ip"),
@@ -208,7 +208,7 @@ class RayExecutor:
         self.address = address
         self.models = config.models
         self.data_dir = Path(config.settings.data_dir)
-        self.storage = config.settings.file_storage()  # the actors' outputs are written here
+        self.storage = config.settings.storage_backend()  # the actors' outputs are written here
         self.group = max(1, config.settings.sequence_parallel)
         self.idle_poll_s = 0.1
         self.stopping = threading.Event()

@@ -22,7 +22,7 @@ from vace.pipelines.outputs.deliver import deliver
 from vace.pipelines.outputs.retime import retime
 from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.metrics import INPUT_FETCH
-from vace.server.storage import LocalStorage, Storage
+from vace.server.storage import LocalStorage, Storage, output_key
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL, Listener
 from vace.server.worker.config import WorkerConfig
@@ -211,7 +211,7 @@ class JobRunner:
             result = retime(result, prepared, on_log=on_log, should_cancel=cancel_requested)
             result = resize_result(result, requested.width, requested.height)
             output = {
-                "path": f"outputs/{out_path.name}", "content_type": "video/mp4", "file_name": out_path.name,
+                "path": output_key(out_path.name), "content_type": "video/mp4", "file_name": out_path.name,
                 "width": result.width, "height": result.height,
                 "fps": result.fps, "num_frames": result.num_frames,
                 "duration": result.num_frames / result.fps if result.fps else None, "seed": result.seed,
@@ -222,7 +222,7 @@ class JobRunner:
             output["file_size"] = out_path.stat().st_size  # after delivery, which may re-encode
             self.writes.beat()
             for path in sorted(out_dir.glob(f"{job.id}*")):  # stored before the outcome names them
-                self.storage.put_file(f"outputs/{path.name}", path)
+                self.storage.put_file(output_key(path.name), path)
             metrics = {"seed": result.seed, "step_seconds": step_seconds,
                        "timings": {k: round(v, 3) for k, v in result.timings.items()},
                        **result.metrics, **self.held(started, model)}
@@ -324,7 +324,7 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, live
     pool = ModelPool(config, Path(config.settings.data_dir) / "work" / f"group-{config.worker_id}")
     default = next(iter(config.models))
     try:
-        storage = config.settings.file_storage()
+        storage = config.settings.storage_backend()
         model = pool.get(default)
     except Exception as exc:  # noqa: BLE001 - reported to the server as SETUP_FAILED
         log.error("could not set up (storage, model %s): %s", default, exc)

@@ -25,7 +25,7 @@ from vace.server.api.wavespeed import schema as ws
 from vace.server.api.wavespeed.schema import WaveSpeedInputError
 from vace.server.auth import require_api_key, tenant_of
 from vace.server.openapi_errors import declared
-from vace.server.service.errors import InvalidInput, ServiceError
+from vace.server.service.errors import Gone, InvalidInput, NotFound, ServiceError
 from vace.server.service.predictions import PredictionService
 from vace.server.service.tenants import Tenant
 from vace.server.service.webhooks import WebhookMessage
@@ -132,12 +132,12 @@ class WaveSpeedAPI:
                responses=declared(410))
         @r.get("/predictions/{prediction_id}", summary="A prediction's status and outputs", responses=declared(410))
         def result(prediction_id: str, request: Request) -> JSONResponse:
-            pred = svc.store.get(prediction_id)
-            if pred is None or pred.dialect != DIALECT or not tenant_of(request).sees(pred.owner):
-                return error_response(404, f"prediction {prediction_id} not found")
+            pred = svc.get(prediction_id, tenant_of(request))
+            if pred.dialect != DIALECT:
+                raise NotFound(f"prediction {prediction_id!r} not found")
             if pred.data_removed and pred.status == "succeeded":
-                return error_response(410, f"prediction {prediction_id}: its outputs were removed after the "
-                                           "server's retention period (--output-retention-hours)")
+                raise Gone(f"prediction {prediction_id}: its outputs were removed after the server's retention "
+                           "period (--output-retention-hours)")
             return JSONResponse(ws.envelope(prediction_data(pred, svc)))
 
         @r.post("/media/upload/binary", summary="Upload a file to use as an input")
