@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from vace.pipelines.job.errors import RequestError
+
 CHUNK = 1 << 20  # bytes per read when streaming an object
+MISSING = "file not found (removed from this server's storage)"
 
 
 def output_key(name: str) -> str | None:
@@ -89,17 +92,26 @@ class Storage(ABC):
                     left -= len(piece)
                 yield piece
 
-    def readable(self, ref: str, into: Path) -> str:
-        """A path a renderer can read for `ref`: ours in place when local, else downloaded into `into`; any other
-        reference (a URL, a data: URI) is returned as it is."""
+    def readable(self, ref: str, into: Path, field: str) -> str:
+        """A path a renderer can read for `ref` (the request's `field`): ours in place when local, else downloaded
+        into `into`; any other reference (a URL, a data: URI) is returned as it is. RequestError naming the field
+        when our object is gone (deleted, or removed by retention, after the request named it)."""
         rel = self.rel_of(ref)
-        if rel is None or self.local_root is not None:
+        if rel is None:
+            return ref
+        if self.local_root is not None:
+            if not (self.local_root / rel).is_file():
+                raise RequestError(field, MISSING)
             return ref
         into.mkdir(parents=True, exist_ok=True)
         target = into / rel.replace("/", "_")
-        with open(target, "wb") as out:
-            for piece in self.chunks(rel):
-                out.write(piece)
+        try:
+            with open(target, "wb") as out:
+                for piece in self.chunks(rel):
+                    out.write(piece)
+        except FileNotFoundError:
+            target.unlink(missing_ok=True)
+            raise RequestError(field, MISSING) from None
         return str(target)
 
 

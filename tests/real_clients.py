@@ -16,7 +16,8 @@ from tests.system_deps import need_debian
 
 REPO = Path(__file__).resolve().parents[1]
 JS_DIR = REPO / "tests" / "js"
-# 1.x is the test extra's pin; 2.x lives in its own directory with the one dependency the test venv lacks.
+# 1.x is the test extra's pin; 2.x lives in its own directory with its dependencies (distro: the one the test venv
+# lacks, at a range the client accepts).
 REPLICATE_2X = ("replicate==2.0.0b4", "distro>=1.7,<2")
 
 
@@ -65,10 +66,15 @@ def replicate_2x() -> Path:
     """A directory to put first on PYTHONPATH so that `import replicate` is the 2.x client."""
 
     def install(folder: Path) -> None:
-        # with its dependencies: the client runs alone from this folder, whatever the test environment lacks
-        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder),
-                                 *REPLICATE_2X], capture_output=True, text=True, timeout=600)
+        # With its dependencies, so the client runs alone from this folder; those the suite also uses at the versions
+        # of constraints.txt (less its replicate 1.x pin).
+        pins = folder.parent / f"{folder.name}-constraints.txt"
+        pins.write_text("".join(line for line in (REPO / "constraints.txt").read_text().splitlines(keepends=True)
+                                if not line.startswith("replicate==")))
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder), "-c",
+                                 str(pins), *REPLICATE_2X], capture_output=True, text=True, timeout=600)
+        pins.unlink()
         if result.returncode:
             pytest.fail(f"pip install {' '.join(REPLICATE_2X)} failed: {result.stderr[-500:]}")
 
-    return _installed_once("replicate2", " ".join(REPLICATE_2X) + " with-deps", install)
+    return _installed_once("replicate2", " ".join(REPLICATE_2X) + " with-deps, constrained", install)

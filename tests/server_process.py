@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+BIND_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -77,22 +78,31 @@ class Server:
                             headers=headers, timeout=30, **kwargs)
 
     def start(self, wait_ready: bool = True) -> Server:
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
-        if self.tls:
-            cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        self.health_seen = []
-        try:
-            self.wait_health(ready=wait_ready)
-        except BaseException:
-            self.stop()  # a fixture whose start failed never reaches its own stop
-            raise
-        return self
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            # free_port() releases the port it found; under pytest-xdist another server may take it first
+            self.port = free_port()
+            cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--host", "127.0.0.1", "--port",
+                   str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+            if self.tls:
+                cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]
+            if self.api_key:
+                cmd += ["--api-key", self.api_key]
+            with open(self.log_path, "ab") as log:
+                start_at = log.tell()
+                self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                             env=dict(os.environ))
+            self.health_seen = []
+            try:
+                self.wait_health(ready=wait_ready)
+                return self
+            except RuntimeError:
+                lost_port = b"address already in use" in self.log_path.read_bytes()[start_at:]
+                if not lost_port or attempt == BIND_ATTEMPTS:
+                    raise
+            except BaseException:
+                self.stop()  # a fixture whose start failed never reaches its own stop
+                raise
+        return self  # not reached: the last attempt returns or raises
 
     def wait_health(self, ready: bool = True, timeout: float = 120.0) -> None:
         """Poll /health, recording what it answered; return once it answers (READY if `ready`)."""
@@ -173,6 +183,17 @@ def webhook_receiver(fail_first: int = 0) -> Iterator[WebhookReceiver]:
         yield holder[0]
     finally:
         httpd.shutdown()
+
+
+def wait_for(condition, what: str, timeout: float = 120.0):
+    """Poll `condition()` until it returns something truthy (bounded, 0.2 s apart); that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what} after {timeout:.0f} s")
 
 
 def stopped(pid: int) -> bool:

@@ -18,7 +18,7 @@ import pytest
 _apt_updated = False
 
 
-def _missing(what: str, reason: str) -> None:
+def missing(what: str, reason: str) -> None:
     message = f"needs {what}: {reason}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message} (CI must run this test)")
@@ -32,7 +32,7 @@ def need_debian(package: str, binary: str) -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        _missing(f"the Debian package {package}", "not installed and not root")
+        missing(f"the Debian package {package}", "not installed and not root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if not _apt_updated:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
@@ -41,7 +41,7 @@ def need_debian(package: str, binary: str) -> str:
                             capture_output=True, text=True, timeout=1200)
     found = shutil.which(binary)
     if not found:
-        _missing(f"the Debian package {package}", f"apt-get install failed: {result.stderr.strip()[-300:]}")
+        missing(f"the Debian package {package}", f"apt-get install failed: {result.stderr.strip()[-300:]}")
     return found
 
 
@@ -58,4 +58,4 @@ def need_python(module: str, pip_name: str | None = None):
     try:
         return importlib.import_module(module)
     except ImportError:
-        _missing(f"the Python package {name}", f"pip install failed: {result.stderr.strip()[-300:]}")
+        missing(f"the Python package {name}", f"pip install failed: {result.stderr.strip()[-300:]}")

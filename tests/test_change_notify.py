@@ -64,10 +64,13 @@ def test_a_change_by_another_process_reaches_waiters_through_notify(postgres, tm
 
     try:
         seen, waited = asyncio.run(run())
+    except BaseException:
+        writer.kill()  # it may be waiting for a "go" that never came
+        raise
     finally:
         writer.stdin.close()
-        assert writer.wait(60) == 0
         store.close()
+    assert writer.wait(60) == 0
     assert seen[-1] == SUCCEEDED and set(seen) <= {PROCESSING, SUCCEEDED}
     assert waited.status == SUCCEEDED and waited.output == {"path": f"outputs/{pred.id}.mp4"}
 

@@ -15,13 +15,14 @@ import pytest
 
 from tests.server_process import Server
 from tests.synthetic import solid_image
+from vace.pipelines.job.errors import RequestError
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import probe_video
 from vace.server.downloads import byte_range
 from vace.server.serve import resolve
 from vace.server.settings import ServeSettings
-from vace.server.storage import ObjectStorage, StorageError
+from vace.server.storage import LocalStorage, ObjectStorage, StorageError
 from vace.server.store import Prediction, new_id
 from vace.server.worker.ray_executor import inline_local_media
 
@@ -45,12 +46,16 @@ def test_objects_round_trip_through_the_bucket(object_store, tmp_path: Path):
     assert ref == f"{storage.url}/outputs/abc.mp4" and storage.rel_of(ref) == "outputs/abc.mp4"
     assert storage.rel_of("s3://another-bucket/replica-data/outputs/abc.mp4") is None
     assert storage.rel_of("https://example.com/a.mp4") is None and storage.rel_of(str(tmp_path / "x")) is None
-    local = storage.readable(ref, tmp_path / "inputs")  # what a worker renders from
-    assert Path(local).read_bytes() == data and storage.readable("https://example.com/a.mp4", tmp_path) == \
+    local = storage.readable(ref, tmp_path / "inputs", "src_video")  # what a worker renders from
+    assert Path(local).read_bytes() == data and storage.readable("https://example.com/a.mp4", tmp_path, "x") == \
         "https://example.com/a.mp4"
 
     storage.delete("outputs/abc.mp4")
     storage.delete("outputs/abc.mp4")  # already gone: not an error
+    for gone in (storage, LocalStorage(tmp_path / "data")):  # a request still naming it gets the field's error
+        with pytest.raises(RequestError, match=r"^src_video: file not found \(removed from this server's storage\)$"):
+            gone.readable(gone.ref("outputs/abc.mp4"), tmp_path / "again", "src_video")
+    assert not list((tmp_path / "again").glob("*"))  # no empty download left behind
     assert storage.list("outputs/abc") == ["outputs/abc-frames.zip"]
 
 

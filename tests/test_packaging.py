@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
 
-import pytest
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the test extra installs it there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +31,15 @@ def test_wheel_installs_only_vace_and_the_cli_runs(tmp_path):
     assert folders <= packages, sorted(folders - packages)  # a subpackage missing from pyproject's list
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "vace = vace.server.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
-    # An isolated environment that sees the dependencies but not this checkout's editable install.
+    # An isolated environment that sees this interpreter's dependencies but not this checkout's editable install:
+    # its site-packages folders are listed in a .pth file, which puts them on sys.path without running the .pth
+    # files inside them (the editable install's finder among them).
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    env_site = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                               "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    Path(env_site, "dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, timeout=600, capture_output=True)
@@ -47,7 +57,6 @@ def test_wheel_installs_only_vace_and_the_cli_runs(tmp_path):
 def test_the_cuda_image_copies_what_its_install_reads():
     """Docker cannot run here, so check the Dockerfile against pyproject: every mapped folder, the readme and
     constraints.txt are copied, and the default extras exist."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     text = (ROOT / "Dockerfile.cuda").read_text()
     copied = {src for line in text.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_process import Server, wait_for
 from vace.pipelines.job.request import GenerationRequest
 from vace.server.api.replicate.routes import file_json, prediction_json
 from vace.server.retention import RetentionPolicy
@@ -236,19 +237,8 @@ def test_fal_and_wavespeed_answer_a_clear_error(tmp_path: Path, tiny_model_dir: 
     assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
 
 
-def wait_for(check, timeout: float = 60.0):
-    """Poll `check()` until it returns something truthy (bounded; 0.2 s between tries)."""
-    deadline = time.monotonic() + timeout
-    while (result := check()) is None or result is False:
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
-    return result
-
-
 def test_live_server_removes_outputs_and_expires_uploads(tiny_model_dir: Path, tmp_path: Path):
     """Render and upload on a keep-forever server, then restart the same data dir with 1.8 s retention."""
-    from tests.server_process import Server
-
     data = tmp_path / "data"
     keep = Server(data, args=["--model", "tiny", "--max-render-side", "64", "--output-retention-hours", "0",
                               "--file-retention-hours", "0"]).start()
@@ -258,7 +248,8 @@ def test_live_server_removes_outputs_and_expires_uploads(tiny_model_dir: Path, t
             assert kept["expires_at"] is None
             pid = http.post("/v1/models/vace/tiny/predictions", headers={"Prefer": "wait=1"}, json={"input": {
                 "prompt": "a red square", "width": 64, "height": 64, "num_frames": 5, "steps": 1}}).json()["id"]
-            done = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["completed_at"] and p)
+            done = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["completed_at"] and p,
+                            "the render to complete")
             assert done["status"] == "succeeded" and done["data_removed"] is False
             assert http.get(f"/outputs/{pid}.mp4").status_code == 200
     finally:
@@ -270,14 +261,15 @@ def test_live_server_removes_outputs_and_expires_uploads(tiny_model_dir: Path, t
         with sweeping.client() as http:
             fresh = http.post("/v1/files", files={"content": ("b.txt", b"bye", "text/plain")}).json()
             assert fresh["expires_at"] > fresh["created_at"]  # ISO 8601 UTC strings compare in time order
-            removed = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["data_removed"] and p)
+            removed = wait_for(lambda: (p := http.get(f"/v1/predictions/{pid}").json())["data_removed"] and p,
+                               "retention to remove the output")
             assert removed["output"] is None and removed["status"] == "succeeded"
             gone = http.get(f"/outputs/{pid}.mp4")
             assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
             assert gone.json()["status"] == 404
             assert not list((data / "outputs").glob(f"{pid}*"))
 
-            wait_for(lambda: http.get(f"/v1/files/{fresh['id']}").status_code == 404)
+            wait_for(lambda: http.get(f"/v1/files/{fresh['id']}").status_code == 404, "the upload to expire")
             as_input = http.post("/v1/models/vace/tiny/predictions", json={"input": {
                 "prompt": "p", "video": f"{sweeping.base_url}/v1/files/{fresh['id']}/download"}})
             assert as_input.status_code == 422, as_input.text

@@ -9,16 +9,15 @@ import json
 import os
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server_process import Server
+from tests.server_process import Server, stopped, wait_for
 from tests.synthetic import data_uri, solid_image
-from tests.system_deps import need_debian
+from tests.system_deps import missing, need_debian
 from vace.server.store import Prediction, Store, database_url
 
 KEY_A, KEY_B, ADMIN = "key-a-0123456789", "key-b-0123456789", "admin-0123456789"
@@ -36,7 +35,7 @@ def tiny_input(**extra) -> dict:
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     server = Server(tmp_path_factory.mktemp("trust") / "data", args=[
         "--model", f"tiny={tiny_model_dir}", "--api-key", KEY_A, "--api-key", KEY_B, "--admin-key", ADMIN,
-        "--worker-timeout", "30", "--test-stop-at-step", "2", "--max-upload-mb", "1", "--max-body-mb", "2"])
+        "--worker-timeout", "12", "--test-stop-at-step", "2", "--max-upload-mb", "1", "--max-body-mb", "2"])
     server.start()
     yield server
     server.stop()
@@ -49,17 +48,6 @@ def client(server: Server, key: str) -> httpx.Client:
 def health(server: Server) -> dict:
     with client(server, ADMIN) as http:
         return http.get("/health").json()
-
-
-def wait_for(condition, what: str, timeout: float = 120.0):
-    """Poll `condition()` until it returns something truthy (bounded); that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def finished(http: httpx.Client, prediction_id: str) -> dict | None:
@@ -261,31 +249,41 @@ def test_a_pending_webhook_retry_survives_a_restart(tiny_model_dir: Path, tmp_pa
         httpd.shutdown()
 
 
-def _stopped(pid: int) -> bool:
-    """Whether the process is stopped (SIGSTOP): its state in /proc is T."""
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def _paused_job(server: Server) -> tuple[str, int]:
     """Submit a job, and wait until the worker has stopped itself at the hook's step: (prediction id, worker pid)."""
     pid = health(server)["worker"]["pid"]
     with server.client() as http:
         pred = http.post(CREATE, json={"input": tiny_input()}).json()
-        wait_for(lambda: http.get(f"/v1/predictions/{pred['id']}").json()["status"] == "processing" and _stopped(pid),
+        wait_for(lambda: http.get(f"/v1/predictions/{pred['id']}").json()["status"] == "processing" and stopped(pid),
                  "the worker to stop at the hook's step")
     return pred["id"], pid
 
 
-def _stored(data_dir: Path, prediction_id: str) -> Prediction:
-    """The prediction as the stopped server left it in its store."""
+def _stored(data_dir: Path) -> list[Prediction]:
+    """The predictions the stopped server left in its store, newest first."""
     store = Store(database_url(data_dir))
     try:
-        pred = store.get(prediction_id)
-        assert pred is not None
-        return pred
+        return store.page(limit=100)
     finally:
         store.close()
+
+
+def _release(pid: int) -> None:
+    """SIGCONT a worker the hook stopped, so a failed test leaves no stopped process behind (it then sees its
+    server gone and exits)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _refuses_connections(server: Server) -> bool:
+    try:
+        with server.client() as http:
+            http.post(CREATE, json={"input": tiny_input(seed=9)})
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 @pytest.mark.parametrize("drain", ["finishes", "times out"])
@@ -297,16 +295,20 @@ def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, dr
     server = Server(tmp_path / "data", args=["--model", f"tiny={tiny_model_dir}", "--test-stop-at-step", "2",
                                              "--drain-timeout", timeout])
     server.start()
+    worker_pid = 0
     try:
         prediction_id, worker_pid = _paused_job(server)
         server.proc.send_signal(signal.SIGTERM)
         if drain == "finishes":
-            wait_for(lambda: server.proc.poll() is None and _stopped(worker_pid), "the drain to begin", timeout=5)
+            wait_for(lambda: _refuses_connections(server), "the server to stop taking connections")
+            assert server.proc.poll() is None and stopped(worker_pid)  # still draining the held job
             os.kill(worker_pid, signal.SIGCONT)
         assert server.proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
     finally:
+        _release(worker_pid)
         server.stop()
-    pred = _stored(server.data_dir, prediction_id)
+    (pred,) = _stored(server.data_dir)  # nothing new was taken in during the drain
+    assert pred.id == prediction_id
     if drain == "finishes":
         assert pred.status == "succeeded" and pred.output
     else:
@@ -319,9 +321,14 @@ def test_an_unwritable_data_dir_mid_job_then_writable_again_service_resumes(tiny
     store cannot be written, a create is refused with a 503 and no row; once the disk is writable again the held
     job ends, /health is READY again and a new job succeeds."""
     chattr = need_debian("e2fsprogs", "chattr")
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    if subprocess.run([chattr, "+i", str(probe)], capture_output=True).returncode:
+        missing("chattr +i (root, on a filesystem with the immutable flag)", f"refused on {tmp_path}")
+    subprocess.run([chattr, "-i", str(probe)], check=True)
     server = Server(tmp_path / "data", args=["--model", f"tiny={tiny_model_dir}", "--test-stop-at-step", "2"])
     server.start()
-    frozen = False
+    frozen, worker_pid = False, 0
     try:
         prediction_id, worker_pid = _paused_job(server)
         with server.client() as http:
@@ -340,12 +347,14 @@ def test_an_unwritable_data_dir_mid_job_then_writable_again_service_resumes(tiny
             assert held["status"] in ("succeeded", "failed")  # failed: its work files could not be written
             wait_for(lambda: http.get("/health").status_code == 200, "/health READY again")
             assert len(http.get("/v1/predictions").json()["results"]) == before  # the refused create left no row
+            assert health(server)["worker"]["pid"] == worker_pid  # the same worker, which the hook holds again
             new = http.post(CREATE, json={"input": tiny_input(seed=6)}).json()
-            wait_for(lambda: _stopped(worker_pid), "the hook to hold the new job too (it holds every job here)")
+            wait_for(lambda: stopped(worker_pid), "the hook to hold the new job too (it holds every job here)")
             os.kill(worker_pid, signal.SIGCONT)
             done = wait_for(lambda: finished(http, new["id"]), "a new job after the disk came back")
             assert done["status"] == "succeeded", done["error"]
     finally:
         if frozen:
             subprocess.run([chattr, "-R", "-i", str(server.data_dir)], check=True)
+        _release(worker_pid)
         server.stop()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vace.pipelines.engine.prompt_tokens import prompt_limit_for
-from vace.pipelines.job.errors import RequestError
 from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.fetch import FetchPolicy, materialize
 from vace.pipelines.media.sniff import IMAGE, VIDEO, inspect_media
@@ -62,8 +61,5 @@ class Intake:
         with tempfile.TemporaryDirectory(prefix="vace-intake-") as tmp:
             for name, ref, kinds in inputs:
                 if ref:
-                    try:
-                        readable = self.storage.readable(ref, Path(tmp) / "stored")
-                    except FileNotFoundError:  # removed between the URL's check and this read
-                        raise RequestError(name, "file not found (removed from the storage)") from None
+                    readable = self.storage.readable(ref, Path(tmp) / "stored", name)
                     inspect_media(materialize(readable, name, Path(tmp), self.fetch_policy), name, kinds)

@@ -156,7 +156,8 @@ class JobRunner:
             stored = job.job
             work_dir = self.data_dir / "work" / job.id
             # The server's uploads and outputs used as inputs: read in place, or downloaded from the bucket.
-            request = with_media(stored.request, lambda ref, _: self.storage.readable(ref, work_dir / "inputs"))
+            inputs = work_dir / "inputs"
+            request = with_media(stored.request, lambda ref, field: self.storage.readable(ref, inputs, field))
             model = self.pool.get(job.model)
             self.writes.beat()  # between phases too: each phase must end within --worker-timeout
             renderer = renderer_for(model, work_dir, self.fetch_policy, self.config.settings.lora_config(),
