@@ -64,8 +64,9 @@ class Storage(ABC):
         """The object's size in bytes; None when there is no such object."""
 
     @abstractmethod
-    def open(self, rel: str) -> BinaryIO:
-        """The object for reading (FileNotFoundError when missing)."""
+    def open(self, rel: str, size: int | None = None) -> BinaryIO:
+        """The object for reading (FileNotFoundError when missing); `size`, when the caller knows it, spares an
+        object store the request that would look it up."""
 
     @abstractmethod
     def delete(self, rel: str) -> None:
@@ -79,9 +80,11 @@ class Storage(ABC):
         with self.open(rel) as fh:
             return fh.read()
 
-    def chunks(self, rel: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """The object's bytes from `start`, `length` of them (all when None), in pieces of at most CHUNK."""
-        with self.open(rel) as fh:
+    def chunks(self, rel: str, start: int = 0, length: int | None = None,
+               size: int | None = None) -> Iterator[bytes]:
+        """The object's bytes from `start`, `length` of them (all when None), in pieces of at most CHUNK; `size` as
+        for open()."""
+        with self.open(rel, size) as fh:
             fh.seek(start)
             left = length
             while left is None or left > 0:
@@ -164,7 +167,7 @@ class LocalStorage(Storage):
         path = self.path(rel)
         return path.stat().st_size if path.is_file() else None
 
-    def open(self, rel: str) -> BinaryIO:
+    def open(self, rel: str, size: int | None = None) -> BinaryIO:
         return open(self.path(rel), "rb")
 
     def delete(self, rel: str) -> None:
@@ -226,8 +229,8 @@ class ObjectStorage(Storage):
         except FileNotFoundError:
             return None
 
-    def open(self, rel: str) -> BinaryIO:
-        return self.fs.open(self.key(rel), "rb", block_size=CHUNK)
+    def open(self, rel: str, size: int | None = None) -> BinaryIO:
+        return self.fs.open(self.key(rel), "rb", block_size=CHUNK, size=size)
 
     def delete(self, rel: str) -> None:
         try:
