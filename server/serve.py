@@ -20,6 +20,7 @@ from vace.pipelines.job.request import RequestError
 from vace.server.app import create_app
 from vace.server.retention import RetentionPolicy
 from vace.server.service.loras import check_distill_fits
+from vace.server.service.served import ModelUnreadable
 from vace.server.settings import LOOPBACK_NAMES, ServeSettings, add_flags, from_flags
 from vace.server.storage import StorageError
 from vace.server.worker.devices import worker_device_sets
@@ -129,6 +130,8 @@ def check_turbo_for(settings: ServeSettings) -> None:
         except RequestError as exc:
             raise ValueError(f"--turbo-for needs a --distill-lora that fits every served model: {exc.message}") \
                 from None
+        except ModelUnreadable as exc:
+            raise ValueError(f"--turbo-for: model {name}: {exc.detail}") from None
 
 
 def serve(args: argparse.Namespace) -> int:

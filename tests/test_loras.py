@@ -3,7 +3,11 @@ swap on the tiny models (scale 1 differs, scale 0 and no LoRA are bit-identical,
 
 from __future__ import annotations
 
+import functools
 import http.server
+import json
+import shutil
+import struct
 import threading
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import torch
 from vace.pipelines.acceleration.presets import DistillRecipe, apply_distill
 from vace.pipelines.engine.group import GroupRenderer, render_group
 from vace.pipelines.engine.loading import load_pipeline
-from vace.pipelines.engine.lora_keys import converted_shapes
+from vace.pipelines.engine.lora_keys import UnknownKeys, converted_shapes
 from vace.pipelines.engine.loras import (
     ActiveLora,
     LoraConfig,
@@ -32,8 +36,11 @@ from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, TINY_STYLE, write_l
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
-from vace.server.service.loras import check_distill_fits
-from vace.weights.safetensors_header import read_header
+from vace.server.serve import check_turbo_for
+from vace.server.service.loras import check_distill_fits, check_loras, library_listing
+from vace.server.service.served import ModelUnreadable
+from vace.server.settings import ServeSettings
+from vace.weights.safetensors_header import HeaderError, TensorInfo, read_header
 
 STYLE_FILES = (TINY_STYLE, f"{TINY_STYLE}-comfy", f"{TINY_STYLE}-kohya")
 
@@ -48,6 +55,12 @@ def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def library(library_dir: Path) -> LoraLibrary:
     return LoraLibrary(library_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_linears(tiny_model_dir: Path):
+    """The tiny model's layers per transformer subfolder, as check_request_loras looks them up."""
+    return functools.partial(linear_shapes_from_weights, tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +166,31 @@ def _extra_keys(fmt: str) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["comfy", "comfy-head-delta", "kohya"])
+# Kohya LoRAs diffusers refuses (KeyError): a gap in the block numbers, a block without one module, a missing alpha.
+PARTIAL_KOHYA = {
+    "kohya-gap": lambda t: {k.replace("blocks_1_", "blocks_2_"): v for k, v in t.items()},
+    "kohya-missing-module": lambda t: {k: v for k, v in t.items() if "blocks_1_ffn_2." not in k},
+    "kohya-no-alpha": lambda t: {k: v for k, v in t.items() if k != "lora_unet_blocks_0_cross_attn_o.alpha"},
+}
+
+
+@pytest.mark.parametrize("fmt", ["comfy", "comfy-head-delta", "kohya", *PARTIAL_KOHYA])
 def test_header_key_conversion_matches_diffusers_on_rarer_keys(fmt, tmp_path):
     from diffusers import WanVACEPipeline
     from safetensors.torch import save_file
 
-    tensors = _extra_keys(fmt)
+    tensors = _extra_keys(fmt) if fmt not in PARTIAL_KOHYA else PARTIAL_KOHYA[fmt](_extra_keys("kohya"))
     save_file(tensors, str(tmp_path / "x.safetensors"))
+    if fmt in PARTIAL_KOHYA:
+        with pytest.raises(KeyError):
+            WanVACEPipeline.lora_state_dict(dict(tensors))
+        with pytest.raises(UnknownKeys, match="missing"):
+            converted_shapes(read_header(tmp_path / "x.safetensors"))
+        return
     theirs = WanVACEPipeline.lora_state_dict(dict(tensors))
-    assert converted_shapes(read_header(tmp_path / "x.safetensors")) == {k: tuple(v.shape) for k, v in theirs.items()}
+    shapes, key_format = converted_shapes(read_header(tmp_path / "x.safetensors"))
+    assert shapes == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert key_format == fmt.removesuffix("-head-delta")
 
 
 def test_keys_diffusers_refuses_are_refused_from_the_header(tmp_path):
@@ -187,22 +216,22 @@ def test_keys_diffusers_refuses_are_refused_from_the_header(tmp_path):
         lora_shapes(tmp_path / "x.safetensors", "loras[0].name")
 
 
-def test_lora_for_another_base_model_is_refused_naming_the_field(library, library_dir, other_base_lora,
+def test_lora_for_another_base_model_is_refused_naming_the_field(library, library_dir, other_base_lora, tiny_linears,
                                                                   tiny_model_dir, tiny_model):
     shapes, _ = lora_shapes(other_base_lora, "x")
     assert describe_base(shapes)["width"] == 48
     assert linear_shapes_from_weights(tiny_model_dir) == linear_shapes_from_module(tiny_model.pipeline.transformer)
     lib = LoraLibrary(library_dir)
-    check_request_loras(parse_loras([{"name": TINY_STYLE}]), lib, tiny_model_dir, False, "tiny")
+    check_request_loras(parse_loras([{"name": TINY_STYLE}]), lib, tiny_linears, False, "tiny")
     with pytest.raises(RequestError) as err:
         check_request_loras(parse_loras([{"name": TINY_STYLE}, {"path": str(other_base_lora)}]), lib,
-                            tiny_model_dir, False, "tiny")
+                            tiny_linears, False, "tiny")
     assert err.value.field == "loras[1].path"
     assert "does not fit model tiny" in err.value.message and "width 48" in err.value.message
     assert "24->24" in err.value.message
 
 
-def test_not_a_lora_and_wrong_expert_are_refused(library, tmp_path, tiny_model_dir):
+def test_not_a_lora_and_wrong_expert_are_refused(library, tmp_path, tiny_linears):
     from safetensors.torch import save_file
 
     save_file({"blocks.0.attn1.to_q.weight": torch.zeros(24, 24)}, str(tmp_path / "full.safetensors"))
@@ -210,10 +239,10 @@ def test_not_a_lora_and_wrong_expert_are_refused(library, tmp_path, tiny_model_d
     lib = LoraLibrary(tmp_path)
     for name in ("full", "junk"):
         with pytest.raises(RequestError) as err:
-            check_request_loras([LoraSpec(name=name)], lib, tiny_model_dir, False, "tiny")
+            check_request_loras([LoraSpec(name=name)], lib, tiny_linears, False, "tiny")
         assert err.value.field == "loras[0].name"
     with pytest.raises(RequestError) as err:
-        check_request_loras([LoraSpec(name=TINY_STYLE, expert="low_noise")], library, tiny_model_dir, False, "tiny")
+        check_request_loras([LoraSpec(name=TINY_STYLE, expert="low_noise")], library, tiny_linears, False, "tiny")
     assert err.value.field == "loras[0].expert"
 
 
@@ -263,7 +292,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_model_dir):
+def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_linears):
     _Files.body = (library_dir / "tiny-style-comfy.safetensors").read_bytes()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -280,10 +309,17 @@ def test_url_is_fetched_once_and_cached_by_sha256(library_dir, tmp_path, tiny_mo
         again = LoraLibrary(cache_dir=tmp_path / "cache").resolve(LoraSpec(url=url), "loras[0]", fetch=False)
         assert _Files.hits == 2  # the redirect and the file, once
         assert first == again and first.path.name == f"{first.sha256}.safetensors"
-        check_request_loras([LoraSpec(url=url)], lib, tiny_model_dir, False, "tiny")
+        check_request_loras([LoraSpec(url=url)], lib, tiny_linears, False, "tiny")
         with pytest.raises(RequestError) as err:
             LoraLibrary().resolve(LoraSpec(url=url), "loras[0]")
         assert "fetches no LoRA URLs" in err.value.message
+        # a readable header over data with bytes no tensor owns: safetensors refuses it, so it is not cached
+        _Files.body += b"\0" * 16
+        bad = f"http://127.0.0.1:{server.server_address[1]}/cdn/padded.safetensors"
+        with pytest.raises(RequestError) as err:
+            lib.resolve(LoraSpec(url=bad), "loras[0]")
+        assert err.value.field == "loras[0].url" and "not a .safetensors file" in err.value.message
+        assert bad not in (tmp_path / "cache" / "urls.json").read_text()
     finally:
         server.shutdown()
         server.server_close()
@@ -414,6 +450,52 @@ def test_two_expert_turbo_runs_a_distill_pair(own_a14b, tiny_a14b_dir, tiny_mode
     with pytest.raises(RequestError) as err:
         check_distill_fits(LoraConfig(library_dir, distill=wrong), "tiny-a14b", str(tiny_a14b_dir))
     assert err.value.field == "preset" and "does not fit model tiny-a14b" in err.value.message
+
+
+def test_a_served_model_is_read_once_and_an_unreadable_one_is_named(tiny_model_dir, library_dir, tmp_path):
+    config = LoraConfig(library_dir, tmp_path / "cache", distill=DistillRecipe(TINY_DISTILL))
+    turbo = small(preset="turbo", loras=[{"name": TINY_STYLE}])
+    served = tmp_path / "served"
+    shutil.copytree(tiny_model_dir, served)
+    check_loras(turbo, "tiny", str(served), config, None)
+    (served / "model_index.json").unlink()
+    for shard in (served / "transformer").glob("*.safetensors"):
+        shard.unlink()
+    check_loras(turbo, "tiny", str(served), config, None)  # a served directory's files are read once
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model_index.json").unlink()
+    with pytest.raises(ModelUnreadable, match="model_index.json") as err:
+        check_loras(turbo, "tiny", str(broken), config, None)
+    assert err.value.status == 503
+    settings = ServeSettings(model=[f"broken={broken}"], data_dir=tmp_path / "data", lora_dir=library_dir,
+                             distill_lora=TINY_DISTILL, turbo_for=["fal:regular"])
+    with pytest.raises(ValueError, match="--turbo-for: model broken: .*model_index.json"):
+        check_turbo_for(settings)
+
+    odd = tmp_path / "odd"  # a transformer shard with a dtype the header reader does not know
+    shutil.copytree(tiny_model_dir, odd)
+    header = json.dumps({"w.weight": {"dtype": "Q3", "shape": [2, 2], "data_offsets": [0, 4]}}).encode()
+    (odd / "transformer" / "extra.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(ModelUnreadable, match="unknown dtype 'Q3'"):
+        check_loras(small(loras=[{"name": TINY_STYLE}]), "tiny", str(odd), config, None)
+    with pytest.raises(ModelUnreadable, match="unknown dtype 'Q3'"):
+        library_listing(LoraLibrary(library_dir), None, {"odd": str(odd)})
+
+
+def test_header_reader_knows_every_safetensors_dtype(tmp_path):
+    def write(dtype: str, shape: list[int], nbytes: int) -> Path:
+        header = json.dumps({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}).encode()
+        path = tmp_path / f"{dtype}-{nbytes}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(nbytes))
+        return path
+
+    for dtype, shape, nbytes in (("F8_E8M0", [4], 4), ("F4", [2, 3], 3), ("F6_E2M3", [4], 3), ("F6_E3M2", [4], 3),
+                                 ("C64", [2], 16)):
+        assert read_header(write(dtype, shape, nbytes))["t"] == TensorInfo(dtype, tuple(shape))
+    with pytest.raises(HeaderError, match="bytes for shape"):  # 3 four-bit values do not fill whole bytes
+        read_header(write("F4", [3], 2))
 
 
 # --- a sequence-parallel group -------------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from vace.pipelines.engine.loading import load_pipeline
 from vace.weights.catalog import CHECKPOINTS, EQUIVALENT_CLASSES
-from vace.weights.integrity import verify_manifest, write_manifest
+from vace.weights.integrity import cached_sha256, verify_manifest, write_manifest
 from vace.weights.loader import WeightsError, check_layout
 
 
@@ -103,3 +106,18 @@ def test_cli_weights_commands(tmp_path, tiny_home):
     assert bad.returncode == 1 and "scheduler/scheduler_config.json: size" in bad.stderr
     listing = vace("weights", "list")
     assert "Wan-AI/Wan2.1-VACE-14B-diffusers" in listing.stdout
+
+
+def test_cached_sha256_per_file_version_from_many_threads(tmp_path):
+    """One digest per (path, size, mtime) shared by threads (an lru_cache: no eviction race at capacity); a file
+    rewritten in place is hashed again."""
+    files = [tmp_path / f"f{i}.bin" for i in range(64)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 100)
+    with ThreadPoolExecutor(8) as pool:
+        digests = list(pool.map(cached_sha256, files * 8))
+    assert digests == [hashlib.sha256(bytes([i % 64]) * 100).hexdigest() for i in range(64 * 8)]
+    stat = files[0].stat()
+    files[0].write_bytes(b"other" * 20)
+    os.utime(files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert cached_sha256(files[0]) == hashlib.sha256(b"other" * 20).hexdigest()

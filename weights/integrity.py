@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 MANIFEST_NAME = "vace-manifest.json"
 _CHUNK = 8 * 1024 * 1024
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, for cached_sha256
-_DIGESTS_MAX = 4096
+FileKey = tuple[str, int, int]  # (resolved path, size, mtime_ns): a file rewritten in place gets a new key
 
 
 def sha256_file(path: Path) -> str:
@@ -20,16 +20,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_key(path: str | Path) -> FileKey:
+    """The key a per-file cache keeps a result under: the resolved path, size and mtime_ns."""
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def cached_sha256(path: Path) -> str:
     """sha256 of a file, computed once per (path, size, mtime) in this process: a file rewritten in place gets a
     new mtime and is hashed again."""
-    stat = path.stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        if len(_DIGESTS) >= _DIGESTS_MAX:
-            _DIGESTS.pop(next(iter(_DIGESTS)))
-        _DIGESTS[key] = sha256_file(path)
-    return _DIGESTS[key]
+    return _sha256_of(file_key(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(key: FileKey) -> str:
+    return sha256_file(Path(key[0]))
 
 
 def _files(root: Path) -> list[Path]:

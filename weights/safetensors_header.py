@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own cap
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# Every dtype the safetensors format defines, in bits per element (F4 and F6 pack below a byte).
+DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+              "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+              "F64": 64, "I64": 64, "U64": 64}
 
 
 class HeaderError(ValueError):
@@ -61,7 +63,7 @@ def _tensor(name: str, entry: object, data_bytes: int) -> TensorInfo:
     if not isinstance(entry, dict):
         raise HeaderError(f"tensor {name!r}: the entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if dtype not in DTYPE_BITS:
         raise HeaderError(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
@@ -69,6 +71,7 @@ def _tensor(name: str, entry: object, data_bytes: int) -> TensorInfo:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1] <= data_bytes):
         raise HeaderError(f"tensor {name!r}: data offsets {offsets!r} lie outside the file")
-    if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if bits % 8 or offsets[1] - offsets[0] != bits // 8:
         raise HeaderError(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype}")
     return TensorInfo(dtype, tuple(shape))

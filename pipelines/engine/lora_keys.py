@@ -9,6 +9,7 @@ result equals diffusers' conversion. The worker loads LoRAs through diffusers it
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -52,9 +53,9 @@ def key_format(keys: list[str] | Mapping[str, object]) -> str:
     return "peft"
 
 
-def converted_shapes(tensors: Mapping[str, TensorInfo]) -> Shapes:
-    """diffusers key (`transformer.…`) -> shape of every tensor the converters keep; UnknownKeys naming a key they
-    would refuse."""
+def converted_shapes(tensors: Mapping[str, TensorInfo]) -> tuple[Shapes, str]:
+    """(diffusers key (`transformer.…`) -> shape of every tensor the converters keep, key format); UnknownKeys
+    naming a key they would refuse or one they need and the file lacks."""
     fmt = key_format(tensors)
     shapes = {k: v.shape for k, v in tensors.items()}
     if fmt == "comfy":
@@ -63,7 +64,7 @@ def converted_shapes(tensors: Mapping[str, TensorInfo]) -> Shapes:
         out = _kohya(shapes)
     else:
         out = shapes
-    return {k: v for k, v in out.items() if "dora_scale" not in k}
+    return {k: v for k, v in out.items() if "dora_scale" not in k}, fmt
 
 
 def _comfy(raw: Shapes) -> Shapes:
@@ -114,16 +115,33 @@ def _split(key: str, suffixes: dict[str, str]) -> tuple[str | None, str]:
 
 
 def _kohya(raw: Shapes) -> Shapes:
+    """As diffusers' _convert_musubi_wan_lora_to_diffusers: N distinct block numbers mean blocks 0..N-1, each with
+    lora_down, lora_up and a one-element alpha for every module (k_img/v_img too in an I2V LoRA), and no other key."""
     shapes = {k[len(KOHYA_PREFIX):]: v for k, v in raw.items()}
+    stray = [k for k in shapes if not _KOHYA_KEY.fullmatch(k)]
+    if stray:
+        raise UnknownKeys(f"a key diffusers' kohya/musubi converter does not take: {KOHYA_PREFIX}{stray[0]}")
+    count = len({_KOHYA_KEY.fullmatch(k)[1] for k in shapes})  # type: ignore[index]
     image = any("k_img" in k for k in shapes) and any("v_img" in k for k in shapes)
     blocks = BLOCK_MODULES | (IMAGE_MODULES if image else {})
     out: Shapes = {}
-    for key, shape in shapes.items():
-        m = _KOHYA_KEY.fullmatch(key)
-        module = f"{m[2]}.{m[3]}" if m else ""
-        if m is None or module not in blocks:
-            raise UnknownKeys(f"a key diffusers' kohya/musubi converter does not take: {KOHYA_PREFIX}{key}")
-        if m[4] != "alpha":
-            part = "lora_A.weight" if m[4].startswith("lora_down") else "lora_B.weight"
-            out[f"transformer.blocks.{m[1]}.{blocks[module]}.{part}"] = shape
+    missing: list[str] = []
+    for i in range(count):
+        for module, ours in blocks.items():
+            name = f"blocks_{i}_{module.replace('.', '_')}"
+            down, up, alpha = (shapes.pop(f"{name}.{part}", None)
+                               for part in ("lora_down.weight", "lora_up.weight", "alpha"))
+            missing += [f"{KOHYA_PREFIX}{name}.{part}" for part, shape in
+                        (("lora_down.weight", down), ("lora_up.weight", up), ("alpha", alpha)) if shape is None]
+            if alpha is not None and math.prod(alpha) != 1:
+                raise UnknownKeys(f"{KOHYA_PREFIX}{name}.alpha has shape {alpha}; diffusers needs one number")
+            if down is not None and up is not None:
+                out[f"transformer.blocks.{i}.{ours}.lora_A.weight"] = down
+                out[f"transformer.blocks.{i}.{ours}.lora_B.weight"] = up
+    if missing:
+        raise UnknownKeys(f"a kohya/musubi LoRA with {count} blocks needs every layer of blocks 0-{count - 1}; "
+                          f"missing {len(missing)} key(s), e.g. {', '.join(missing[:3])}")
+    if shapes:
+        raise UnknownKeys(f"keys diffusers' kohya/musubi converter does not take: "
+                          f"{', '.join(KOHYA_PREFIX + k for k in list(shapes)[:3])}")
     return out

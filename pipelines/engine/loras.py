@@ -15,6 +15,7 @@ unfusing does not restore the base weights bit for bit in bf16, so jobs after it
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -22,21 +23,23 @@ import tempfile
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from vace.pipelines.acceleration.presets import DistillRecipe
-from vace.pipelines.engine.lora_keys import UnknownKeys, converted_shapes, key_format
+from vace.pipelines.engine.lora_keys import UnknownKeys, converted_shapes
 from vace.pipelines.job.loras import LoraSpec, parse_loras
 from vace.pipelines.job.request import RequestError
 from vace.pipelines.media.fetch import FetchPolicy, materialize
-from vace.weights.integrity import cached_sha256, sha256_file
+from vace.weights.integrity import FileKey, cached_sha256, file_key, sha256_file
 from vace.weights.safetensors_header import HeaderError, read_header
 
 LORA_MAX_BYTES = 4 * 1024**3
 ADAPTER_CAPACITY = 8
+Linears = Mapping[str, tuple[int, int]]  # module name -> (out, in) features of a transformer's linear layers
 _LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
 # Transformer width -> the Wan model it belongs to (for listings and refusals).
 WAN_WIDTHS = {1536: "Wan2.1 1.3B", 3072: "Wan2.2 TI2V 5B", 5120: "Wan 14B (Wan2.1 14B, Wan2.2 A14B)",
@@ -119,7 +122,7 @@ class LoraLibrary:
         os.replace(staged, self.cache_dir / "urls.json")
         return LoraFile(target, sha, url)
 
-    def entries(self, models: dict[str, dict[str, tuple[int, int]]] | None = None) -> list[dict[str, Any]]:
+    def entries(self, models: Mapping[str, Linears] | None = None) -> list[dict[str, Any]]:
         """The library's LoRAs: name, size, sha256, key format and detected base model; with `models`
         (name -> linear_shapes_from_weights) also which served models each one fits."""
         out = []
@@ -140,9 +143,14 @@ class LoraLibrary:
 
 
 def _check_safetensors(path: Path, where: str) -> None:
+    """RequestError unless the file is a whole .safetensors file, as the safetensors package checks it (the
+    header and every tensor's offsets filling the data exactly): a fetched URL is cached only if it is one."""
+    from safetensors import SafetensorError, safe_open  # loads only in workers, which fetch LoRA URLs
+
     try:
-        read_header(path)
-    except (HeaderError, OSError) as exc:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as exc:
         raise RequestError(where, f"not a .safetensors file ({exc})") from None
 
 
@@ -160,7 +168,7 @@ def convert(state_dict: dict[str, Any], where: str) -> dict[str, Any]:
     return converted
 
 
-def _check_keys(converted: dict[str, Any], where: str) -> None:
+def _check_keys(converted: Mapping[str, Any], where: str) -> None:
     if not converted:
         raise RequestError(where, "the file holds no LoRA weights")
     stray = [k for k in converted if not (k.startswith("transformer.") and k.endswith(_LORA_SUFFIXES))]
@@ -169,19 +177,24 @@ def _check_keys(converted: dict[str, Any], where: str) -> None:
                                   f"{', '.join(stray[:3])}")
 
 
-def lora_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]], str]:
+def lora_shapes(path: Path, where: str) -> tuple[Mapping[str, tuple[int, ...]], str]:
     """(converted key -> shape, key format) of a LoRA file, from its header alone (lora_keys renames the keys as
-    diffusers' converters do), so checking a LoRA at submit loads no weights and no torch."""
+    diffusers' converters do), so checking a LoRA at submit loads no weights and no torch. Read once per file
+    version (path, size, mtime)."""
     try:
-        tensors = read_header(path)
+        shapes, fmt = _header_shapes(file_key(path))
     except (HeaderError, OSError) as exc:
         raise RequestError(where, f"not a readable .safetensors LoRA ({exc})") from None
-    try:
-        shapes = converted_shapes(tensors)
     except UnknownKeys as exc:
         raise RequestError(where, f"not a Wan LoRA in a key format diffusers reads ({exc})") from None
     _check_keys(shapes, where)
-    return shapes, key_format(tensors)
+    return shapes, fmt
+
+
+@functools.lru_cache(maxsize=256)
+def _header_shapes(key: FileKey) -> tuple[Mapping[str, tuple[int, ...]], str]:
+    shapes, fmt = converted_shapes(read_header(key[0]))
+    return MappingProxyType(shapes), fmt
 
 
 def read_lora(path: Path, where: str) -> tuple[dict[str, Any], dict | None]:
@@ -220,7 +233,7 @@ def linear_shapes_from_module(transformer: Any) -> dict[str, tuple[int, int]]:
     return shapes
 
 
-def fit_problems(shapes: dict[str, tuple[int, ...]], linears: dict[str, tuple[int, int]]) -> list[str]:
+def fit_problems(shapes: Mapping[str, tuple[int, ...]], linears: Linears) -> list[str]:
     """Why a converted LoRA does not fit a transformer's linear layers (empty when it fits)."""
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
@@ -243,7 +256,7 @@ def fit_problems(shapes: dict[str, tuple[int, ...]], linears: dict[str, tuple[in
     return problems
 
 
-def describe_base(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+def describe_base(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """What a LoRA was made for, read from its shapes: transformer width, blocks, rank and the Wan model."""
     width = next((s[1] for k, s in shapes.items() if ".attn1.to_q.lora_A" in k), None)
     if width is None:
@@ -256,7 +269,7 @@ def describe_base(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
             "vace_blocks": any(k.startswith("transformer.vace_blocks.") for k in shapes)}
 
 
-def check_fits(shapes: dict[str, tuple[int, ...]], linears: dict[str, tuple[int, int]], where: str, label: str,
+def check_fits(shapes: Mapping[str, tuple[int, ...]], linears: Linears, where: str, label: str,
                model_name: str) -> None:
     """RequestError naming `where` if the LoRA does not fit the model (made for another base model or rank)."""
     problems = fit_problems(shapes, linears)
@@ -277,11 +290,11 @@ def expert_subfolders(expert: str, two_experts: bool, where: str) -> tuple[str, 
     return ("transformer",) if expert == "high_noise" else ("transformer_2",)
 
 
-def check_request_loras(specs: Sequence[LoraSpec], library: LoraLibrary, model_dir: str | Path, two_experts: bool,
-                        model_name: str, field_name: str = "loras") -> None:
+def check_request_loras(specs: Sequence[LoraSpec], library: LoraLibrary, linears: Callable[[str], Linears],
+                        two_experts: bool, model_name: str, field_name: str = "loras") -> None:
     """What a server checks at submit, from file headers only: every LoRA resolves and fits the model's
-    transformer(s). A URL not fetched yet is checked by the worker after fetching it."""
-    tables: dict[str, dict[str, tuple[int, int]]] = {}
+    transformer(s), whose layers `linears(subfolder)` gives (linear_shapes_from_weights, or a cache of it). A URL
+    not fetched yet is checked by the worker after fetching it."""
     for i, spec in enumerate(specs):
         where = f"{field_name}[{i}]"
         subs = expert_subfolders(spec.expert, two_experts, where)
@@ -290,9 +303,7 @@ def check_request_loras(specs: Sequence[LoraSpec], library: LoraLibrary, model_d
             continue
         shapes, _ = lora_shapes(file.path, f"{where}.{spec.source}")
         for sub in subs:
-            if sub not in tables:
-                tables[sub] = linear_shapes_from_weights(model_dir, sub)
-            check_fits(shapes, tables[sub], f"{where}.{spec.source}", file.label, model_name)
+            check_fits(shapes, linears(sub), f"{where}.{spec.source}", file.label, model_name)
 
 
 @dataclass(frozen=True)

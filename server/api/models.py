@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-
 from vace.server.service.errors import ServiceError
-from vace.weights.loader import two_experts_at
+from vace.server.service.served import ModelUnreadable, served_two_experts
 
 
 class ModelUnavailable(ServiceError):
     status, title = 404, "Model not available"
 
 
-@functools.lru_cache(maxsize=64)
 def _is_two_expert(path: str) -> bool:
-    """Read once per process: a served model's directory does not change while it is served."""
+    """Whether a served model has two experts; one whose model_index.json cannot be read counts as one expert
+    (its jobs then fail naming the unreadable file)."""
     try:
-        return two_experts_at(path)
-    except (OSError, ValueError):
+        return served_two_experts(path)
+    except ModelUnreadable:
         return False
 
 

@@ -3,14 +3,15 @@ and the listing of the LoRA library (GET /v1/loras)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from vace.pipelines.acceleration.presets import DistillRecipe, check_distill, get_preset
-from vace.pipelines.engine.loras import LoraConfig, LoraLibrary, check_request_loras, linear_shapes_from_weights
+from vace.pipelines.engine.loras import LoraConfig, LoraLibrary, check_request_loras
 from vace.pipelines.job.loras import parse_loras
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
-from vace.weights.loader import two_experts_at
+from vace.server.service.served import served_linears, served_two_experts
 
 
 def check_loras(request: GenerationRequest, model: str, model_dir: str | None, config: LoraConfig,
@@ -28,19 +29,22 @@ def check_loras(request: GenerationRequest, model: str, model_dir: str | None, c
     if model_dir is None or not (specs or turbo):
         return
     if specs:
-        check_request_loras(specs, config.library(policy, allow_paths=allow_paths), model_dir,
-                            two_experts_at(model_dir), model)
+        check_request_loras(specs, config.library(policy, allow_paths=allow_paths),
+                            functools.partial(served_linears, model_dir), served_two_experts(model_dir), model)
     if turbo:
-        check_distill_fits(config, model, model_dir, policy)
+        check_distill_fits(config, model, model_dir)
 
 
-def check_distill_fits(config: LoraConfig, model: str, model_dir: str, policy: FetchPolicy | None = None) -> None:
-    """RequestError naming `preset` when the distill LoRA of preset turbo does not resolve or fit the model."""
+def check_distill_fits(config: LoraConfig, model: str, model_dir: str) -> None:
+    """RequestError naming `preset` when the distill LoRA of preset turbo does not resolve or fit the model;
+    ModelUnreadable when the served model's files cannot be read. The model's files are read once per process
+    (served.py), the LoRA's header once per file version."""
     if config.distill is None:
         return  # nothing to fit: check_distill refuses turbo without one
+    two_experts = served_two_experts(model_dir)
     try:
-        two_experts = two_experts_at(model_dir)
-        check_request_loras(config.distill.specs(two_experts), config.library(policy), model_dir, two_experts, model)
+        check_request_loras(config.distill.specs(two_experts), config.library(),
+                            functools.partial(served_linears, model_dir), two_experts, model)
     except RequestError as exc:
         raise RequestError("preset", f"the distill LoRA of preset turbo (--distill-lora): {exc.message}") from None
 
@@ -48,7 +52,7 @@ def check_distill_fits(config: LoraConfig, model: str, model_dir: str, policy: F
 def library_listing(library: LoraLibrary, distill: DistillRecipe | None, models: dict[str, str]) -> dict[str, Any]:
     """The library's LoRAs (name, size, sha256, key format, detected base model, served models it fits) and
     the distill preset turbo runs."""
-    fits = {name: linear_shapes_from_weights(path) for name, path in models.items()}
+    fits = {name: served_linears(path) for name, path in models.items()}
     return {"loras": library.entries(fits),
             "distill": None if distill is None else {"lora": distill.lora, "steps": distill.steps, "guidance": 1.0,
                                                       "shift": distill.shift, "sampler": distill.sampler,
