@@ -3,6 +3,7 @@ swap on the tiny models (scale 1 differs, scale 0 and no LoRA are bit-identical,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import json
@@ -450,6 +451,18 @@ def test_two_expert_turbo_runs_a_distill_pair(own_a14b, tiny_a14b_dir, tiny_mode
     with pytest.raises(RequestError) as err:
         check_distill_fits(LoraConfig(library_dir, distill=wrong), "tiny-a14b", str(tiny_a14b_dir))
     assert err.value.field == "preset" and "does not fit model tiny-a14b" in err.value.message
+
+
+def test_prepare_takes_the_experts_from_the_loaded_model(own_a14b, library_dir, tmp_path):
+    """The distill pair goes on a two-expert model whose directory holds no model_index.json (a model moved, or
+    built in place): the loaded model knows its experts, the job does not re-read the index."""
+    low = write_lora(tmp_path / "low-distill.safetensors", "comfy", seed=4, dtype="bfloat16")
+    recipe = DistillRecipe(TINY_DISTILL, low_noise_lora=str(low))
+    moved = dataclasses.replace(own_a14b, path=tmp_path / "moved")
+    prepared = Renderer(moved, work_dir=tmp_path, loras=LoraConfig(library_dir, distill=recipe)).prepare(
+        small(preset="turbo"))
+    assert [(a.file.label, a.expert) for a in prepared.loras] == [(TINY_DISTILL, "high_noise"),
+                                                                  (str(low), "low_noise")]
 
 
 def test_a_served_model_is_read_once_and_an_unreadable_one_is_named(tiny_model_dir, library_dir, tmp_path):

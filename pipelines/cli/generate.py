@@ -32,7 +32,7 @@ from vace.pipelines.job.request import (
 )
 from vace.pipelines.outputs.retime import retime
 from vace.weights.catalog import HelperDirs
-from vace.weights.loader import WeightsError, check_layout
+from vace.weights.loader import WeightsError, check_layout, has_two_experts
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:
@@ -225,14 +225,14 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         request = request_from_args(args).validated()
         model_dir = resolve_model(args.model)
-        check_layout(model_dir)
+        two_experts = has_two_experts(check_layout(model_dir))
         env_device = None if device == "auto" else device
         preflight(request, AnnotatorEnv.for_model(model_dir, env_device))
         max_side = default_render_side(args.model in TINY_MODELS, args.max_render_side)
         loras = lora_config_from_args(args)
         helpers = HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl)
         prepared = prepare_request(capped_request(request, max_side), Path(work), None, model_dir, env_device,
-                                   loras, helpers)
+                                   two_experts, loras, helpers)
     except RequestError as exc:
         return _fail(flag_error(exc.field, exc.message))
     except WeightsError as exc:

@@ -458,7 +458,7 @@ class GroupRenderer:
         """As Renderer.prepare; the LoRAs resolve here to local files, which every rank then loads."""
         spec = self.group.spec
         return prepare_request(request, self.work_dir, self.fetch_policy, Path(spec.model_dir), spec.devices[0],
-                               self.loras, self.helpers, self.annotators_dir)
+                               self.group.two_experts, self.loras, self.helpers, self.annotators_dir)
 
     def render(self, request: GenerationRequest | Prepared, on_progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None, output_path: str | Path | None = None,

@@ -29,7 +29,6 @@ from vace.pipelines.job.requirements import require_helpers
 from vace.pipelines.media.codec import write_mp4
 from vace.pipelines.media.fetch import FetchPolicy
 from vace.weights.catalog import HelperDirs
-from vace.weights.loader import two_experts_at
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -68,20 +67,18 @@ class Prepared:
 
 
 def prepare_request(request: GenerationRequest, work_dir: Path, fetch_policy: FetchPolicy | None,
-                    weights_path: Path | None, device: str | None, loras: LoraConfig | None = None,
+                    weights_path: Path | None, device: str | None, two_experts: bool,
+                    loras: LoraConfig | None = None,
                     helpers: HelperDirs | None = None, annotators_dir: Path | None = None) -> Prepared:
     """Validate, resolve the seed, decode the inputs, plan the frames (temporal downsampling), expand the prompt
     and build the conditioning (annotators included) -- no transformer work. Annotator, interpolator and prompt
     extender weights live beside the model (<weights>/../annotators, ...) unless configured otherwise
-    (`annotators_dir`, `helpers`); they run on
-    `device`. Preset turbo becomes the distill recipe of `loras`, and the request's LoRAs resolve to local files
+    (`annotators_dir`, `helpers`); they run on `device`. Preset turbo becomes the distill recipe of `loras` (a
+    pair where one is configured and the model has `two_experts`), and the request's LoRAs resolve to local files
     (URLs fetched). Raises RequestError on bad input or missing helper weights."""
     started = time.perf_counter()
     loras = loras or LoraConfig()
     helpers = helpers or HelperDirs()
-    # a model built in place (a benchmark's random 14B) or named (tiny) has no model_index.json here: one expert
-    two_experts = weights_path is not None and (weights_path / "model_index.json").is_file() \
-        and two_experts_at(weights_path)
     request = apply_distill(resolve_preset(request.validated()), loras.distill, two_experts).with_seed()
     require_helpers(request, helpers, weights_path)
     library = loras.library(fetch_policy, allow_paths=fetch_policy.allow_local_paths if fetch_policy else True)
@@ -117,7 +114,7 @@ class Renderer:
     def prepare(self, request: GenerationRequest) -> Prepared:
         """Validate, resolve the seed and build the conditioning; raises RequestError on bad input."""
         return prepare_request(request, self.work_dir, self.fetch_policy, self.model.path, self.model.device,
-                               self.loras, self.helpers, self.annotators_dir)
+                               self.model.two_experts, self.loras, self.helpers, self.annotators_dir)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: float) -> tuple[Any, Any]:
         """Prompt embeddings through the model's LRU cache (the default negative prompt is encoded once)."""
