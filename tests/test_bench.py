@@ -261,3 +261,19 @@ def test_gpu_suite_checks_run_on_the_cpu_at_the_tiny_size(tiny_home):
     assert check["ok"] and check["forward_relative_l2"] == 0.0 and check["frames_mean_abs_difference"] == 0.0
     nan = gpu_suite.nan_check(load_pipeline(resolve_model("tiny"), device="cpu"), 64, 64, 5)
     assert nan["ok"] and nan["finite"] and nan["output_shape"] == [1, 16, 2, 8, 8]
+
+
+def test_disk_for_the_checkpoint_is_checked_only_where_one_is_written(tiny_home, monkeypatch):
+    """A random build is refused for a small TMPDIR only when it writes a checkpoint there (not on CUDA, where
+    the weights are made in place even when offloaded to the host)."""
+    import shutil
+    from collections import namedtuple
+
+    from vace.pipelines.bench.random_model import BenchError, RandomSpec, check_fits
+
+    _toy_shape(monkeypatch)
+    spec = RandomSpec("toy", "bfloat16", full_text_encoder=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: namedtuple("Usage", "total used free")(1, 1, 0))
+    check_fits(spec, "cpu", writes_checkpoint=False)
+    with pytest.raises(BenchError, match="set TMPDIR"):
+        check_fits(spec, "cpu", writes_checkpoint=True)

@@ -103,12 +103,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     random = random_spec(cfg, device)
     devices = group_devices(cfg, device) if cfg.sequence_parallel > 1 else (device,)
+    # random weights are made in place on a GPU; elsewhere written once to a checkpoint every rank maps
+    writes_checkpoint = random is not None and not device.startswith("cuda")
     if random:
-        check_fits(random, device if cfg.offload == "none" else "cpu")
+        check_fits(random, device if cfg.offload == "none" else "cpu", writes_checkpoint)
     with contextlib.ExitStack() as stack:
         memory = stack.enter_context(HostMemory())
         ref, written_s = random.encode() if random else str(resolve_model(cfg.model)), 0.0
-        if random and not device.startswith("cuda"):
+        if writes_checkpoint:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vace-bench-random-"))
             started = time.perf_counter()
             ref = str(write_random_checkpoint(random, Path(folder) / "checkpoint"))

@@ -132,10 +132,10 @@ def available_bytes(device: str) -> int | None:
     return None
 
 
-def check_fits(spec: RandomSpec, device: str) -> None:
-    """Refuse, naming the sizes, a build whose weights alone exceed the free memory where they would live: the
-    GPU (each rank its own), or on a CPU the host (one checkpoint, mapped by every rank) and the temporary
-    folder the checkpoint is written to."""
+def check_fits(spec: RandomSpec, device: str, writes_checkpoint: bool) -> None:
+    """Refuse, naming the sizes, a build whose weights alone exceed the free memory where they would live (`device`:
+    the GPU, each rank its own, or the host, where one checkpoint is mapped by every rank) or, when it
+    `writes_checkpoint`, the temporary folder the checkpoint is written to."""
     need = weight_bytes(spec)
     free = available_bytes(device)
     cuda = device.startswith("cuda")
@@ -144,7 +144,7 @@ def check_fits(spec: RandomSpec, device: str) -> None:
                          f"only {free / 2**30:.1f} GiB of {'GPU' if cuda else 'host'} memory is free"
                          + ("" if cuda else "; on a CPU use --model 1.3b or tiny"))
     disk = shutil.disk_usage(tempfile.gettempdir()).free
-    if not cuda and need > disk:
+    if writes_checkpoint and need > disk:
         raise BenchError(f"--model {spec.shape} writes {need / 2**30:.1f} GiB of weights to {tempfile.gettempdir()}; "
                          f"only {disk / 2**30:.1f} GiB of disk is free there (set TMPDIR)")
 
