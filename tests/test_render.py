@@ -88,6 +88,15 @@ def test_all_zero_conditioning_is_encoded_once_per_shape(renderer, tmp_path):
         zeros = torch.zeros(1, 3, 9, 48, 64)
         plain = AutoencoderKLWan.encode(vae, zeros).latent_dist.parameters
         assert torch.equal(vae.encode(zeros).latent_dist.parameters, plain)
+        # tiles that cut the clip differently are another encode: each tiling is remembered apart
+        try:
+            for tile, stride in ((32, 16), (32, 24), (40, 16)):
+                vae.enable_tiling(tile, tile, stride, stride)
+                tiled = AutoencoderKLWan.encode(vae, zeros).latent_dist.parameters
+                assert torch.equal(vae.encode(zeros).latent_dist.parameters, tiled)
+        finally:
+            vae.disable_tiling()
+        assert torch.equal(vae.encode(zeros).latent_dist.parameters, plain)
 
 
 @pytest.mark.parametrize("sampler", ["unipc", "dpm++", "euler"])

@@ -29,11 +29,18 @@ class WanVAE(AutoencoderKLWan):
             self._zero_moments: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         return self._zero_moments
 
+    def _tiling(self) -> tuple[int, int, int, int] | None:
+        """The tiles an encode is cut into (tiled encodes differ from whole ones at the seams); None untiled."""
+        if not self.use_tiling:
+            return None
+        return (self.tile_sample_min_height, self.tile_sample_min_width, self.tile_sample_stride_height,
+                self.tile_sample_stride_width)
+
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> Any:
         if bool(x.any()):
             return super().encode(x, return_dict=return_dict)
         cache = self.zero_encodes()
-        key = (tuple(x.shape), x.dtype, str(x.device), self.use_tiling)
+        key = (tuple(x.shape), x.dtype, str(x.device), self._tiling())
         if key in cache:
             cache.move_to_end(key)
         else:
