@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from vace.pipelines.acceleration.presets import DISTILL_PAIR_NEEDED
 from vace.pipelines.engine.render_cap import default_render_side
 from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, only_tiny, resolve_model
@@ -92,6 +93,8 @@ def resolve(settings: ServeSettings) -> ServeSettings:
                          "give a free port (or --public-url)")
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    if settings.distill_lora_low_noise and not settings.distill_lora:
+        raise ValueError(DISTILL_PAIR_NEEDED)
     if settings.storage_options and not settings.storage:
         raise ValueError("--storage-options configures the object store of --storage s3://BUCKET/PREFIX; "
                          "give --storage too (files are in --data-dir without it)")

@@ -234,8 +234,10 @@ def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_mod
     assert plan_rows(manifest, BatchState.load(out), retry_failed=False).done == 2
 
 
-def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, tiny_home: Path):
-    """--local: names in the tiny LoRA library (the tiny model's default), local paths allowed and checked."""
+def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, tiny_home: Path,
+                                                               capsys: pytest.CaptureFixture):
+    """--local: names in the tiny LoRA library (the tiny model's default), local paths allowed and checked; a
+    low-noise distill without --distill-lora is refused in one line."""
     from vace.server.cli import build_parser
 
     wide = write_lora(tmp_path / "wide.safetensors", "comfy", seed=3, dim=48)
@@ -250,6 +252,11 @@ def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, t
     assert [(p.line, p.field) for p in problems] == [(2, "loras[0].name"), (3, "loras[0].path"),
                                                      (4, "loras[0].path")]
     assert "does not fit model tiny" in problems[1].message and "file not found" in problems[2].message
+    alone = build_parser().parse_args(["batch", "check", str(manifest), "--local", "--distill-lora-low-noise",
+                                       TINY_STYLE])
+    assert command._check(alone) == command.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and "error: --distill-lora-low-noise " in err and "give --distill-lora too" in err
 
 
 def test_the_client_waits_out_429_and_retries_an_unavailable_server():

@@ -45,6 +45,8 @@ def test_generate_writes_requested_video_and_reports_seed(tmp_path, tiny_model_d
     (["--mask", "m.png"], "error: --mask: a mask needs a source video"),
     (["--device", "cuda:x"], "error: --device: expected auto | cpu | cuda | cuda:N, got 'cuda:x'"),
     (["--max-render-side", "-1"], "error: --max-render-side: must be 0 (no cap) or a number of pixels, got -1"),
+    (["--distill-lora-low-noise", "tiny-style"], "error: --distill-lora-low-noise is the low-noise half of a "
+                                                 "distill pair and is used only with --distill-lora"),
 ])
 def test_each_bad_flag_is_one_line_naming_the_flag_before_the_model_loads(tmp_path, tiny_home, capsys, flags,
                                                                            expected):

@@ -405,7 +405,10 @@ def test_turbo_for_needs_a_distill_that_fits_and_maps_nothing_by_default(tmp_pat
     wide = write_lora(tmp_path / "wide.safetensors", "comfy", seed=3, dim=48)
     with pytest.raises(ValueError, match="fits every served model: .*does not fit model tiny"):
         settings("--model", "tiny", "--turbo-for", "fal:regular", "--distill-lora", str(wide))
-    pair = settings("--model", "tiny-a14b", "--distill-lora-low-noise", "tiny-style").lora_config().distill
+    with pytest.raises(ValueError, match="--distill-lora-low-noise .* give --distill-lora too"):
+        settings("--model", "tiny-a14b", "--distill-lora-low-noise", "tiny-style")  # even where a default exists
+    pair = settings("--model", "tiny-a14b", "--distill-lora", "tiny-distill", "--distill-lora-low-noise",
+                    "tiny-style").lora_config().distill
     assert [(s.name, s.expert) for s in pair.specs(two_experts=True)] == [("tiny-distill", "high_noise"),
                                                                          ("tiny-style", "low_noise")]
     with pytest.raises(ValueError, match=r"--turbo-for \(VACE_TURBO_FOR\): .*fal has no value 'high'"):

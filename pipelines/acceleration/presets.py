@@ -123,6 +123,11 @@ def resolve_preset(request: GenerationRequest) -> GenerationRequest:
     return dataclasses.replace(request, preset=get_preset(request.preset).name)
 
 
+# `vace serve` and `vace generate` refuse a low-noise distill given alone (nothing would run it) with this
+DISTILL_PAIR_NEEDED = ("--distill-lora-low-noise is the low-noise half of a distill pair and is used only with "
+                       "--distill-lora (the high-noise half): give --distill-lora too")
+
+
 @dataclass(frozen=True)
 class DistillRecipe:
     """A step-distillation LoRA and the recipe it was distilled for, which preset turbo runs. The defaults are

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vace.pipelines.acceleration.presets import DistillRecipe
+from vace.pipelines.acceleration.presets import DISTILL_PAIR_NEEDED, DistillRecipe
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.tasks import preflight
 from vace.pipelines.engine.device import check_device
@@ -132,9 +132,15 @@ def request_from_args(args: argparse.Namespace):
     )
 
 
+class DistillFlagError(ValueError):
+    """--distill-* flags that do not go together."""
+
+
 def lora_config_from_args(args: argparse.Namespace, model: str | None = None) -> LoraConfig:
     """--lora-dir and --distill-* (add_lora_library_flags); the tiny models (`model`, default args.model) get their
-    tiny LoRA library and tiny distill by default."""
+    tiny LoRA library and tiny distill by default. DistillFlagError for a low-noise distill without its pair."""
+    if args.distill_lora_low_noise and not args.distill_lora:
+        raise DistillFlagError(DISTILL_PAIR_NEEDED)
     tiny = (model or args.model) in TINY_MODELS
     lora_dir = args.lora_dir or (resolve_tiny_loras() if tiny else None)
     distill = args.distill_lora or (TINY_DISTILL if tiny else None)
@@ -221,6 +227,10 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"--device: {exc}")
     if args.max_render_side is not None and args.max_render_side < 0:
         return _fail(f"--max-render-side: must be 0 (no cap) or a number of pixels, got {args.max_render_side}")
+    try:
+        loras = lora_config_from_args(args)
+    except DistillFlagError as exc:
+        return _fail(str(exc))
     work = tempfile.mkdtemp(prefix="vace-generate-")
     try:
         request = request_from_args(args).validated()
@@ -229,7 +239,6 @@ def _generate(args: argparse.Namespace) -> int:
         env_device = None if device == "auto" else device
         preflight(request, AnnotatorEnv.for_model(model_dir, env_device))
         max_side = default_render_side(args.model in TINY_MODELS, args.max_render_side)
-        loras = lora_config_from_args(args)
         helpers = HelperDirs(args.interpolators, args.prompt_extender, args.prompt_extender_vl)
         prepared = prepare_request(capped_request(request, max_side), Path(work), None, model_dir, env_device,
                                    two_experts, loras, helpers)

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from vace.pipelines.cli.generate import add_lora_library_flags, lora_config_from_args
+from vace.pipelines.cli.generate import DistillFlagError, add_lora_library_flags, lora_config_from_args
 from vace.pipelines.conditioning.annotators import AnnotatorEnv
 from vace.pipelines.conditioning.tasks import preflight
 from vace.pipelines.engine.loading import load_pipeline
@@ -90,7 +90,7 @@ def refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except (Refused, ManifestError, StateError, ServerError, WeightsError, OSError) as exc:
+        except (Refused, ManifestError, StateError, ServerError, WeightsError, DistillFlagError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
         except httpx.HTTPError as exc:
