@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,8 +177,17 @@ class GenerationRequest:
         return cls(**data)
 
 
+def changed_media(data: Mapping[str, Any], change: Callable[[str, str], Any]) -> dict[str, Any]:
+    """{field: new value} for every media reference among a request's fields (the request's own or its JSON):
+    `change(reference, field name)` for each of MEDIA_FIELDS that is set and each of reference_images, by index."""
+    out = {name: change(data[name], name) for name in MEDIA_FIELDS if data.get(name)}
+    if isinstance(data.get("reference_images"), (list, tuple)):
+        out["reference_images"] = [change(ref, f"reference_images[{i}]")
+                                   for i, ref in enumerate(data["reference_images"])]
+    return out
+
+
 def with_media(request: GenerationRequest, change: Callable[[str, str], str]) -> GenerationRequest:
     """`request` with every media reference it holds replaced by `change(reference, field name)`."""
-    media = {name: change(getattr(request, name), name) for name in MEDIA_FIELDS if getattr(request, name)}
-    refs = [change(ref, f"reference_images[{i}]") for i, ref in enumerate(request.reference_images)]
-    return dataclasses.replace(request, reference_images=refs, **media)
+    fields = {name: getattr(request, name) for name in (*MEDIA_FIELDS, "reference_images")}
+    return dataclasses.replace(request, **changed_media(fields, change))

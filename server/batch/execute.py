@@ -23,7 +23,7 @@ from vace.pipelines.engine.loras import LoraConfig
 from vace.pipelines.engine.render import Renderer
 from vace.pipelines.job.request import GenerationRequest, RequestError
 from vace.pipelines.media.fetch import FetchPolicy
-from vace.server.batch.manifest import Manifest, Row, validated, with_media
+from vace.server.batch.manifest import Manifest, Row, validated, with_local_media
 from vace.server.batch.progress import BatchProgress, step_of
 from vace.server.batch.remote import ServerClient, ServerError, idempotency_key
 from vace.server.batch.state import (
@@ -157,7 +157,7 @@ class ServerBatch:
             attempt = record.attempt + 1
             key = idempotency_key(self.state.batch_id, row.id, attempt)
         request = validated(row.input)
-        payload = with_media(row.input, self._upload)
+        payload = with_local_media(row.input, self._upload)
         self.state.record(row.id, SUBMITTING, attempt=attempt, key=key, line=row.line, output=row.output,
                           fingerprint=row.fingerprint, video=video_of(request), error=None)
         try:
@@ -231,7 +231,7 @@ class LocalBatch:
     def run_row(self, row: Row) -> str:
         """One render. A row left running by a crash is simply rendered again (nothing else holds it)."""
         record = self.state.row(row.id)
-        data = with_media(row.input, lambda ref: str(self.manifest.media_path(ref).resolve()))
+        data = with_local_media(row.input, lambda ref: str(self.manifest.media_path(ref).resolve()))
         started = time.monotonic()
         try:
             request = validated(data)

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,11 +29,10 @@ from vace.pipelines.acceleration.presets import resolve_preset
 from vace.pipelines.conditioning.tasks import TASKS, implied_task
 from vace.pipelines.conditioning.tasks.options import parse_options
 from vace.pipelines.job.loras import NAME_PATTERN
-from vace.pipelines.job.request import GenerationRequest, RequestError
+from vace.pipelines.job.request import GenerationRequest, RequestError, changed_media
 from vace.server.api.replicate.schema import NATIVE_INPUT, check_input
 from vace.server.service.errors import InvalidInput
 
-MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 ROW_FIELDS = ("id", "output")  # the batch's own columns, not sent to the server
 URL_PREFIXES = ("http://", "https://", "data:")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -314,22 +314,12 @@ def server_lora_check(listing: dict[str, Any], model: str) -> Any:
 
 def media_refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
     """(field, value) of every media reference in a row's input."""
-    refs = [(name, data[name]) for name in MEDIA_FIELDS if data.get(name)]
-    images = data.get("reference_images")
-    if isinstance(images, list):
-        refs += [(f"reference_images[{i}]", ref) for i, ref in enumerate(images)]
-    return refs
+    refs = changed_media(data, lambda ref, name: (name, ref))
+    images = refs.pop("reference_images", [])
+    return [*refs.values(), *images]
 
 
-def with_media(data: dict[str, Any], resolve: Any) -> dict[str, Any]:
+def with_local_media(data: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
     """The input with every local media reference replaced by `resolve(ref)` (URLs and data: URIs kept)."""
-    def one(ref: Any) -> Any:
-        return ref if not isinstance(ref, str) or ref.startswith(URL_PREFIXES) else resolve(ref)
-
-    out = dict(data)
-    for name in MEDIA_FIELDS:
-        if out.get(name):
-            out[name] = one(out[name])
-    if isinstance(out.get("reference_images"), list):
-        out["reference_images"] = [one(ref) for ref in out["reference_images"]]
-    return out
+    return data | changed_media(data, lambda ref, _: ref if not isinstance(ref, str) or ref.startswith(URL_PREFIXES)
+                                else resolve(ref))

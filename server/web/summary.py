@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vace.pipelines.job.request import changed_media
 from vace.server.service.predictions import PredictionService
 from vace.server.storage import output_key
 from vace.server.store import Prediction
 
-MEDIA_FIELDS = ("video", "mask", "first_frame", "last_frame")
 SHORT_DATA_URI = 256  # list views elide data: URIs longer than this (they can be megabytes)
 _UPLOAD = re.compile(r"^(?P<id>[a-z0-9]+)-")
 
@@ -40,11 +40,7 @@ def _elide(value: Any) -> Any:
 def rerun_input(service: PredictionService, request: dict[str, Any]) -> dict[str, Any]:
     """The native input (vace/<model>) that renders a request again, with media as URLs."""
     data = {k: v for k, v in request.items() if k != "model" and v not in (None, [], {})}
-    for name in MEDIA_FIELDS:
-        if data.get(name):
-            data[name] = media_url(service, data[name])
-    if data.get("reference_images"):
-        data["reference_images"] = [media_url(service, r) for r in data["reference_images"]]
+    data |= changed_media(data, lambda ref, _: media_url(service, ref))
     return {k: v for k, v in data.items() if v not in (None, [], {})}
 
 
