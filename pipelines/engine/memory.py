@@ -13,19 +13,18 @@ Every mode except `none` also turns on VAE tiling and slicing.
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
+import math
 from pathlib import Path
 from typing import Any
+
+from vace.weights.safetensors_header import read_header
 
 log = logging.getLogger(__name__)
 
 OFFLOAD_MODES = ("none", "model", "group", "sequential", "auto")
 GIB = 1024**3
 _SERVING_BYTES = {"transformer": 2, "transformer_2": 2, "text_encoder": 2, "vae": 4}  # bf16 / bf16 / fp32
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def check_mode(mode: str) -> str:
@@ -36,18 +35,7 @@ def check_mode(mode: str) -> str:
 
 def _safetensors_numel(path: Path) -> int:
     """Element count of every tensor in a .safetensors file, read from its header only."""
-    with path.open("rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    total = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in entry["shape"]:
-            count *= dim
-        total += count
-    return total
+    return sum(math.prod(info.shape) for info in read_header(path).values())
 
 
 def component_bytes(root: str | Path) -> dict[str, int]:
