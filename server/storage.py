@@ -9,6 +9,7 @@ by its `ref`: the file's path in the data dir, or the object's `s3://` URL; `rel
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -22,9 +23,28 @@ CHUNK = 1 << 20  # bytes per read when streaming an object
 MISSING = "file not found (removed from this server's storage)"
 
 
+_UPLOAD_KEY = re.compile(r"^files/(?P<id>[a-z0-9]+)-[^/]+$")
+
+
 def output_key(name: str) -> str | None:
     """The key of a job's output file `name`; None for anything but a plain file name (no folder, not hidden)."""
     return f"outputs/{name}" if name and "/" not in name and not name.startswith(".") else None
+
+
+def output_name(rel: str) -> str | None:
+    """The output file name a key holds (None when it is not an output's key)."""
+    folder, _, name = rel.partition("/")
+    return name if folder == "outputs" and output_key(name) else None
+
+
+def upload_key(file_id: str, name: str) -> str:
+    """The key of an uploaded file (`name` is already safe: one path segment)."""
+    return f"files/{file_id}-{name}"
+
+
+def upload_id(rel: str) -> str | None:
+    """The id of the upload a key holds (None when it is not an upload's key)."""
+    return m["id"] if (m := _UPLOAD_KEY.match(rel)) else None
 
 
 class StorageError(RuntimeError):

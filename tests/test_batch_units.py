@@ -70,12 +70,15 @@ def test_loras_in_csv_and_jsonl_rows_and_bad_ones_named(tmp_path: Path):
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "prompt", "loras"])
-        writer.writerow(["a", "fox", "tiny-style:0.5; https://h.test/x.safetensors ;https://h.test/y.safetensors:-1"])
+        writer.writerow(["a", "fox", "tiny-style:0.5; https://h.test/x.safetensors ;https://h.test/y.safetensors:-1;"
+                                     "http://h.test:8080/z.safetensors;http://h.test:8080/w.safetensors:0.25"])
         writer.writerow(["b", "fox", "tiny-style:lots"])
         writer.writerow(["c", "fox", "../style.safetensors"])
     a, b, c = read_manifest(path).rows
     assert a.input["loras"] == [{"name": "tiny-style", "scale": 0.5}, {"url": "https://h.test/x.safetensors",
-                                "scale": 1.0}, {"url": "https://h.test/y.safetensors", "scale": -1.0}]
+                                "scale": 1.0}, {"url": "https://h.test/y.safetensors", "scale": -1.0},
+                                {"url": "http://h.test:8080/z.safetensors", "scale": 1.0},
+                                {"url": "http://h.test:8080/w.safetensors", "scale": 0.25}]
     assert [(p.line, p.row_id, p.field) for p in b.problems + c.problems] == [(3, "b", "loras"), (4, "c", "loras")]
     assert "the scale after the last ':' must be a number" in b.problems[0].message
     assert "a LoRA name from the library or an http(s) URL" in c.problems[0].message
@@ -93,6 +96,11 @@ def test_loras_in_csv_and_jsonl_rows_and_bad_ones_named(tmp_path: Path):
     other = check_rows(read_manifest(write_jsonl(tmp_path / "o.jsonl", [{"prompt": "a", "loras": [
         {"name": "tiny-style"}]}])), lora_check=server_lora_check(listing, "big"))
     assert [(p.field, p.message) for p in other] == [("loras[0].name", "LoRA 'tiny-style' does not fit model big")]
+    broken = {"loras": [{"name": "tiny-style", "error": "not a safetensors file"}], "distill": None}
+    unreadable = check_rows(read_manifest(write_jsonl(tmp_path / "u.jsonl", [{"prompt": "a", "loras": [
+        {"name": "tiny-style"}]}])), lora_check=server_lora_check(broken, "tiny"))
+    assert [(p.field, p.message) for p in unreadable] == [
+        ("loras[0].name", "the server cannot use LoRA 'tiny-style': not a safetensors file")]
 
 
 def test_ids_and_outputs_are_unique_and_outputs_stay_inside(tmp_path: Path):

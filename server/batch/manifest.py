@@ -186,7 +186,7 @@ def compact_loras(text: str) -> list[dict[str, Any]]:
         if not entry:
             continue
         ref, sep, tail = entry.rpartition(":")
-        if not sep or (ref.lower() in ("http", "https") and tail.startswith("//")):  # no scale, or a bare URL
+        if not sep or "/" in tail:  # no scale: a name, or a URL whose last ':' is its scheme's or its port's
             ref, tail = entry, ""
         try:
             scale = float(tail) if tail else 1.0
@@ -294,6 +294,7 @@ def server_lora_check(listing: dict[str, Any], model: str) -> Any:
     """A lora_check for rows sent to a server, from its GET /v1/loras: library names it has that fit `model`,
     no local paths (the server takes names and URLs), and preset turbo only where it has a distill LoRA."""
     fits = {e["name"]: e.get("fits", []) for e in listing.get("loras", [])}
+    unreadable = {e["name"]: e["error"] for e in listing.get("loras", []) if e.get("error")}
 
     def check(request: GenerationRequest) -> None:
         for i, lora in enumerate(request.loras):
@@ -304,6 +305,8 @@ def server_lora_check(listing: dict[str, Any], model: str) -> Any:
             if name is not None and name not in fits:
                 raise RequestError(f"loras[{i}].name", f"the server has no LoRA named {name!r}; it has: "
                                                        f"{', '.join(sorted(fits)) or 'none'}")
+            if name in unreadable:
+                raise RequestError(f"loras[{i}].name", f"the server cannot use LoRA {name!r}: {unreadable[name]}")
             if name is not None and model not in fits[name]:
                 raise RequestError(f"loras[{i}].name", f"LoRA {name!r} does not fit model {model}")
         if request.preset == "turbo" and listing.get("distill") is None:

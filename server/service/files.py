@@ -14,7 +14,7 @@ from typing import Any
 from vace.server.retention import RetentionPolicy
 from vace.server.service.errors import NotFound
 from vace.server.service.tenants import EVERYONE, Tenant
-from vace.server.storage import Storage
+from vace.server.storage import Storage, upload_key
 from vace.server.store import Store, StoredFile, new_id
 
 
@@ -33,7 +33,7 @@ class FileStorage:
              metadata: dict[str, Any] | None = None, tenant: Tenant = EVERYONE) -> StoredFile:
         file_id, now = new_id(), self.clock()
         safe = re.sub(r"[^\w.-]", "_", os.path.basename(name or "file"))[:200] or "file"
-        rel = f"files/{file_id}-{safe}"
+        rel = upload_key(file_id, safe)
         self.storage.put_bytes(rel, data)
         ctype = content_type or mimetypes.guess_type(safe)[0] or "application/octet-stream"
         record = StoredFile(id=file_id, name=safe, content_type=ctype, size=len(data),

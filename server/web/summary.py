@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from vace.pipelines.job.request import changed_media
 from vace.server.service.predictions import PredictionService
-from vace.server.storage import output_key
+from vace.server.storage import output_name, upload_id
 from vace.server.store import Prediction
 
 SHORT_DATA_URI = 256  # list views elide data: URIs longer than this (they can be megabytes)
-_UPLOAD = re.compile(r"^(?P<id>[a-z0-9]+)-")
 
 
 def media_url(service: PredictionService, value: str | None) -> str | None:
@@ -19,10 +17,10 @@ def media_url(service: PredictionService, value: str | None) -> str | None:
     (stored as storage refs once resolved) become their URLs; URLs and data: URIs stay as they are."""
     if not value or value.startswith(("http://", "https://", "data:")):
         return value
-    folder, _, name = (service.storage.rel_of(value) or "").partition("/")
-    if folder == "files" and "/" not in name and (m := _UPLOAD.match(name)):
-        return service.url(f"/v1/files/{m['id']}")
-    if folder == "outputs" and output_key(name):
+    rel = service.storage.rel_of(value) or ""
+    if file_id := upload_id(rel):
+        return service.url(f"/v1/files/{file_id}")
+    if name := output_name(rel):
         return service.url(f"/outputs/{name}")
     return None  # not ours: never show a server path or a bucket's URL
 
