@@ -37,6 +37,7 @@ from vace.server.service.webhooks import DeliveryPolicy
 from vace.server.settings import ServeSettings
 from vace.server.storage import output_key
 from vace.server.store import PROCESSING, QUEUED, Store, database_url
+from vace.server.store_listen import announces
 from vace.server.web import routes as web
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.executor import make_executor, worker_states
@@ -53,8 +54,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The app for resolved settings (see serve.resolve): `model` holds NAME=DIR specs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(database_url(settings.data_dir, settings.database_url))
+    storage = settings.storage_backend()
     supervisor = make_executor(store, WorkerConfig(settings=settings, database_url=store.url,
-                                                   test_stop_at_step=settings.test_stop_at_step))
+                                                   test_stop_at_step=settings.test_stop_at_step), storage)
     run_worker = not settings.no_worker
 
     def workers() -> list[WorkerState]:
@@ -67,9 +69,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         webhooks=DeliveryPolicy(attempts=settings.webhook_attempts),
         retention=RetentionPolicy.from_hours(settings.output_retention_hours, settings.file_retention_hours),
         models=settings.served_models(), loras=settings.lora_config(), helpers=settings.helper_dirs(),
-        storage=settings.storage_backend()), metrics)
+        storage=storage), metrics)
     if run_worker:
-        service.on_created = supervisor.wake  # hand-off: the worker claims at once, no fast poll
+        if not announces(store.url):  # else the database's own announcement wakes the workers
+            service.on_created = supervisor.wake  # hand-off: the worker claims at once, no fast poll
         service.feed.poke = supervisor.take_changed  # the feed reads when the worker wrote
 
     @contextlib.asynccontextmanager

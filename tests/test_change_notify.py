@@ -12,7 +12,9 @@ from pathlib import Path
 
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
+from vace.server.app import create_app
 from vace.server.service.predictions import PredictionService, ServiceConfig
+from vace.server.settings import ServeSettings
 from vace.server.store import CANCELED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
 
 HOUR_S = 3600.0
@@ -97,3 +99,15 @@ def test_a_cancel_after_deadline_is_kept_without_the_fallback_read(postgres, tmp
     finally:
         store.close()
     assert waited.status == CANCELED and "Cancel-After deadline reached" in waited.logs
+
+
+def test_the_app_wakes_its_worker_on_create_only_where_the_database_does_not_announce(postgres, tiny_model_dir: Path,
+                                                                                     tmp_path: Path):
+    """On PostgreSQL the workers wait on the database's announcement, not on the supervisor's wake-up."""
+    for url, wakes in ((postgres.new_database(), False), (None, True)):
+        app = create_app(ServeSettings(model=[f"tiny={tiny_model_dir}"], data_dir=tmp_path / str(wakes),
+                                       database_url=url, public_url="https://h:1"))
+        try:
+            assert (app.state.service.on_created == app.state.supervisor.wake) is wakes
+        finally:
+            app.state.store.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 
-from vace.server.worker.liveness import Liveness
+from vace.server.worker.liveness import Liveness, wait_beating
 
 
 def _worker(liveness: Liveness, beats: int) -> None:
@@ -34,3 +35,15 @@ def test_a_spawned_worker_shares_beat_wake_and_change_flag():
         assert liveness.take_changed() and not liveness.take_changed()
     finally:
         process.kill()
+
+
+def test_wait_beating_beats_while_it_waits_and_returns_when_woken_or_stopped():
+    beats: list[int] = []
+    answers = iter([False, False, True])  # woken on the third wait
+    wait_beating(lambda _s: next(answers), lambda: beats.append(1), 60.0)
+    assert len(beats) == 4  # before each of the three waits, and once woken
+    stop = threading.Event()
+    stop.set()
+    waits: list[float] = []
+    wait_beating(waits.append, lambda: beats.append(1), 60.0, stop)
+    assert waits == [] and len(beats) == 5  # stopped: one beat, no wait

@@ -1,21 +1,21 @@
 """`vace serve --executor ray` on one Ray cluster on loopback (the tiny model runs on the CPU; the GPUs are declared):
-two nodes with one GPU each at first. An actor killed before its job starts denoising (the fault-test hook holds
-it there) has the job requeued; 20 predictions through the official replicate client run on both nodes; a cancel
-lands between two steps; a node killed mid-job fails that job while the other one finishes the queue. Then a node
-with two GPUs joins the running cluster and gets workers that take jobs, and a second server with
-`--sequence-parallel 2` runs a 2-rank group there whose video equals the single-rank one."""
+two nodes with one GPU each at first. An actor that stops before its job starts denoising (the fault-test hook
+SIGSTOPs it there) is killed after --worker-timeout and its job requeued; 20 predictions through the official
+replicate client run on both nodes; a cancel lands between two steps, and a job whose uploaded input is removed
+before it is handed out fails saying so; a node killed mid-job fails that job while the other one finishes the
+queue. Then a node with two GPUs joins the running cluster and gets workers that take jobs, and a second server
+with `--sequence-parallel 2` runs a 2-rank group there whose video equals the single-rank one."""
 
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.server_process import Server, cancel_between_steps, stopped, wait_until_denoising
 from tests.system_deps import need_python
@@ -24,10 +24,12 @@ from vace.pipelines.job.request import GenerationRequest
 from vace.pipelines.media.codec import from_uint8, load_video, probe_video
 from vace.server.storage import LocalStorage
 from vace.server.store import Prediction, Store, new_id
+from vace.server.worker.ray_actor import EventChannel
 from vace.server.worker.ray_executor import driver_ip, inline_local_media
 
 API_KEY = "ray-key"
 NODE_IP = "127.0.0.2"
+WORKER_TIMEOUT_S = 15  # an actor silent this long is killed (a running one beats every second)
 
 
 GROUP_JOB = {"prompt": "a fox in the snow", "width": 48, "height": 32, "num_frames": 9, "steps": 2, "seed": 21}
@@ -59,18 +61,13 @@ def cluster():
 def server(cluster, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(tmp_path_factory.mktemp("ray") / "data", api_key=API_KEY,
                  args=["--model", "tiny", "--executor", "ray", "--ray-address", cluster.address,
+                       "--worker-timeout", str(WORKER_TIMEOUT_S),
                        "--test-stop-at-step", "0"])  # the first job handed out stops before denoising
     srv.start(wait_ready=False)  # answers STARTING while it joins the cluster and the actors load the model
     srv.wait_health(timeout=600)
     wait_for(lambda: [w["state"] for w in health(srv)["workers"]] == ["READY", "READY"], 600, "both workers ready")
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def renders() -> dict[str, Path]:
-    """What one test keeps for a later one (the single-rank reference of the group render, the two-GPU node)."""
-    return {}
 
 
 def replicate_client(server: Server):
@@ -114,18 +111,17 @@ def worker_lines(server: Server, worker_id: str) -> list[str]:
     return [line for line in scrape if line.startswith("vace_worker_up{") and f'worker="{worker_id}"' in line]
 
 
-def test_an_actor_lost_before_denoising_has_its_job_requeued(server: Server, client):
-    """The first job stops its actor just before denoising; the actor process is killed. Ray restarts the actor,
-    and the job goes back to the queue (once) and is rendered."""
+def test_a_silent_actor_is_killed_and_its_job_requeued(server: Server, client):
+    """The first job stops its actor (SIGSTOP) just before denoising: nothing comes from it for --worker-timeout,
+    so the server kills it. Ray restarts the actor, and the job goes back to the queue (once) and is rendered."""
     held = client.predictions.create(model="vace/tiny", input=small(seed=99))
     wait_for(lambda: any(w["job"] == held.id for w in health(server)["workers"]), 120, "the job handed out")
     [worker] = [w for w in health(server)["workers"] if w["job"] == held.id]
     wait_for(lambda: stopped(worker["pid"]), 120, "the actor held before denoising")
-    os.kill(worker["pid"], signal.SIGKILL)
     held.wait()
     assert held.status == "succeeded", held.error
-    assert (f"requeued: the Ray worker {worker['id']} on node {NODE_IP} ({worker['node']}) was lost "
-            in held.logs) and "before this prediction started denoising" in held.logs
+    assert (f"requeued: the Ray worker {worker['id']} on node {NODE_IP} ({worker['node']}) stopped responding "
+            f"(nothing from it for {WORKER_TIMEOUT_S} s) before this prediction started denoising" in held.logs)
     assert stored(server, held.id).requeues == 1
 
     def restarted() -> bool:
@@ -159,10 +155,32 @@ def test_twenty_predictions_run_on_both_nodes(server: Server, client):
     assert "ray worker" in predictions[0].logs and f"on node {NODE_IP}" in predictions[0].logs
 
 
-def test_cancel_stops_the_actor_between_steps(client):
-    prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
-    wait_until_denoising(prediction, timeout=120)
-    cancel_between_steps(prediction, 100)
+def test_cancel_stops_the_actor_between_steps_and_a_job_whose_input_is_gone_fails(server: Server, client,
+                                                                                    tmp_path: Path):
+    """Both workers run long jobs while a job with an uploaded reference image waits; its file is removed from the
+    data dir before it is handed out: it fails saying so (nothing else is left running or held), and the job after
+    it runs. Each long job is canceled between two steps."""
+    long = [client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17, seed=seed))
+            for seed in (1, 2)]
+    for prediction in long:
+        wait_until_denoising(prediction, timeout=120)
+    image = tmp_path / "reference.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    with image.open("rb") as upload:
+        orphan = client.predictions.create(model="vace/tiny", input=small(reference_images=[upload]))
+    [reference] = stored(server, orphan.id).job.request.reference_images
+    Path(reference).unlink()
+    after = client.predictions.create(model="vace/tiny", input=small(seed=3))
+    for prediction in long:
+        cancel_between_steps(prediction, 100)
+    orphan.wait()
+    assert orphan.status == "failed"
+    assert orphan.error.startswith("the server could not read this prediction's inputs: FileNotFoundError")
+    assert Path(reference).name in orphan.error and orphan.logs.endswith(orphan.error + "\n")
+    assert stored(server, orphan.id).lease_owner is None
+    after.wait()
+    assert after.status == "succeeded", after.error
+    assert after.logs.count("done in") == 1 and orphan.error not in after.logs  # its own events only
 
 
 def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Server, client, cluster):
@@ -184,22 +202,28 @@ def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Serv
     assert sorted(w["state"] for w in body["workers"]) == ["READY", "RESTARTING"]
 
 
-def test_a_node_joining_the_running_cluster_gets_workers_that_take_jobs(server: Server, client, cluster, renders):
-    """After the lost node: one worker READY, one RESTARTING. A node with two GPUs joins: the restarting actor is
-    placed there and a third worker starts on its second GPU; jobs run there."""
+def test_a_joining_node_gets_workers_and_a_sequence_parallel_group_there_renders_as_one_rank(
+        server: Server, client, cluster, tmp_path_factory: pytest.TempPathFactory):
+    """A node with two GPUs joins the running cluster: workers start on both its GPUs (after the lost node, the
+    restarting actor is placed there) and jobs run there. Then this server stops (its actors free the GPUs) and a
+    second one with --sequence-parallel 2 runs one worker, a placement group of two GPUs packed on that node, whose
+    two rank processes (gloo on CPU) render the same video as one rank of the first server did."""
     joined = cluster.add_node(num_cpus=2, num_gpus=2, node_ip_address=NODE_IP)
-    # Ray may count the lost node's GPU a little longer: a fourth worker would then wait for a GPU (STARTING).
-    wait_for(lambda: [w["state"] for w in health(server)["workers"]].count("READY") == 3, 600, "three workers ready",
+
+    def on_new() -> list[dict]:
+        return [w for w in health(server)["workers"] if w["node"] == joined.node_id and w["state"] == "READY"]
+
+    # Ray may count a lost node's GPU a little longer: a further worker would then wait for a GPU (STARTING).
+    wait_for(lambda: len(on_new()) == 2, 600, "two workers ready on the new node",
              show=lambda: health(server)["workers"])
+    assert sorted(g for w in on_new() for g in w["gpus"]) == ["0", "1"]
     workers = [w for w in health(server)["workers"] if w["state"] == "READY"]
-    on_new = [w for w in workers if w["node"] == joined.node_id]
-    assert len(on_new) == 2 and sorted(g for w in on_new for g in w["gpus"]) == ["0", "1"]
     for w in workers:  # what /health says of every worker of the cluster
         assert set(w) >= {"id", "node", "node_ip", "gpus", "state", "job", "restarts"} and w["node_ip"] == NODE_IP
         assert [line.split('device="')[1].split('"')[0] for line in worker_lines(server, w["id"])] == \
             [f"{NODE_IP}/gpu{g}" for g in w["gpus"]]
-    # three at once: the older node's one worker cannot hold more than one of them
-    jobs = [client.predictions.create(model="vace/tiny", input=small(seed=40 + i)) for i in range(3)]
+    # one job per ready worker at once: one of them lands on the new node
+    jobs = [client.predictions.create(model="vace/tiny", input=small(seed=40 + i)) for i in range(len(workers))]
     for job in jobs:
         job.wait()
         assert job.status == "succeeded", job.error
@@ -207,15 +231,9 @@ def test_a_node_joining_the_running_cluster_gets_workers_that_take_jobs(server: 
     reference = client.predictions.create(model="vace/tiny", input=GROUP_JOB)  # on one GPU: the group's reference
     reference.wait()
     assert reference.status == "succeeded" and stored(server, reference.id).metrics["gpus"] == 1
-    renders["single"] = server.data_dir / "outputs" / f"{reference.id}.mp4"
-    renders["two_gpu_node"] = joined.node_id
+    single = server.data_dir / "outputs" / f"{reference.id}.mp4"
 
-
-def test_a_sequence_parallel_group_runs_on_one_node(server: Server, cluster, renders,
-                                                    tmp_path_factory: pytest.TempPathFactory):
-    """A second server with --sequence-parallel 2 on the same cluster: one worker, a placement group of two GPUs
-    packed on the node that has two, whose two rank processes (gloo on CPU) render the same video as one rank."""
-    server.stop()  # its actors free the GPUs
+    server.stop()  # its actors free the GPUs (the last test of this module to use it)
     group_server = Server(tmp_path_factory.mktemp("ray-sp") / "data", api_key=API_KEY, args=[
         "--model", "tiny", "--executor", "ray", "--ray-address", cluster.address, "--sequence-parallel", "2"])
     try:
@@ -223,21 +241,20 @@ def test_a_sequence_parallel_group_runs_on_one_node(server: Server, cluster, ren
         wait_for(lambda: [w["state"] for w in health(group_server)["workers"]] == ["READY"], 600, "the group ready",
                  show=lambda: health(group_server))
         [worker] = health(group_server)["workers"]
-        two_gpu_node = renders["two_gpu_node"]
-        assert worker["node"] == two_gpu_node and worker["gpus"] == ["0", "1"] and worker["devices"] == ["cpu"] * 2
+        assert worker["node"] == joined.node_id and worker["gpus"] == ["0", "1"] and worker["devices"] == ["cpu"] * 2
         assert len(worker_lines(group_server, worker["id"])) == 2  # one series per GPU of the group
         job = replicate_client(group_server).predictions.create(model="vace/tiny", input=GROUP_JOB)
         job.wait()
         assert job.status == "succeeded", job.error
         metrics = stored(group_server, job.id).metrics
-        assert metrics["gpus"] == 2 and metrics["sp_group_size"] == 2 and metrics["worker"]["node"] == two_gpu_node
+        assert metrics["gpus"] == 2 and metrics["sp_group_size"] == 2 and metrics["worker"]["node"] == joined.node_id
         sharded = group_server.data_dir / "outputs" / f"{job.id}.mp4"
-        group, single = (from_uint8(load_video(p, "video").frames) for p in (sharded, renders["single"]))
-        same = sharded.read_bytes() == renders["single"].read_bytes()
-        print(f"2-rank Ray group vs one rank: max |diff| {np.abs(group - single).max():.2e} (decoded frames "
+        group, one = (from_uint8(load_video(p, "video").frames) for p in (sharded, single))
+        same = sharded.read_bytes() == single.read_bytes()
+        print(f"2-rank Ray group vs one rank: max |diff| {np.abs(group - one).max():.2e} (decoded frames "
               f"{group.shape}); mp4 bytes {'equal' if same else 'differ'}")
-        assert group.shape == single.shape == (9, 32, 48, 3)
-        assert np.abs(group - single).max() <= 1e-4
+        assert group.shape == one.shape == (9, 32, 48, 3)
+        assert np.abs(group - one).max() <= 1e-4
     finally:
         group_server.stop()
 
@@ -245,6 +262,20 @@ def test_a_sequence_parallel_group_runs_on_one_node(server: Server, cluster, ren
 def test_the_driver_joins_a_loopback_cluster_on_its_address():
     assert driver_ip("127.0.0.2:6379") == "127.0.0.2"
     assert driver_ip("10.0.0.1:6379") is None and driver_ip("auto") is None and driver_ip("head:6379") is None
+
+
+def test_each_job_streams_only_its_own_events(tmp_path: Path):
+    """An actor's writes reach the stream of their own job only: a late write of an ended job, or one for a job
+    no stream follows, is dropped."""
+    channel = EventChannel(tmp_path)
+    first = channel.open("a")
+    assert channel.report("a", "w", progress=1.0) and not channel.report("b", "w", progress=2.0)
+    channel.close("a")
+    second = channel.open("b")
+    assert not channel.heartbeat("a", "w", 30.0)  # the ended job's heartbeat thread, still beating
+    channel.report("b", "w", progress=3.0)
+    assert first.get_nowait() == ("report", {"progress": 1.0}) and first.empty()
+    assert second.get_nowait() == ("report", {"progress": 3.0}) and second.empty()
 
 
 def test_the_servers_own_files_travel_inside_the_job(tmp_path: Path):

@@ -22,6 +22,7 @@ from vace.server.service.webhooks import sign_standard_webhook, webhook_events_b
 from vace.server.settings import ServeSettings
 from vace.server.store import CANCELED, FAILED, PROCESSING, QUEUED, SUCCEEDED, Prediction, Store, new_id
 from vace.server.worker.runner import progress_line
+from vace.server.worker.store_writes import StoreWrites
 
 
 @pytest.fixture()
@@ -413,3 +414,13 @@ def test_turbo_for_needs_a_distill_that_fits_and_maps_nothing_by_default(tmp_pat
                                                                          ("tiny-style", "low_noise")]
     with pytest.raises(ValueError, match=r"--turbo-for \(VACE_TURBO_FOR\): .*fal has no value 'high'"):
         settings("--turbo-for", "fal:high")
+
+
+def test_store_writes_report_says_whether_the_job_is_still_held(store: Store):
+    """The Ray feeder cancels a job on its actor when the store refuses its progress: the lease was taken away."""
+    [a] = queued(store)
+    store.claim("w1", 30)
+    writes = StoreWrites(store)
+    assert writes.report(a, "w1", progress=1.0) is True
+    assert writes.report(a, "w2", progress=2.0) is False
+    assert store.get(a).progress == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vace.server.metrics import WorkerState
+from vace.server.storage import Storage
 from vace.server.store import Store
 from vace.server.worker import supervisor as local
 from vace.server.worker.config import WorkerConfig
@@ -11,9 +12,11 @@ from vace.server.worker.ray_executor import RayExecutor
 Executor = local.WorkerSupervisor | local.SupervisorSet | RayExecutor
 
 
-def make_executor(store: Store, config: WorkerConfig) -> Executor:
+def make_executor(store: Store, config: WorkerConfig, storage: Storage) -> Executor:
+    """`storage`: the server's uploads and outputs (the Ray executor's feeders read inputs and write outputs
+    there; local workers open their own)."""
     if config.settings.executor == "ray":
-        return RayExecutor(store, config, config.settings.ray_address)
+        return RayExecutor(store, config, config.settings.ray_address, storage)
     return local.make_supervisor(store, config)
 
 

@@ -9,9 +9,27 @@ stopped waiter to wake, forever) and the write count is a plain shared value wit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 BEAT_S = 1.0  # an idle worker's heartbeat period
+
+
+def wait_beating(wait: Callable[[float], Any], beat: Callable[[], None] | None, timeout_s: float,
+                 stop: Any = None) -> None:
+    """Wait until `wait(seconds)` returns something true (woken for new work), for at most `timeout_s`, calling
+    `beat` every BEAT_S meanwhile and returning within BEAT_S after `stop` (an Event) is set."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if beat is not None:
+            beat()
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop is not None and stop.is_set()):
+            return
+        if wait(min(left, BEAT_S)):
+            if beat is not None:
+                beat()
+            return
 
 
 class Liveness:
@@ -30,19 +48,16 @@ class Liveness:
         """I am alive and getting on: called between denoising steps, between job phases and while idle."""
         self._beat.value = time.time()
 
-    def wait_for_work(self, timeout_s: float) -> None:
+    def wait_for_work(self, timeout_s: float, stop: Any = None) -> None:
         """Sleep until woken for new work (or `timeout_s`, the fallback poll), heartbeating every second."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.beat()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if self._wake.acquire(timeout=min(left, BEAT_S)):
-                while self._wake.acquire(block=False):  # several wake-ups: one claim covers them all
-                    pass
-                self.beat()
-                return
+        wait_beating(self._woken, self.beat, timeout_s, stop)
+
+    def _woken(self, timeout_s: float) -> bool:
+        if not self._wake.acquire(timeout=timeout_s):
+            return False
+        while self._wake.acquire(block=False):  # several wake-ups: one claim covers them all
+            pass
+        return True
 
     def changed(self) -> None:
         """A store write happened: the change feed should read."""

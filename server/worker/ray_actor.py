@@ -14,6 +14,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from vace.server.store import Prediction
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.devices import worker_device_sets
+from vace.server.worker.liveness import BEAT_S
 from vace.server.worker.pool import ModelPool
 from vace.server.worker.runner import JobRunner
 
@@ -29,20 +31,35 @@ EVENT_WAIT_S = 0.1
 
 class EventChannel:
     """Stands in for the Store inside an actor: the JobRunner's writes become events for the driver, which applies
-    them to the real store (holding the lease there); cancel arrives from the driver through `cancel()`."""
+    them to the real store (holding the lease there); cancel arrives from the driver through `cancel()`. Each job
+    has its own queue, opened by the `run` that streams it: a late write of one job never reaches another's stream
+    (a write for a job no `run` streams is dropped)."""
 
     def __init__(self, outputs_dir: Path):
         self.outputs_dir = outputs_dir
-        self.events: queue.Queue[tuple] = queue.Queue()
+        self.queues: dict[str, queue.Queue[tuple]] = {}
         self.canceled: set[str] = set()
 
-    def report(self, prediction_id: str, owner: str, **values: Any) -> bool:
-        self.events.put(("report", values))
+    def open(self, prediction_id: str) -> queue.Queue[tuple]:
+        self.queues[prediction_id] = events = queue.Queue()
+        return events
+
+    def close(self, prediction_id: str) -> None:
+        self.queues.pop(prediction_id, None)
+        self.canceled.discard(prediction_id)
+
+    def _put(self, prediction_id: str, event: tuple) -> bool:
+        events = self.queues.get(prediction_id)
+        if events is None:
+            return False
+        events.put(event)
         return True
 
+    def report(self, prediction_id: str, owner: str, **values: Any) -> bool:
+        return self._put(prediction_id, ("report", values))
+
     def heartbeat(self, prediction_id: str, owner: str, lease_s: float) -> bool:
-        self.events.put(("heartbeat",))
-        return True
+        return self._put(prediction_id, ("heartbeat",))
 
     def finish(self, prediction_id: str, owner: str, status: str, **values: Any) -> bool:
         """The final write, with the bytes of every output file the job wrote (removed here afterwards)."""
@@ -50,8 +67,7 @@ class EventChannel:
         for path in sorted(self.outputs_dir.glob(f"{prediction_id}*")):
             files[path.name] = path.read_bytes()
             path.unlink()
-        self.events.put(("finish", status, values, files))
-        return True
+        return self._put(prediction_id, ("finish", status, values, files))
 
     def cancel_requested(self, prediction_id: str) -> bool:
         return prediction_id in self.canceled
@@ -95,8 +111,10 @@ class GpuWorker:
                 "offload": getattr(self.model, "offload", None)}
 
     def run(self, job: Prediction, test_stop_at_step: int | None = None) -> Iterator[tuple]:
-        """The job's events, in order, ending with its final write (`test_stop_at_step`: the fault-test hook)."""
+        """The job's events, in order, ending with its final write (`test_stop_at_step`: the fault-test hook); a
+        ("beat",) after every BEAT_S without one, so the driver can tell a live actor from a stopped or hung one."""
         done = threading.Event()
+        events = self.channel.open(job.id)
         runner = self.runner if test_stop_at_step is None else JobRunner(
             self.channel, self.pool, dataclasses.replace(self.config, test_stop_at_step=test_stop_at_step))
 
@@ -107,16 +125,22 @@ class GpuWorker:
                 done.set()
 
         threading.Thread(target=work, name=f"job-{job.id}", daemon=True).start()
-        while True:
-            try:
-                event = self.channel.events.get(timeout=EVENT_WAIT_S)
-            except queue.Empty:
-                if done.is_set() and self.channel.events.empty():
-                    break
-                continue
-            yield event
-        self.channel.canceled.discard(job.id)
-        shutil.rmtree(self.scratch / "work" / job.id, ignore_errors=True)
+        try:
+            sent = time.monotonic()
+            while True:
+                try:
+                    event = events.get(timeout=EVENT_WAIT_S)
+                except queue.Empty:
+                    if done.is_set() and events.empty():
+                        break
+                    if time.monotonic() - sent < BEAT_S:
+                        continue
+                    event = ("beat",)
+                sent = time.monotonic()
+                yield event
+        finally:
+            self.channel.close(job.id)
+            shutil.rmtree(self.scratch / "work" / job.id, ignore_errors=True)
 
     def cancel(self, prediction_id: str) -> None:
         self.channel.canceled.add(prediction_id)

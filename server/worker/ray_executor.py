@@ -4,8 +4,11 @@ One actor per GPU (`num_gpus=1`), or with `--sequence-parallel N` one actor per 
 on one node (STRICT_PACK) whose rank processes form the usual torch.distributed group. The API process keeps
 the store: for each actor a feeder thread here claims a job, sends it to the actor and applies the events the
 actor streams back (logs, progress, heartbeats, the final write with its output files), forwarding a cancel to
-the actor. Ray restarts an actor whose node died on a healthy GPU; the job it was running fails with a clear
-error. Same interface as the local supervisors (start / poll / read_reports / stop, state, workers).
+the actor. Ray restarts an actor whose node died on a healthy GPU, and the feeder kills (and so restarts) one
+that sent nothing for --worker-timeout (a running actor beats every second); the job it was running is settled
+like a lost local worker's (settle_lost). Any other fault while a job runs (an input gone, an output that cannot
+be stored) cancels it on the actor, waits for the actor to end it and fails it saying why: a slot hands its actor
+one job at a time. Same interface as the local supervisors (start / poll / read_reports / stop, state, workers).
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ import logging
 import mimetypes
 import threading
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from vace.pipelines.job.request import with_media
 from vace.server.metrics import WorkerState
 from vace.server.storage import Storage, output_key
-from vace.server.store import Prediction, Store
+from vace.server.store import FAILED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
-from vace.server.worker.lost import settle_lost
+from vace.server.worker.job_log import JobLog
+from vace.server.worker.store_writes import StoreWrites
 from vace.server.worker.supervisor import READY, SETUP_FAILED, STARTING
 
 log = logging.getLogger("vace.ray")
@@ -78,6 +82,8 @@ class _Slot:
         self.where: dict[str, Any] | None = None  # the actor's describe(): node, GPUs, model
         self.job: str | None = None
         self.restarts = 0
+        self.writes = StoreWrites(executor.store)  # as the local worker writes: a failed progress write is dropped,
+        # the final write retried until the store takes it
         self.thread = threading.Thread(target=self._feed, name=self.worker_id, daemon=True)
 
     def start(self) -> None:
@@ -111,9 +117,9 @@ class _Slot:
             while not executor.stopping.is_set():
                 try:
                     self._feed_once(listener)
-                except Exception:  # noqa: BLE001 - a store or cluster fault must not end the feeder: the held
-                    # job's lease expires and is settled; this slot takes jobs again once the fault clears
-                    log.exception("feeder %s: a job hand-off failed; retrying", self.worker_id)
+                except Exception:  # noqa: BLE001 - a cluster fault between jobs (a job's own faults settle it in
+                    # _run) must not end the feeder: this slot takes jobs again once the fault clears
+                    log.exception("feeder %s failed between jobs; retrying", self.worker_id)
                     executor.stopping.wait(READY_WAIT_S)
         finally:
             listener.close()
@@ -123,7 +129,7 @@ class _Slot:
         if self.state == SETUP_FAILED or not self._ready():
             executor.stopping.wait(READY_WAIT_S)
             return
-        job = executor.store.claim(self.worker_id, executor.config.lease_s, models=list(executor.models))
+        job = self.writes.claim(self.worker_id, executor.config.lease_s, models=list(executor.models))
         if job is None:
             listener.wait(IDLE_WAIT_S)
             return
@@ -136,62 +142,140 @@ class _Slot:
             executor.changed.set()
 
     def _run(self, job: Prediction) -> None:
+        """Hand the job to the actor and apply what it streams back. Whatever goes wrong, the job is settled here
+        and the actor has ended it before the slot takes another."""
         import ray  # the [ray] extra
 
-        store, owner = self.executor.store, self.worker_id
-        where = self.where or {}
+        owner, where = self.worker_id, self.where or {}
+        node = f"on node {where.get('node_ip')} ({where.get('node')})"
+        progress = _Progress(job)
+        try:
+            # The job's log opens with where it runs (the runner keeps the lines a job arrives with).
+            sent = dataclasses.replace(inline_local_media(job, self.executor.storage),
+                                       logs=job.logs + f"ray worker {owner} {node}, GPUs {where.get('gpus')}\n")
+        except Exception as exc:  # noqa: BLE001 - e.g. an uploaded input removed since the job was created
+            log.warning("prediction %s could not be handed to %s: %s", job.id, owner, exc)
+            self._fail(job, progress, f"the server could not read this prediction's inputs: {_named(exc)}")
+            return
         finished = threading.Event()
         canceler = threading.Thread(target=self._forward_cancel, args=(job.id, finished), daemon=True)
-        # The job's log opens with where it runs (the runner keeps the lines a job arrives with).
-        sent = dataclasses.replace(inline_local_media(job, self.executor.storage),
-                                   logs=job.logs + f"ray worker {owner} on node {where.get('node_ip')} "
-                                                   f"({where.get('node')}), GPUs {where.get('gpus')}\n")
         try:
             stream = self.actor.run.remote(sent, self.executor.take_test_stop())
             canceler.start()
-            for ref in stream:
-                event = ray.get(ref)
-                if event[0] == "report":
-                    if not store.report(job.id, owner, **event[1]):  # the job was taken away: stop rendering
-                        self.actor.cancel.remote(job.id)
-                    self.executor.changed.set()
-                elif event[0] == "heartbeat":
-                    store.heartbeat(job.id, owner, self.executor.config.lease_s)
-                elif event[0] == "finish":
-                    _, status, values, files = event
-                    self._finish(job, status, values, files)
+            try:
+                for event in self._events(stream):
+                    self._apply(job, event, progress)
+            except (ray.exceptions.RayError, _Silent):
+                raise
+            except Exception as exc:  # noqa: BLE001 - applying an event failed (e.g. storing an output file)
+                log.exception("prediction %s: applying %s's events failed", job.id, owner)
+                self.actor.cancel.remote(job.id)
+                for _ in self._events(stream):  # the actor ends the job before this slot hands it another
+                    pass
+                self._fail(job, progress, f"the server could not take this prediction's result from its Ray "
+                                          f"worker: {_named(exc)}")
         except ray.exceptions.RayError as exc:
             if self.executor.stopping.is_set():  # stop() ended the actor: the job goes back to the queue
                 return
             self.state = RESTARTING  # until the actor answers again (Ray restarts it, on another node if need be)
-            settle_lost(store, f"the Ray worker {owner} on node {where.get('node_ip')} ({where.get('node')}) was "
-                               f"lost ({type(exc).__name__})", owner=owner)
+            self.writes.settle_lost(f"the Ray worker {owner} {node} was lost ({type(exc).__name__})", owner)
+        except _Silent as exc:
+            log.error("Ray worker %s %s sent nothing for %.0f s: killing it (Ray restarts it)", owner, node,
+                      exc.seconds)
+            ray.kill(self.actor, no_restart=False)
+            self.state = RESTARTING
+            self.writes.settle_lost(f"the Ray worker {owner} {node} stopped responding (nothing from it for "
+                                    f"{exc.seconds:.0f} s)", owner)
         finally:
             finished.set()
+
+    def _events(self, stream: Any) -> Iterator[tuple]:
+        """The actor's events until its stream ends; _Silent when none comes for --worker-timeout (the actor
+        beats every second while it runs a job)."""
+        import ray  # the [ray] extra
+
+        timeout = self.executor.config.settings.worker_timeout_s
+        while True:
+            ready, _ = ray.wait([stream], timeout=timeout)
+            if not ready and not stream.is_finished():
+                raise _Silent(timeout)
+            try:
+                ref = next(stream)
+            except StopIteration:
+                return
+            yield ray.get(ref)
+
+    def _apply(self, job: Prediction, event: tuple, progress: _Progress) -> None:
+        writes, owner = self.writes, self.worker_id
+        if event[0] == "report":
+            progress.update(event[1])
+            if not writes.report(job.id, owner, **event[1]):  # the job was taken away: stop rendering
+                self.actor.cancel.remote(job.id)
+            self.executor.changed.set()
+        elif event[0] == "heartbeat":
+            writes.heartbeat(job.id, owner, self.executor.config.lease_s)
+        elif event[0] == "finish":
+            _, status, values, files = event
+            self._finish(job, status, values, files)
 
     def _finish(self, job: Prediction, status: str, values: dict[str, Any], files: dict[str, bytes]) -> None:
         for name, data in files.items():
             if not name.startswith(job.id) or (key := output_key(name)) is None:
                 continue  # only the job's own outputs, only into the outputs dir
             self.executor.storage.put_bytes(key, data)
+        values["metrics"] = {**(values.get("metrics") or {}), "worker": self._worker_metrics()}
+        self.writes.finish(job.id, self.worker_id, status, **values)
+
+    def _fail(self, job: Prediction, progress: _Progress, message: str) -> None:
+        """The job fails with `message`, its log (as far as the actor had reported it) ending with it."""
+        logs = JobLog(progress.logs, progress.log_times, job.updated_at)
+        logs.append(message)
+        self.writes.finish(job.id, self.worker_id, FAILED, error=message, **logs.fields(),
+                           metrics={"worker": self._worker_metrics()})
+
+    def _worker_metrics(self) -> dict[str, Any]:
         where = self.where or {}
-        values["metrics"] = {**(values.get("metrics") or {}),
-                             "worker": {"node": where.get("node"), "node_ip": where.get("node_ip"),
-                                        "gpus": where.get("gpus"), "id": self.worker_id}}
-        self.executor.store.finish(job.id, self.worker_id, status, **values)
+        return {"node": where.get("node"), "node_ip": where.get("node_ip"), "gpus": where.get("gpus"),
+                "id": self.worker_id}
 
     def _forward_cancel(self, prediction_id: str, finished: threading.Event) -> None:
         """Read the job's cancel flag until it ends; pass a cancel on to the actor (checked at every step)."""
         while not finished.wait(CANCEL_POLL_S):
-            if self.executor.store.cancel_requested(prediction_id):
-                self.actor.cancel.remote(prediction_id)
-                return
+            try:
+                if self.executor.store.cancel_requested(prediction_id):
+                    self.actor.cancel.remote(prediction_id)
+                    return
+            except Exception:  # noqa: BLE001 - read again at the next poll
+                log.warning("cannot read %s's cancel flag", prediction_id, exc_info=True)
 
     def describe(self) -> dict[str, Any]:
         where = self.where or {}
         return {"id": self.worker_id, "state": self.state, "node": where.get("node"),
                 "node_ip": where.get("node_ip"), "pid": where.get("pid"), "gpus": where.get("gpus"),
                 "devices": where.get("devices"), "job": self.job, "restarts": self.restarts, "error": self.error}
+
+
+class _Silent(Exception):
+    """The actor sent nothing for --worker-timeout: its process is stopped or hung."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"nothing for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class _Progress:
+    """The job's log as far as its actor has reported it (a job the driver fails keeps it)."""
+
+    def __init__(self, job: Prediction):
+        self.logs, self.log_times = job.logs, job.log_times
+
+    def update(self, values: dict[str, Any]) -> None:
+        self.logs = values.get("logs", self.logs)
+        self.log_times = values.get("log_times", self.log_times)
+
+
+def _named(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _actor_error(exc: Exception) -> str:
@@ -202,13 +286,12 @@ def _actor_error(exc: Exception) -> str:
 class RayExecutor:
     """Places the GPU workers on a Ray cluster and feeds them from the store."""
 
-    def __init__(self, store: Store, config: WorkerConfig, address: str):
+    def __init__(self, store: Store, config: WorkerConfig, address: str, storage: Storage):
         self.store = store
         self.config = config
         self.address = address
         self.models = config.models
-        self.data_dir = Path(config.settings.data_dir)
-        self.storage = config.settings.storage_backend()  # the actors' outputs are written here
+        self.storage = storage  # the server's (uploads are read here, the actors' outputs written here)
         self.group = max(1, config.settings.sequence_parallel)
         self.idle_poll_s = 0.1
         self.stopping = threading.Event()

@@ -24,11 +24,12 @@ from vace.pipelines.parallel.processes import exit_with_parent
 from vace.server.metrics import INPUT_FETCH
 from vace.server.storage import LocalStorage, Storage, output_key
 from vace.server.store import CANCELED, FAILED, SUCCEEDED, Prediction, Store
-from vace.server.store_listen import QUEUE_CHANNEL, Listener
+from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
 from vace.server.worker.job_log import JobLog
-from vace.server.worker.liveness import BEAT_S, Liveness
+from vace.server.worker.liveness import Liveness, wait_beating
 from vace.server.worker.pool import ModelPool, renderer_for
+from vace.server.worker.store_writes import StoreWrites
 
 log = logging.getLogger("vace.worker")
 
@@ -36,78 +37,6 @@ IDLE_POLL_S = 0.1  # a worker with neither announcements nor a supervisor's wake
 # The fallback claim poll of an idle worker: new work wakes it at once (PostgreSQL's NOTIFY, or on SQLite the
 # supervisor's wake-up on create), so this only catches what a wake-up could not carry (a lost connection).
 CLAIM_FALLBACK_S = 5.0
-STORE_RETRY_MAX_S = 10.0
-
-
-class StoreWrites:
-    """The worker's writes to the store. Each one that lands pokes the change feed; a failure is reported to the
-    supervisor (so /health can say why), and a job's final write is retried until the store takes it again."""
-
-    def __init__(self, store: Store, liveness: Liveness | None = None, events: Any = None):
-        self.store = store
-        self.liveness = liveness
-        self.events = events
-        self.failing = False
-
-    def _landed(self) -> None:
-        if self.liveness is not None:
-            self.liveness.changed()
-        self._recovered()
-
-    def _recovered(self) -> None:
-        if self.failing:
-            self.failing = False
-            self._tell(None)
-
-    def _failed(self, exc: Exception) -> None:
-        log.warning("store write failed: %s", exc)
-        self.failing = True
-        self._tell(f"{type(exc).__name__}: {exc}")
-
-    def _tell(self, detail: str | None) -> None:
-        if self.events is not None:
-            self.events.put(("store", detail))
-
-    def beat(self) -> None:
-        if self.liveness is not None:
-            self.liveness.beat()
-            self.liveness.count_queries(self.store.queries)
-
-    def report(self, prediction_id: str, owner: str, **values: Any) -> None:
-        """A progress write; one that fails is dropped (the next one carries the newer state)."""
-        try:
-            self.store.report(prediction_id, owner, **values)
-        except Exception as exc:  # noqa: BLE001 - progress is best effort; the final write is not
-            self._failed(exc)
-            return
-        self._landed()
-
-    def finish(self, prediction_id: str, owner: str, status: str, **values: Any) -> None:
-        """The final write, retried with backoff (heartbeating all the while) until the store takes it."""
-        delay = 0.5
-        while True:
-            try:
-                self.store.finish(prediction_id, owner, status, **values)
-            except Exception as exc:  # noqa: BLE001 - a full or read-only disk: wait for it to come back
-                self._failed(exc)
-                self.beat()
-                time.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX_S)
-                continue
-            self._landed()
-            return
-
-    def claim(self, owner: str, lease_s: float, models: list[str]) -> Prediction | None:
-        try:
-            job = self.store.claim(owner, lease_s, models=models)
-        except Exception as exc:  # noqa: BLE001 - the claim loop waits and tries again
-            self._failed(exc)
-            return None
-        if job is not None:
-            self._landed()
-        else:
-            self._recovered()
-        return job
 
 
 def progress_line(step: int, total: int) -> str:
@@ -150,7 +79,7 @@ class JobRunner:
 
         started = time.time()
         model = None  # until loaded: a job that fails before has no model kind to report
-        heartbeat = _Heartbeat(self.store, job.id, owner, self.config.lease_s)
+        heartbeat = _Heartbeat(self.writes, job.id, owner, self.config.lease_s)
         heartbeat.start()
         try:
             stored = job.job
@@ -284,32 +213,18 @@ class JobRunner:
 class _Heartbeat(threading.Thread):
     """Renews the lease of the running job so other servers can tell a live worker from a dead one."""
 
-    def __init__(self, store: Store, prediction_id: str, owner: str, lease_s: float):
+    def __init__(self, writes: StoreWrites, prediction_id: str, owner: str, lease_s: float):
         super().__init__(daemon=True, name="heartbeat")
-        self.args_ = (store, prediction_id, owner, lease_s)
+        self.args_ = (writes, prediction_id, owner, lease_s)
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        store, pid, owner, lease_s = self.args_
+        writes, pid, owner, lease_s = self.args_
         while not self.stopped.wait(lease_s / 3):
-            try:
-                store.heartbeat(pid, owner, lease_s)
-            except Exception:  # noqa: BLE001 - a missed beat is retried
-                log.warning("heartbeat for %s failed", pid, exc_info=True)
+            writes.heartbeat(pid, owner, lease_s)
 
     def stop(self) -> None:
         self.stopped.set()
-
-
-def await_announcement(queued: Listener, liveness: Liveness | None, stop: Any) -> None:
-    """Wait until the database announces claimable work, for at most CLAIM_FALLBACK_S, heartbeating meanwhile and
-    returning soon after `stop` is set."""
-    deadline = time.monotonic() + CLAIM_FALLBACK_S
-    while time.monotonic() < deadline and (stop is None or not stop.is_set()):
-        if liveness is not None:
-            liveness.beat()
-        if queued.wait(min(BEAT_S, deadline - time.monotonic())):
-            return
 
 
 def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, liveness: Liveness | None = None) -> None:
@@ -342,10 +257,10 @@ def worker_main(config: WorkerConfig, events: Any = None, stop: Any = None, live
         writes.beat()
         job = writes.claim(config.worker_id, config.lease_s, models=list(config.models))
         if job is None:
-            if queued.pushes:
-                await_announcement(queued, liveness, stop)
-            elif liveness is not None:
-                liveness.wait_for_work(CLAIM_FALLBACK_S)
+            if queued.pushes:  # the database announces claimable work
+                wait_beating(queued.wait, liveness.beat if liveness is not None else None, CLAIM_FALLBACK_S, stop)
+            elif liveness is not None:  # the supervisor wakes it when a prediction is created here
+                liveness.wait_for_work(CLAIM_FALLBACK_S, stop)
             else:
                 queued.wait(IDLE_POLL_S)
             continue
