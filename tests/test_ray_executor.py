@@ -29,7 +29,7 @@ from vace.server.worker.ray_executor import driver_ip, inline_local_media
 
 API_KEY = "ray-key"
 NODE_IP = "127.0.0.2"
-WORKER_TIMEOUT_S = 15  # an actor silent this long is killed (a running one beats every second)
+WORKER_TIMEOUT_S = 10  # an actor silent this long is killed (a running one beats every second)
 
 
 GROUP_JOB = {"prompt": "a fox in the snow", "width": 48, "height": 32, "num_frames": 9, "steps": 2, "seed": 21}
