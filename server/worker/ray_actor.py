@@ -98,6 +98,7 @@ class GpuWorker:
         self.model = self.pool.get(self.default)
         self.channel = EventChannel(self.scratch / "outputs")
         self.runner = JobRunner(self.channel, self.pool, self.config)
+        self.rendering = threading.Lock()  # one job at a time on the actor's model, whatever the driver sends
 
     def describe(self) -> dict[str, Any]:
         """Where this actor runs and what it loaded (the driver's health and per-job metrics show it)."""
@@ -120,7 +121,8 @@ class GpuWorker:
 
         def work() -> None:
             try:
-                runner.run(job)
+                with self.rendering:
+                    runner.run(job)
             finally:
                 done.set()
 

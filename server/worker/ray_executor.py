@@ -23,9 +23,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from vace.pipelines.job.request import with_media
+from vace.pipelines.job.request import RequestError, with_media
 from vace.server.metrics import WorkerState
-from vace.server.storage import Storage, output_key
+from vace.server.storage import MISSING, Storage, output_key
 from vace.server.store import FAILED, Prediction, Store
 from vace.server.store_listen import QUEUE_CHANNEL
 from vace.server.worker.config import WorkerConfig
@@ -58,12 +58,16 @@ def inline_local_media(job: Prediction, storage: Storage) -> Prediction:
     its object store."""
     stored = job.job
 
-    def inline(ref: str, _field: str) -> str:
+    def inline(ref: str, field: str) -> str:
         rel = storage.rel_of(ref)
         if rel is None:
             return ref
+        try:
+            data = storage.read_bytes(rel)
+        except FileNotFoundError:  # removed since the job was created
+            raise RequestError(field, MISSING) from None
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-        return f"data:{kind};base64,{base64.b64encode(storage.read_bytes(rel)).decode()}"
+        return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
     request = with_media(stored.request, inline)
     return dataclasses.replace(job, request=dataclasses.replace(stored, request=request).to_dict())
@@ -153,7 +157,10 @@ class _Slot:
             # The job's log opens with where it runs (the runner keeps the lines a job arrives with).
             sent = dataclasses.replace(inline_local_media(job, self.executor.storage),
                                        logs=job.logs + f"ray worker {owner} {node}, GPUs {where.get('gpus')}\n")
-        except Exception as exc:  # noqa: BLE001 - e.g. an uploaded input removed since the job was created
+        except RequestError as exc:  # an uploaded input removed since the job was created: as the runner says it
+            self._fail(job, progress, f"invalid input: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the storage could not be read
             log.warning("prediction %s could not be handed to %s: %s", job.id, owner, exc)
             self._fail(job, progress, f"the server could not read this prediction's inputs: {_named(exc)}")
             return
