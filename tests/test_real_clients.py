@@ -101,8 +101,8 @@ print(json.dumps({"version": replicate.__version__, "urls": [str(output.url), st
     assert decodable(out) == {"num_frames": 17, "width": 832, "height": 480, "fps": 16.0}
     assert decodable(out_v1) == {"num_frames": 5, "width": 480, "height": 832, "fps": 16.0}
 
-    # WaveSpeed's documented flow with curl: upload, submit (task depth: the annotator; safety checker on by
-    # default), poll the result, download the output.
+    # WaveSpeed's documented flow with curl: upload, submit (the video as the control as it is, task none: the
+    # default depth annotator is test_wavespeed_api's; safety checker on by default), poll the result, download.
     curl = need_debian("curl", "curl")
 
     def call(*args: str) -> dict:
@@ -113,12 +113,12 @@ print(json.dumps({"version": replicate.__version__, "urls": [str(output.url), st
 
     api = f"{server.base_url}/api/v3"
     uploaded = call("-F", f"file=@{video};type=video/mp4", f"{api}/media/upload/binary")["data"]["download_url"]
-    body = {"prompt": "a red square", "video": uploaded, "task": "depth", "duration": 5, "size": "832*480",
+    body = {"prompt": "a red square", "video": uploaded, "task": "none", "duration": 5, "size": "832*480",
             "num_inference_steps": 2, "seed": 3}
     submitted = call("-H", "Content-Type: application/json", "-d", json.dumps(body),
                      f"{api}/wavespeed-ai/wan-2.1-14b-vace")
     assert submitted["code"] == 200, submitted
-    deadline = time.monotonic() + 1200  # 81 frames (WaveSpeed's shortest duration) through the depth annotator
+    deadline = time.monotonic() + 1200  # 81 frames: WaveSpeed's shortest duration
     while (data := call(f"{api}/predictions/{submitted['data']['id']}/result")["data"])["status"] not in \
             ("completed", "failed"):
         assert time.monotonic() < deadline, data
