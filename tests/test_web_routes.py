@@ -156,6 +156,8 @@ def test_a_new_preview_is_a_webhook_event_while_running():
     assert "preview" not in webhook_events_between(_row(preview=shown), _row(preview=shown, rev=3))
     assert "preview" not in webhook_events_between(_row(preview=shown), _row(
         preview={**shown, "step": 8}, status=SUCCEEDED, rev=4))  # finished: `completed` says it
+    # a job the feed first saw finished: its preview still goes out once, before `completed`
+    assert webhook_events_between(_row(), _row(preview=shown, status=SUCCEEDED, rev=2)) == ["preview", "completed"]
 
 
 def test_a_subscription_sees_new_and_changed_predictions(tmp_path: Path):

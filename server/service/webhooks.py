@@ -103,7 +103,10 @@ def webhook_events_between(prev: Prediction | None, cur: Prediction) -> list[str
         events.append("logs")
     if cur.output is not None and cur.output != (prev.output if prev else None):
         events.append("output")
-    if cur.preview and cur.preview != (prev.preview if prev else None) and cur.status not in TERMINAL:
+    shown = prev.preview if prev else None
+    # A finished prediction's new preview is the `completed` event's to show, unless no preview was seen before
+    # (a job that ran between two reads of the change feed): the opted-in client still gets one, as on its stream.
+    if cur.preview and cur.preview != shown and (cur.status not in TERMINAL or shown is None):
         events.append("preview")
     if cur.status in TERMINAL and prev_status not in TERMINAL:
         events.append("completed")
