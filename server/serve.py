@@ -134,7 +134,7 @@ def check_turbo_for(settings: ServeSettings) -> None:
             raise ValueError(f"--turbo-for needs a --distill-lora that fits every served model: {exc.message}") \
                 from None
         except ModelUnreadable as exc:
-            raise ValueError(f"--turbo-for: model {name}: {exc.detail}") from None
+            raise ValueError(f"--turbo-for: model {name}: {exc.reason}") from None
 
 
 def serve(args: argparse.Namespace) -> int:

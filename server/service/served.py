@@ -4,6 +4,7 @@ change while it is served, so submits and listings do not re-read model_index.js
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -12,11 +13,19 @@ from vace.server.service.errors import ServiceError
 from vace.weights.loader import two_experts_at
 from vace.weights.safetensors_header import HeaderError
 
+log = logging.getLogger("vace.server")
+
 
 class ModelUnreadable(ServiceError):
-    """A served model's directory can no longer be read (the server's weights, not the client's input)."""
+    """A served model's directory can no longer be read (the server's weights, not the client's input). Clients
+    are told only that; `reason` (the directory and what failed) is logged for the operator."""
 
     status, title = 503, "Model unreadable"
+
+    def __init__(self, reason: str):
+        super().__init__("a served model's files cannot be read; the server's log says which and why")
+        self.reason = reason
+        log.error("%s", reason)
 
 
 @functools.lru_cache(maxsize=64)
