@@ -48,8 +48,9 @@ def test_generate_writes_requested_video_and_reports_seed(tmp_path, tiny_model_d
     (["--distill-lora-low-noise", "tiny-style"], "error: --distill-lora-low-noise is the low-noise half of a "
                                                  "distill pair and is used only with --distill-lora"),
 ])
-def test_each_bad_flag_is_one_line_naming_the_flag_before_the_model_loads(tmp_path, tiny_home, capsys, flags,
+def test_each_bad_flag_is_one_line_naming_the_flag_before_the_model_loads(tmp_path, tiny_model_dir, capsys, flags,
                                                                            expected):
+    # tiny_model_dir: the tiny bundle is written before capsys starts (its progress is not this test's output)
     from vace.server.cli import main
 
     assert main(["generate", "--prompt", "a fox", *flags, "--out", str(tmp_path / "x.mp4")]) == 2
