@@ -78,31 +78,36 @@ class Server:
                             headers=headers, timeout=30, **kwargs)
 
     def start(self, wait_ready: bool = True) -> Server:
-        for attempt in range(1, BIND_ATTEMPTS + 1):
-            # free_port() releases the port it found; under pytest-xdist another server may take it first
-            self.port = free_port()
-            cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--host", "127.0.0.1", "--port",
-                   str(self.port), "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
-            if self.tls:
-                cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]
-            if self.api_key:
-                cmd += ["--api-key", self.api_key]
-            with open(self.log_path, "ab") as log:
-                start_at = log.tell()
-                self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                             env=dict(os.environ))
-            self.health_seen = []
+        attempt = 0
+        while True:
+            attempt += 1
+            log_from = self._launch()
             try:
                 self.wait_health(ready=wait_ready)
                 return self
-            except RuntimeError:
-                lost_port = b"address already in use" in self.log_path.read_bytes()[start_at:]
+            except RuntimeError:  # it exited: retried only when the port was taken meanwhile
+                lost_port = b"address already in use" in self.log_path.read_bytes()[log_from:]
                 if not lost_port or attempt == BIND_ATTEMPTS:
                     raise
             except BaseException:
                 self.stop()  # a fixture whose start failed never reaches its own stop
                 raise
-        return self  # not reached: the last attempt returns or raises
+
+    def _launch(self) -> int:
+        """Start `vace serve` on a free port; where its output begins in the log."""
+        # free_port() releases the port it found; under pytest-xdist another server may take it first
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "vace.server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--log-level", "warning", *self.args]
+        if self.tls:
+            cmd += ["--ssl-certfile", str(self.tls.cert_file), "--ssl-keyfile", str(self.tls.key_file)]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        with open(self.log_path, "ab") as log:
+            log_from = log.tell()
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.health_seen = []
+        return log_from
 
     def wait_health(self, ready: bool = True, timeout: float = 120.0) -> None:
         """Poll /health, recording what it answered; return once it answers (READY if `ready`)."""

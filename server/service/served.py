@@ -25,7 +25,11 @@ class ModelUnreadable(ServiceError):
     def __init__(self, reason: str):
         super().__init__("a served model's files cannot be read; the server's log says which and why")
         self.reason = reason
-        log.error("%s", reason)
+
+
+def _unreadable(reason: str) -> ModelUnreadable:
+    log.error("%s", reason)
+    return ModelUnreadable(reason)
 
 
 @functools.lru_cache(maxsize=64)
@@ -35,7 +39,7 @@ def served_two_experts(model_dir: str) -> bool:
     try:
         return two_experts_at(model_dir)
     except (OSError, ValueError) as exc:
-        raise ModelUnreadable(f"the served model at {model_dir} has no readable model_index.json ({exc})") from None
+        raise _unreadable(f"the served model at {model_dir} has no readable model_index.json ({exc})") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -45,4 +49,4 @@ def served_linears(model_dir: str, sub: str = "transformer") -> Mapping[str, tup
     try:
         return MappingProxyType(linear_shapes_from_weights(model_dir, sub))
     except (HeaderError, OSError) as exc:
-        raise ModelUnreadable(f"the served model at {model_dir} has unreadable {sub} weights ({exc})") from None
+        raise _unreadable(f"the served model at {model_dir} has unreadable {sub} weights ({exc})") from None
