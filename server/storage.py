@@ -123,7 +123,7 @@ class Storage(ABC):
         if rel is None:
             return ref
         if self.local_root is not None:
-            if not (self.local_root / rel).is_file():
+            if self.size(rel) is None:
                 raise RequestError(field, MISSING)
             return ref
         into.mkdir(parents=True, exist_ok=True)

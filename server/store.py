@@ -47,6 +47,7 @@ from vace.server.store_listen import Listener
 QUEUED, PROCESSING, SUCCEEDED, FAILED, CANCELED = "queued", "processing", "succeeded", "failed", "canceled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 MAX_REQUEUES = 1  # a job lost before it started denoising goes back to the queue this many times at most
+SETTLE_PASSES = 3  # lose_held reads again what changed under it, at most this many times in all
 
 metadata = MetaData()
 
@@ -563,35 +564,41 @@ class Store:
                                     predictions.c.lease_expires < expired_before))
         columns = (predictions.c.id, predictions.c.lease_owner, predictions.c.progress,
                    predictions.c.cancel_requested, predictions.c.requeues)
-        with self.engine.connect() as conn:
-            held = conn.execute(select(*columns).where(where)).all()
         lost = LostJobs()
-        for pid, holder, progress, cancel, requeues in held:
-            # Guarded by the values just read, so a worker's concurrent write leaves the row to the next sweep.
-            same_run = and_(predictions.c.id == pid, predictions.c.status == PROCESSING,
-                            predictions.c.lease_owner.is_(None) if holder is None
-                            else predictions.c.lease_owner == holder,
-                            predictions.c.cancel_requested.is_(bool(cancel)))
-            released = {"lease_owner": None, "lease_expires": None}
-            if cancel:
-                note = f"canceled: {cause} after the cancel was asked for"
-                if self._update(same_run, event=(pid, "completed"), status=CANCELED, completed_at=time.time(),
-                                logs=predictions.c.logs + f"{note}\n", **released):
-                    lost.canceled.append(pid)
-            elif progress is None and requeues < MAX_REQUEUES:
-                note = f"requeued: {cause} before this prediction started denoising"
-                if self._update(and_(same_run, predictions.c.progress.is_(None)), status=QUEUED,
-                                requeues=predictions.c.requeues + 1, started_at=None,
-                                logs=predictions.c.logs + f"{note}\n", **released):
-                    lost.requeued.append(pid)
-            else:
-                error = (f"{cause} while this prediction was running; it was not retried" if progress is not None else
-                         f"{cause} before this prediction started denoising, after it had been requeued once for "
-                         "the same reason; it was not retried again")
-                if self._update(same_run, event=(pid, "completed"), status=FAILED, error=error,
-                                completed_at=time.time(), logs=predictions.c.logs + f"{error}\n", **released):
-                    lost.failed.append(pid)
+        for _ in range(SETTLE_PASSES):  # a row that changed between its read and its update (a cancel came in) is
+            with self.engine.connect() as conn:  # read again; what was settled no longer matches `where`
+                held = conn.execute(select(*columns).where(where)).all()
+            if not held:
+                break
+            for row in held:
+                self._settle_lost(row, cause, lost)
         return lost
+
+    def _settle_lost(self, row: Any, cause: str, lost: LostJobs) -> None:
+        """One row of lose_held, guarded by the values read, so it changes nothing if the row moved on since."""
+        pid, holder, progress, cancel, requeues = row
+        same_run = and_(predictions.c.id == pid, predictions.c.status == PROCESSING,
+                        predictions.c.lease_owner.is_(None) if holder is None else predictions.c.lease_owner == holder,
+                        predictions.c.cancel_requested.is_(bool(cancel)))
+        released = {"lease_owner": None, "lease_expires": None}
+        if cancel:
+            note = f"canceled: {cause} after the cancel was asked for"
+            if self._update(same_run, event=(pid, "completed"), status=CANCELED, completed_at=time.time(),
+                            logs=predictions.c.logs + f"{note}\n", **released):
+                lost.canceled.append(pid)
+        elif progress is None and requeues < MAX_REQUEUES:
+            note = f"requeued: {cause} before this prediction started denoising"
+            if self._update(and_(same_run, predictions.c.progress.is_(None)), status=QUEUED,
+                            requeues=predictions.c.requeues + 1, started_at=None,
+                            logs=predictions.c.logs + f"{note}\n", **released):
+                lost.requeued.append(pid)
+        else:
+            error = (f"{cause} while this prediction was running; it was not retried" if progress is not None else
+                     f"{cause} before this prediction started denoising, after it had been requeued once for "
+                     "the same reason; it was not retried again")
+            if self._update(same_run, event=(pid, "completed"), status=FAILED, error=error,
+                            completed_at=time.time(), logs=predictions.c.logs + f"{error}\n", **released):
+                lost.failed.append(pid)
 
     def requeue_held(self, owner: str, note: str) -> list[str]:
         """Put a stopping worker's job back at its place in the queue."""

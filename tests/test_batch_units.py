@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -242,7 +243,7 @@ def test_local_batch_renders_rows_and_counts_one_device(tmp_path: Path, tiny_mod
     assert plan_rows(manifest, BatchState.load(out), retry_failed=False).done == 2
 
 
-def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, tiny_home: Path,
+def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, tiny_model_dir: Path,
                                                                capsys: pytest.CaptureFixture):
     """--local: names in the tiny LoRA library (the tiny model's default), local paths allowed and checked; a
     low-noise distill without --distill-lora is refused in one line."""
@@ -265,6 +266,13 @@ def test_local_check_resolves_loras_where_the_rows_will_render(tmp_path: Path, t
     assert command._check(alone) == command.EXIT_REFUSED
     err = capsys.readouterr().err
     assert err.endswith("\n") and "error: --distill-lora-low-noise " in err and "give --distill-lora too" in err
+    broken = tmp_path / "broken"  # a local model whose model_index.json is gone: one line naming it, no traceback
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model_index.json").unlink()
+    unreadable = build_parser().parse_args(["batch", "check", str(manifest), "--local", "--model", str(broken)])
+    assert command._check(unreadable) == command.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert f"error: the served model at {broken} has no readable model_index.json" in err and "Traceback" not in err
 
 
 def test_the_client_waits_out_429_and_retries_an_unavailable_server():

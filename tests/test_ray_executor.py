@@ -282,12 +282,15 @@ def test_each_job_streams_only_its_own_events(tmp_path: Path):
     channel = EventChannel(tmp_path)
     first = channel.open("a")
     assert channel.report("a", "w", progress=1.0) and not channel.report("b", "w", progress=2.0)
-    channel.close("a")
+    channel.close("a", first)
     second = channel.open("b")
     assert not channel.heartbeat("a", "w", 30.0)  # the ended job's heartbeat thread, still beating
     channel.report("b", "w", progress=3.0)
     assert first.get_nowait() == ("report", {"progress": 1.0}) and first.empty()
     assert second.get_nowait() == ("report", {"progress": 3.0}) and second.empty()
+    again = channel.open("b")  # the same job run again while its old run is still ending
+    channel.close("b", second)  # the old run ends: the new run's queue stays
+    assert channel.report("b", "w", progress=4.0) and again.get_nowait() == ("report", {"progress": 4.0})
 
 
 def test_the_servers_own_files_travel_inside_the_job(tmp_path: Path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from vace.server.service.errors import ServiceError
 from vace.server.service.served import ModelUnreadable, served_two_experts
 
@@ -10,9 +12,10 @@ class ModelUnavailable(ServiceError):
     status, title = 404, "Model not available"
 
 
+@functools.lru_cache(maxsize=64)
 def _is_two_expert(path: str) -> bool:
     """Whether a served model has two experts; one whose model_index.json cannot be read counts as one expert
-    (its jobs then fail naming the unreadable file)."""
+    (its jobs then fail naming the unreadable file). Cached, the failure too: it is logged once, not per request."""
     try:
         return served_two_experts(path)
     except ModelUnreadable:

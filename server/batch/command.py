@@ -33,6 +33,7 @@ from vace.server.batch.remote import ServerClient, ServerError
 from vace.server.batch.report import AUTO, build_report, summary, write_report
 from vace.server.batch.state import STATE_FILE, BatchState, StateError
 from vace.server.service.loras import check_loras
+from vace.server.service.served import ModelUnreadable
 from vace.weights.loader import WeightsError
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -92,6 +93,9 @@ def refusals(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return handler(args)
         except (Refused, ManifestError, StateError, ServerError, WeightsError, DistillFlagError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        except ModelUnreadable as exc:  # --local: the model is this machine's, so say which file and why
+            print(f"error: {exc.reason}", file=sys.stderr)
             return EXIT_REFUSED
         except httpx.HTTPError as exc:
             print(f"error: cannot reach the server at {getattr(args, 'server', None)}: {exc}", file=sys.stderr)

@@ -44,9 +44,11 @@ class EventChannel:
         self.queues[prediction_id] = events = queue.Queue()
         return events
 
-    def close(self, prediction_id: str) -> None:
-        self.queues.pop(prediction_id, None)
-        self.canceled.discard(prediction_id)
+    def close(self, prediction_id: str, events: queue.Queue[tuple]) -> None:
+        """End the run that opened `events` (a later run of the same id keeps its own queue)."""
+        if self.queues.get(prediction_id) is events:
+            del self.queues[prediction_id]
+            self.canceled.discard(prediction_id)
 
     def _put(self, prediction_id: str, event: tuple) -> bool:
         events = self.queues.get(prediction_id)
@@ -141,7 +143,7 @@ class GpuWorker:
                 sent = time.monotonic()
                 yield event
         finally:
-            self.channel.close(job.id)
+            self.channel.close(job.id, events)
             shutil.rmtree(self.scratch / "work" / job.id, ignore_errors=True)
 
     def cancel(self, prediction_id: str) -> None:
