@@ -71,9 +71,11 @@ def replicate_2x() -> Path:
         pins = folder.parent / f"{folder.name}-constraints.txt"
         pins.write_text("".join(line for line in (REPO / "constraints.txt").read_text().splitlines(keepends=True)
                                 if not line.startswith("replicate==")))
-        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder), "-c",
-                                 str(pins), *REPLICATE_2X], capture_output=True, text=True, timeout=600)
-        pins.unlink()
+        try:
+            result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder), "-c",
+                                     str(pins), *REPLICATE_2X], capture_output=True, text=True, timeout=600)
+        finally:
+            pins.unlink()
         if result.returncode:
             pytest.fail(f"pip install {' '.join(REPLICATE_2X)} failed: {result.stderr[-500:]}")
 

@@ -212,6 +212,7 @@ def wait_until_denoising(prediction: object, timeout: float = 120.0) -> None:
     while "denoising step" not in (prediction.logs or "") and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.1)
         prediction.reload()  # type: ignore[attr-defined]
+    assert "denoising step" in (prediction.logs or ""), prediction.logs  # type: ignore[attr-defined]
 
 
 def cancel_between_steps(prediction: object, total: int) -> None:

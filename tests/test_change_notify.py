@@ -68,6 +68,7 @@ def test_a_change_by_another_process_reaches_waiters_through_notify(postgres, tm
         seen, waited = asyncio.run(run())
     except BaseException:
         writer.kill()  # it may be waiting for a "go" that never came
+        writer.wait(10)
         raise
     finally:
         writer.stdin.close()

@@ -90,9 +90,12 @@ def test_all_zero_conditioning_is_encoded_once_per_shape(renderer, tmp_path):
         assert torch.equal(vae.encode(zeros).latent_dist.parameters, plain)
         # tiles that cut the clip differently are another encode: each tiling is remembered apart
         try:
+            seen = [plain]
             for tile, stride in ((32, 16), (32, 24), (40, 16)):
                 vae.enable_tiling(tile, tile, stride, stride)
                 tiled = AutoencoderKLWan.encode(vae, zeros).latent_dist.parameters
+                assert not any(torch.equal(tiled, other) for other in seen)  # so a cache ignoring tiling would fail
+                seen.append(tiled)
                 assert torch.equal(vae.encode(zeros).latent_dist.parameters, tiled)
         finally:
             vae.disable_tiling()

@@ -109,7 +109,7 @@ def test_cli_weights_commands(tmp_path, tiny_home):
 
 
 def test_cached_sha256_per_file_version_from_many_threads(tmp_path):
-    """One digest per (path, size, mtime) shared by threads (an lru_cache: no eviction race at capacity); a file
+    """One digest per (path, size, mtime) shared by threads (an lru_cache, safe across threads); a file
     rewritten in place is hashed again."""
     files = [tmp_path / f"f{i}.bin" for i in range(64)]
     for i, path in enumerate(files):
