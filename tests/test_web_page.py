@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server_process import Server, webhook_receiver
+from tests.server_process import Server, wait_for, webhook_receiver
 from tests.system_deps import need_debian, need_python
 
 API_KEY = "web-page-key"
@@ -264,12 +264,14 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
         hook.wait(1)
 
         assert http.get("/metrics", headers={"Authorization": ""}).status_code == 401
-        scrape = http.get("/metrics")
-        samples = _metric_samples(scrape.text)
+        delivered = ("vace_webhook_deliveries_total", (("outcome", "delivered"),))
+        # The receiver records the webhook before it answers; the server counts it only once the answer is in.
+        samples = wait_for(lambda: (s := _metric_samples(http.get("/metrics").text)).get(delivered) and s,
+                           "the delivered webhook in the metrics", timeout=30)
         for outcome in ("succeeded", "canceled", "failed"):
             assert samples[("vace_predictions_total", (("endpoint", "vace/tiny"), ("outcome", outcome)))] == 1
         assert samples[("vace_input_fetch_failures_total", ())] == 1
-        assert samples[("vace_webhook_deliveries_total", (("outcome", "delivered"),))] == 1
+        assert samples[delivered] == 1
         assert samples[("vace_queue_depth", (("state", "queued"),))] == 0
         assert samples[("vace_denoising_step_seconds_count", ())] == STEPS - 1  # the first step holds set-up
         assert samples[("vace_gpu_seconds_total", ())] > 0
