@@ -108,6 +108,22 @@ def test_each_sampler_renders(renderer, sampler):
     assert result.frames.shape == (9, 48, 64, 3) and np.isfinite(result.frames).all()
 
 
+@pytest.mark.parametrize("sampler", ["unipc", "dpm++"])
+def test_a_high_shift_with_many_steps_runs_every_step(renderer, sampler):
+    """Shift 30 at 50 steps repeats the schedule's first (integer) timesteps; the loop still starts at the first
+    one, and ends at the last (it used to start one late and fail at the end)."""
+    from vace.pipelines.engine.schedulers import make_scheduler
+
+    schedule = make_scheduler(sampler, 30.0)
+    schedule.set_timesteps(50)
+    assert len(set(schedule.timesteps.tolist())) < 50  # the case: repeated timesteps
+    steps: list[tuple[int, int]] = []
+    result = renderer.render(small(sampler=sampler, shift=30.0, steps=50, width=16, height=16, num_frames=5),
+                             on_progress=lambda i, n: steps.append((i, n)))
+    assert result.frames.shape == (5, 16, 16, 3) and np.isfinite(result.frames).all()
+    assert [i for i, n in steps if n == 50][-1] == 50
+
+
 def test_samplers_are_distinct_schedules(renderer):
     frames = {s: renderer.render(small(sampler=s)).frames for s in ("unipc", "euler")}
     assert np.abs(frames["unipc"] - frames["euler"]).max() > 1e-4
