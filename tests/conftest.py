@@ -11,6 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread per process: two pytest processes and the servers and workers they start share the cores, and
+# OpenMP's threads spin while they wait, so a pool per process slowed the suite's renders several-fold. Set before
+# torch loads here, and inherited by every server the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _loopback_only(host: object) -> None:
