@@ -19,6 +19,7 @@ from vace.pipelines.fixtures.tiny_loras import TINY_DISTILL, resolve_tiny_loras
 from vace.pipelines.fixtures.tiny_model import TINY_MODELS, only_tiny, resolve_model
 from vace.pipelines.job.request import RequestError
 from vace.server.app import create_app
+from vace.server.draining import DrainingServer
 from vace.server.retention import RetentionPolicy
 from vace.server.service.loras import check_distill_fits
 from vace.server.service.served import ModelUnreadable
@@ -151,8 +152,9 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("vace.server").info("serving %s at %s (data in %s%s)", ", ".join(settings.served_models()),
                                           settings.public_url, settings.data_dir,
                                           f", uploads and outputs in {settings.storage}" if settings.storage else "")
-    uvicorn.run(app, host=settings.host, port=settings.port,
-                ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-                ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+                            ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.supervisor.begin_stop).run()
     return 0

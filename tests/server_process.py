@@ -156,7 +156,8 @@ class WebhookReceiver:
 
     def wait(self, count: int, timeout: float = 30.0) -> list[tuple[dict[str, str], bytes]]:
         deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"{len(self.received)} of {count} webhooks after {timeout:.0f} s"
             time.sleep(0.1)
         return self.received
 
@@ -204,6 +205,11 @@ def wait_for(condition, what: str, timeout: float = 120.0):
 def stopped(pid: int) -> bool:
     """Whether the process is stopped (SIGSTOP: a fault-test hook was reached)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+# A job still denoising a few seconds after its first step (100 tiny-model steps: about 6 s on one free core), so
+# that a test can cancel it or kill its worker mid-run. At 32x32x17 the 100 steps took 1.5 s.
+LONG_JOB = {"steps": 100, "width": 128, "height": 128, "num_frames": 33}
 
 
 def wait_until_denoising(prediction: object, timeout: float = 120.0) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server_process import Server, cancel_between_steps, stopped, wait_until_denoising
+from tests.server_process import LONG_JOB, Server, cancel_between_steps, stopped, wait_until_denoising
 from tests.system_deps import need_python
 from vace.pipelines.job.job import Job
 from vace.pipelines.job.request import GenerationRequest
@@ -29,7 +29,7 @@ from vace.server.worker.ray_executor import driver_ip, inline_local_media
 
 API_KEY = "ray-key"
 NODE_IP = "127.0.0.2"
-WORKER_TIMEOUT_S = 10  # an actor silent this long is killed (a running one beats every second)
+WORKER_TIMEOUT_S = 20  # an actor silent this long is killed (a running one beats every second)
 
 
 GROUP_JOB = {"prompt": "a fox in the snow", "width": 48, "height": 32, "num_frames": 9, "steps": 2, "seed": 21}
@@ -171,7 +171,7 @@ def test_cancel_stops_the_actor_between_steps_and_a_job_whose_input_is_gone_fail
     """Both workers run long jobs while a job with an uploaded reference image waits; its file is removed from the
     data dir before it is handed out: it fails saying so (nothing else is left running or held), and the job after
     it runs. Each long job is canceled between two steps."""
-    long = [client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17, seed=seed))
+    long = [client.predictions.create(model="vace/tiny", input=small(**LONG_JOB, seed=seed))
             for seed in (1, 2)]
     for prediction in long:
         wait_until_denoising(prediction, timeout=120)
@@ -183,7 +183,7 @@ def test_cancel_stops_the_actor_between_steps_and_a_job_whose_input_is_gone_fail
     Path(reference).unlink()
     after = client.predictions.create(model="vace/tiny", input=small(seed=3))
     for prediction in long:
-        cancel_between_steps(prediction, 100)
+        cancel_between_steps(prediction, LONG_JOB["steps"])
     orphan.wait()
     assert orphan.status == "failed"
     assert orphan.error == ("invalid input: reference_images[0]: file not found (removed from this server's "
@@ -196,7 +196,7 @@ def test_cancel_stops_the_actor_between_steps_and_a_job_whose_input_is_gone_fail
 
 
 def test_a_lost_node_fails_its_job_and_the_other_finishes_the_queue(server: Server, client, cluster):
-    doomed = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
+    doomed = client.predictions.create(model="vace/tiny", input=small(**LONG_JOB))
     wait_until_denoising(doomed, timeout=120)
     [running] = [w for w in health(server)["workers"] if w["job"] == doomed.id]
     [node] = [n for n in cluster.worker_nodes if n.node_id == running["node"]]

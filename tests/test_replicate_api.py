@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import TLS, Server, cancel_between_steps, wait_until_denoising, webhook_receiver
+from tests.server_process import LONG_JOB, TLS, Server, cancel_between_steps, wait_until_denoising, webhook_receiver
 from tests.synthetic import data_uri, moving_square_frames, solid_image, write_video
 from vace.pipelines.media.codec import probe_video
 
@@ -153,10 +153,10 @@ def test_annotator_task_on_a_default_tiny_server(client, tmp_path: Path):
 
 
 def test_cancel_running_prediction_stops_between_steps(client):
-    prediction = client.predictions.create(model="vace/tiny", input=small(steps=100, num_frames=17))
+    prediction = client.predictions.create(model="vace/tiny", input=small(**LONG_JOB))
     wait_until_denoising(prediction, timeout=60)
     assert prediction.status == "processing"
-    cancel_between_steps(prediction, 100)
+    cancel_between_steps(prediction, LONG_JOB["steps"])
 
 
 def test_stream_events(client):

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import Server, stopped
+from tests.server_process import LONG_JOB, Server, stopped
 from tests.server_process import wait_for as wait_until
 from vace.server.store import Store, database_url
 
@@ -27,7 +27,7 @@ def create(http: httpx.Client, **extra) -> str:
     return resp.json()["id"]
 
 
-def wait_for(http: httpx.Client, pid: str, predicate, timeout: float = 90.0) -> dict:
+def wait_for(http: httpx.Client, pid: str, predicate, timeout: float = 300.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = http.get(f"/v1/predictions/{pid}").json()
@@ -54,7 +54,7 @@ def test_sigkill_and_restart_leaves_nothing_processing(tiny_model_dir: Path, tmp
     server = Server(data_dir, args=["--model", "tiny"]).start()
     try:
         with server.client() as http:
-            long_id = create(http, steps=100, num_frames=17)
+            long_id = create(http, **LONG_JOB)
             queued = [create(http, seed=i) for i in range(2)]
             wait_for(http, long_id, running)
             server.kill()
@@ -78,7 +78,7 @@ def test_sigkill_and_restart_leaves_nothing_processing(tiny_model_dir: Path, tmp
 def test_worker_death_fails_its_job_and_a_new_worker_takes_over(server: Server):
     with server.client() as http:
         restarts = http.get("/health").json()["worker"]["restarts"]
-        doomed = create(http, steps=100, num_frames=17)
+        doomed = create(http, **LONG_JOB)
         after = create(http)
         wait_for(http, doomed, running)
         worker_pid = http.get("/health").json()["worker"]["pid"]

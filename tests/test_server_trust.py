@@ -35,7 +35,7 @@ def tiny_input(**extra) -> dict:
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     server = Server(tmp_path_factory.mktemp("trust") / "data", args=[
         "--model", f"tiny={tiny_model_dir}", "--api-key", KEY_A, "--api-key", KEY_B, "--admin-key", ADMIN,
-        "--worker-timeout", "12", "--test-stop-at-step", "2", "--max-upload-mb", "1", "--max-body-mb", "2"])
+        "--worker-timeout", "20", "--test-stop-at-step", "2", "--max-upload-mb", "1", "--max-body-mb", "2"])
     server.start()
     yield server
     server.stop()

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import mimetypes
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,7 @@ log = logging.getLogger("vace.ray")
 IDLE_WAIT_S = 2.0  # longest wait for new work between claims (PostgreSQL wakes the feeders at once)
 CANCEL_POLL_S = 0.1  # how often a running job's cancel flag is read: well inside one denoising step
 READY_WAIT_S = 1.0
+UNANSWERED_S = 10.0  # a ready actor that answers nothing for this long is shown RESTARTING (a slow answer is not)
 RESTARTING = "RESTARTING"
 
 
@@ -86,6 +88,7 @@ class _Slot:
         self.where: dict[str, Any] | None = None  # the actor's describe(): node, GPUs, model
         self.job: str | None = None
         self.restarts = 0
+        self.unanswered_since: float | None = None
         self.writes = StoreWrites(executor.store)  # as the local worker writes: a failed progress write is dropped,
         # the final write retried until the store takes it
         self.thread = threading.Thread(target=self._feed, name=self.worker_id, daemon=True)
@@ -100,6 +103,12 @@ class _Slot:
 
         try:
             where = ray.get(self.actor.describe.remote(), timeout=READY_WAIT_S)
+        except ray.exceptions.GetTimeoutError:  # being placed, or re-placed after its node was lost; or just busy
+            now = time.monotonic()
+            self.unanswered_since = self.unanswered_since or now
+            if self.state == READY and now - self.unanswered_since >= UNANSWERED_S:
+                self.state = RESTARTING
+            return False
         except ray.exceptions.RayError as exc:
             if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:  # the model's load failed
                 self.state, self.error = SETUP_FAILED, _actor_error(exc)
@@ -111,7 +120,7 @@ class _Slot:
         if self.where is not None and (where["node"], where["pid"]) != (self.where["node"], self.where["pid"]):
             self.restarts += 1
             log.warning("worker %s restarted on node %s", self.worker_id, where["node_ip"])
-        self.where, self.state, self.error = where, READY, None
+        self.where, self.state, self.error, self.unanswered_since = where, READY, None, None
         return True
 
     def _feed(self) -> None:
@@ -391,6 +400,10 @@ class RayExecutor:
     @property
     def health(self) -> tuple[str, str | None]:
         return self.state, self.error
+
+    def begin_stop(self) -> None:
+        """Hand out no more jobs."""
+        self.stopping.set()
 
     def stop(self, drain_s: float = 0.0) -> None:
         """End the actors; a job one was running goes back to the queue (as with the local executor; the actors

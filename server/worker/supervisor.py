@@ -235,9 +235,12 @@ class SupervisorSet:
     def queries(self) -> int:
         return sum(m.queries for m in self.members)
 
-    def stop(self, drain_s: float = 0.0) -> None:
+    def begin_stop(self) -> None:
         for member in self.members:
-            member.begin_stop()  # all drain at once
+            member.begin_stop()
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        self.begin_stop()  # all drain at once
         for member in self.members:
             member.stop(drain_s)
 
