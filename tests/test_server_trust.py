@@ -290,10 +290,12 @@ def _refuses_connections(server: Server) -> bool:
 
 @pytest.mark.parametrize("drain", ["finishes", "times out"])
 def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, drain: str):
-    """SIGTERM while a job runs (held at step 2 by the hook): the server stops taking connections, starts no new
-    job and waits for the held one.
+    """SIGTERM while a job runs (held at step 2 by the hook) and another waits: the server stops taking
+    connections, starts no new job and waits for the held one.
     With time to drain, the job goes on (SIGCONT) and finishes before the server exits; with a drain timeout
-    shorter than the held job, the worker is ended and the job goes back to the queue, and the server exits."""
+    shorter than the held job, the worker is ended and the job goes back to the queue, and the server exits.
+    A client streams the waiting job's events, so uvicorn waits its graceful timeout for that connection before the
+    app's shutdown: the worker, resumed in that time, must already know not to take the waiting job."""
     timeout = "600" if drain == "finishes" else "1"
     server = Server(tmp_path / "data", args=["--model", f"tiny={tiny_model_dir}", "--test-stop-at-step", "2",
                                              "--drain-timeout", timeout])
@@ -301,18 +303,22 @@ def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, dr
     worker_pid = 0
     try:
         prediction_id, worker_pid = _paused_job(server)
-        server.proc.send_signal(signal.SIGTERM)
-        if drain == "finishes":
-            wait_for(lambda: _refuses_connections(server), "the server to stop taking connections")
-            assert server.proc.poll() is None and stopped(worker_pid)  # still draining the held job
-            os.kill(worker_pid, signal.SIGCONT)
-        assert server.proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        with server.client() as http:
+            waiting = http.post(CREATE, json={"input": tiny_input(seed=3)}).json()["id"]
+            with http.stream("GET", f"/v1/predictions/{waiting}/stream"):
+                server.proc.send_signal(signal.SIGTERM)
+                if drain == "finishes":
+                    wait_for(lambda: _refuses_connections(server), "the server to stop taking connections")
+                    assert server.proc.poll() is None and stopped(worker_pid)  # still draining the held job
+                    os.kill(worker_pid, signal.SIGCONT)
+                assert server.proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
     finally:
         _release(worker_pid)
         server.stop()
     rows = _stored(server.data_dir)
     [pred] = [p for p in rows if p.id == prediction_id]
-    # A create answered in the moment before the listener closed is stored, but no worker took it up.
+    # The waiting job, and any create answered in the moment before the listener closed: stored, never taken up.
+    assert waiting in {p.id for p in rows}
     assert all(p.status == "queued" and p.started_at is None for p in rows if p.id != prediction_id)
     if drain == "finishes":
         assert pred.status == "succeeded" and pred.output
