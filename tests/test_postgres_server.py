@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from tests.server_process import Server
+from tests.server_process import Server, wait_for
+from vace.server.store import TERMINAL
 
 JOBS = 100
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
-def wait_all_terminal(server: Server, ids: list[str], timeout: float = 1500.0) -> dict[str, dict]:
+def wait_all_terminal(server: Server, ids: list[str]) -> dict[str, dict]:
     """Each prediction's body once it is terminal, waiting on one at a time (a poll of all 100 would load the CPUs
     the workers render on)."""
-    deadline = time.monotonic() + timeout
-    done: dict[str, dict] = {}
     with server.client() as http:
-        for pid in ids:
-            while (body := http.get(f"/v1/predictions/{pid}").json())["status"] not in TERMINAL:
-                assert time.monotonic() < deadline, f"{len(ids) - len(done)} predictions unfinished after {timeout}s"
-                time.sleep(0.2)
-            done[pid] = body
-    return done
+        def terminal(pid: str) -> dict | None:
+            body = http.get(f"/v1/predictions/{pid}").json()
+            return body if body["status"] in TERMINAL else None
+
+        return {pid: wait_for(lambda pid=pid: terminal(pid), f"prediction {pid}", timeout=600) for pid in ids}
 
 
 def test_two_servers_share_one_queue_and_render_each_job_once(postgres, tiny_model_dir: Path,
