@@ -207,6 +207,15 @@ def stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
+def release(pid: int) -> None:
+    """SIGCONT a worker the hook stopped, so a failed test leaves no stopped process behind (it then sees its
+    server gone and exits)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
 # A job still denoising a few seconds after its first step (100 tiny-model steps: about 6 s on one free core), so
 # that a test can cancel it or kill its worker mid-run. At 32x32x17 the 100 steps took 1.5 s.
 LONG_JOB = {"steps": 100, "width": 128, "height": 128, "num_frames": 33}

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_process import Server, stopped, wait_for
+from tests.server_process import Server, release, stopped, wait_for
 from tests.synthetic import data_uri, solid_image
 from tests.system_deps import missing, need_debian
 from vace.server.store import Prediction, Store, database_url
@@ -268,15 +268,6 @@ def _stored(data_dir: Path) -> list[Prediction]:
         store.close()
 
 
-def _release(pid: int) -> None:
-    """SIGCONT a worker the hook stopped, so a failed test leaves no stopped process behind (it then sees its
-    server gone and exits)."""
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-
-
 def _refuses_connections(server: Server) -> bool:
     try:
         with server.client() as http:
@@ -313,7 +304,7 @@ def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, dr
                     os.kill(worker_pid, signal.SIGCONT)
                 assert server.proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once shut down
     finally:
-        _release(worker_pid)
+        release(worker_pid)
         server.stop()
     rows = _stored(server.data_dir)
     [pred] = [p for p in rows if p.id == prediction_id]
@@ -367,5 +358,5 @@ def test_an_unwritable_data_dir_mid_job_then_writable_again_service_resumes(tiny
     finally:
         if frozen:
             subprocess.run([chattr, "-R", "-i", str(server.data_dir)], check=True)
-        _release(worker_pid)
+        release(worker_pid)
         server.stop()

@@ -317,6 +317,39 @@ def test_a_requeued_job_keeps_its_log_without_a_blank_line(tmp_path: Path, store
     assert logs.startswith("requeued: the server stopped\nKeyError") and "\n\n" not in logs
 
 
+class _ReportLog(Store):
+    """A real store that also keeps every progress write it was given."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.reports: list[dict] = []
+
+    def report(self, prediction_id: str, owner: str, **values: object) -> bool:
+        self.reports.append(values)
+        return super().report(prediction_id, owner, **values)
+
+
+def test_each_preview_is_written_with_its_steps_progress(tmp_path: Path, database_url: str, tiny_model_dir: Path):
+    """Progress writes are throttled, previews are not: a preview carries its own step's progress, so a page never
+    shows a preview of step 3 beside a bar still at 0."""
+    from vace.server.worker.config import WorkerConfig
+    from vace.server.worker.pool import ModelPool
+    from vace.server.worker.runner import JobRunner
+
+    store = _ReportLog(database_url)
+    try:
+        request = GenerationRequest(prompt="p", width=32, height=32, num_frames=5, steps=4)
+        store.insert(Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny",
+                                input={"prompt": "p"}, request=request.to_dict(), status=QUEUED))
+        config = WorkerConfig(settings=ServeSettings(data_dir=tmp_path, model=[f"tiny={tiny_model_dir}"]),
+                              database_url=store.url, worker_id="w1")
+        assert JobRunner(store, ModelPool(config), config).run(store.claim("w1", 30)) == SUCCEEDED
+    finally:
+        store.close()
+    previews = [r for r in store.reports if "preview" in r]
+    assert [(r["preview"]["step"], r["progress"]) for r in previews] == [(1, 25.0), (2, 50.0), (3, 75.0), (4, 100.0)]
+
+
 def test_the_watch_reads_each_change_once_in_sequence_order(tmp_path: Path, store: Store):
     import time
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server_process import Server, wait_for, webhook_receiver
+from tests.server_process import Server, release, stopped, wait_for, webhook_receiver
 from tests.system_deps import need_debian, need_python
 
 API_KEY = "web-page-key"
 WIDTH, HEIGHT, FRAMES, STEPS = 128, 96, 9, 8
+HOLD_STEP = 4  # the worker stops itself there (the fault-test hook) while the page shows the job running
 JOB_TIMEOUT_MS = 600_000
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -83,7 +84,8 @@ def _metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 @pytest.fixture()
 def server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data", api_key=API_KEY, args=["--model", "tiny", "--allow-host", "127.0.0.1"])
+    srv = Server(tmp_path / "data", api_key=API_KEY, args=["--model", "tiny", "--allow-host", "127.0.0.1",
+                                                        "--test-stop-at-step", str(HOLD_STEP)])
     srv.start(wait_ready=False)
     srv.wait_health(timeout=600)  # the worker loads the model first; a busy machine takes a while
     yield srv
@@ -163,24 +165,37 @@ def test_operator_page_in_headless_chromium(server: Server, tmp_path: Path):
               if (window.seen.progress.at(-1) !== p) window.seen.progress.push(p);
               if (!img.hidden && img.src.startsWith('data:image/jpeg') && !window.seen.previews.includes(img.src))
                 window.seen.previews.push(img.src); }, 20); }""", first)
+        with server.client() as http:
+            worker_pid = http.get("/health").json()["worker"]["pid"]
+        try:
+            # The worker holds the job at step HOLD_STEP: the card shows the step before it, bar and preview.
+            wait_for(lambda: stopped(worker_pid), "the worker to reach the hook's step")
+            held = HOLD_STEP - 1
+            page.wait_for_function(
+                "([s, held, total]) => { const card = document.querySelector(s); if (!card) return false;"
+                " const img = card.querySelector('img.preview');"
+                " return card.querySelector('progress').value === 100 * held / total && !img.hidden"
+                " && img.title === `after step ${held}/${total}`"
+                " && card.querySelector('.step').textContent.trim() === `step ${held}/${total}`; }",
+                arg=[f"#queue-list {card(page, first)}", held, STEPS])
 
-        page.fill(f"{form} [name=prompt]", "a second job, cancelled from the queue")
-        page.click("#submit")
-        page.wait_for_function("first => { const text = document.querySelector('#submit-status').textContent; "
-                               "return text.startsWith('Submitted') && !text.includes(first); }", arg=first)
-        second = page.text_content("#submit-status").split()[1].rstrip(".")
-        page.wait_for_function("s => /position [12]$/.test((document.querySelector(s)?.textContent || '').trim())",
-                               arg=f"#queue-list {card(page, second)} .position")  # waits behind the first
-        page.click(f"#queue-list {card(page, second)} button.cancel")
-        page.wait_for_selector(f"#history-list {card(page, second)} .status.canceled", timeout=JOB_TIMEOUT_MS)
+            page.fill(f"{form} [name=prompt]", "a second job, cancelled from the queue")
+            page.click("#submit")
+            page.wait_for_function("first => { const text = document.querySelector('#submit-status').textContent; "
+                                   "return text.startsWith('Submitted') && !text.includes(first); }", arg=first)
+            second = page.text_content("#submit-status").split()[1].rstrip(".")
+            page.wait_for_function("s => (document.querySelector(s)?.textContent || '').trim() === 'position 1'",
+                                   arg=f"#queue-list {card(page, second)} .position")  # waits behind the first
+            shot(page, "02-queue-running")
+            page.click(f"#queue-list {card(page, second)} button.cancel")
+            page.wait_for_selector(f"#history-list {card(page, second)} .status.canceled")
+        finally:
+            release(worker_pid)
 
-        page.wait_for_function("() => window.seen.previews.length > 0", timeout=JOB_TIMEOUT_MS)
-        shot(page, "02-queue-running")
         page.wait_for_selector(f"#history-list {card(page, first)} .status.succeeded", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_function("() => window.seen.progress.at(-1) === 100")
         seen = page.evaluate("() => window.seen")
-        running = [p for p in seen["progress"] if 0 < p < 100]
-        assert running and running == sorted(running), seen["progress"]  # the bar advanced while it ran
-        assert len(set(seen["progress"])) >= 3, seen["progress"]
+        assert seen["progress"] == sorted(seen["progress"]) and 100 * held / STEPS in seen["progress"], seen["progress"]
         assert seen["previews"], "no live preview appeared while the job ran"
 
         # History: the finished video plays at the requested size.

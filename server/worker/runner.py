@@ -124,7 +124,9 @@ class JobRunner:
                 write_logs(force=step == total, progress=100.0 * step / max(total, 1))
 
             def on_preview(preview: Preview) -> None:
-                self.writes.report(job.id, owner, preview=preview.to_dict())
+                # with its step's progress: the throttle may have skipped that step's own write
+                self.writes.report(job.id, owner, preview=preview.to_dict(),
+                                   progress=100.0 * preview.step / max(preview.total, 1))
 
             out_dir = (self.storage.local_root or work_dir) / "outputs"  # a bucket's: uploaded once complete
             out_dir.mkdir(parents=True, exist_ok=True)
