@@ -229,6 +229,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         if exc.status_code == 400:  # a body FastAPI could not parse (malformed multipart, form data): bad input
             return render(request, InvalidInput.of("body", str(exc.detail)))
+        if exc.status_code == 404:  # no such route: said in the dialect that owns the path (a mistyped model id)
+            return render(request, NotFound(f"no endpoint at {request.url.path}"))
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # the methods the document lists for the path (Starlette names one route's)
             allowed = allowed_methods(app.openapi(), request.url.path)

@@ -138,6 +138,9 @@ def test_errors_use_the_envelope(api, server):
     assert denied.status_code == 401 and denied.json()["code"] == 401
     missing = api.get("/api/v3/predictions/nope/result")
     assert missing.status_code == 404 and missing.json()["code"] == 404
+    mistyped = api.post("/api/v3/wavespeed-ai/wan-2.1/vace", json=example())  # no such model: the envelope too
+    assert mistyped.status_code == 404 and mistyped.json() == {
+        "code": 404, "message": "no endpoint at /api/v3/wavespeed-ai/wan-2.1/vace", "data": None}
 
 
 def test_refuse_policy_without_a_classifier(tmp_path, monkeypatch, tiny_model_dir):
