@@ -183,6 +183,7 @@ def _add_core_routes(app: FastAPI) -> None:
     def loras() -> dict[str, Any]:
         return library_listing(lora_library, lora_config.distill, settings.served_models())
 
+    @app.head("/outputs/{name}", include_in_schema=False)  # download tools ask for the size first
     @app.get("/outputs/{name}", tags=["server"], summary="A rendered video", response_class=Response,
              responses=binary_responses("The output file (its type from its name)"))
     def output(name: str, request: Request) -> Response:

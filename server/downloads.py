@@ -58,5 +58,7 @@ def stored_file_response(storage: Storage, rel: str, media_type: str, request: R
     status = 200
     if wanted:
         status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{size}"
+    if request.method == "HEAD":  # what a GET would send, without reading the object
+        return Response(status_code=status, media_type=media_type, headers=headers)
     body = storage.chunks(rel, start, end - start + 1, size=size)  # size known: no second lookup in a bucket
     return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)

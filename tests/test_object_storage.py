@@ -137,6 +137,12 @@ def test_two_replicas_share_one_bucket(object_store, postgres, tiny_model_dir: P
             assert part.status_code == 206 and part.content == in_bucket[10:100]
             assert part.headers["content-range"] == f"bytes 10-99/{len(in_bucket)}"
             assert http_b.get(f"/outputs/{pid}x.mp4").status_code == 404
+            head = http_b.head(f"/outputs/{pid}.mp4", headers={"Range": "bytes=10-99"})
+            assert head.status_code == 206 and head.content == b"" and head.headers["content-length"] == "90"
+            assert head.headers["content-range"] == part.headers["content-range"]
+            head = http_b.head(f"/outputs/{pid}.mp4")
+            assert head.status_code == 200 and int(head.headers["content-length"]) == len(in_bucket)
+            assert http_b.head(f"/outputs/{pid}x.mp4").status_code == 404
         video = tmp_path / "out.mp4"
         video.write_bytes(through_b.content)
         info = probe_video(video)

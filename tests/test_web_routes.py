@@ -107,6 +107,12 @@ def test_replicate_answers_at_the_root_too_and_the_page_is_at_p(client: TestClie
     assert client.get("/health").json()["status"] == "READY"
     assert client.get("/metrics", headers=AUTH).text.startswith("#")
     assert client.get("/outputs/nothing.mp4").status_code == 404
+    assert client.head("/outputs/nothing.mp4").status_code == 404
+    download = f"/v1/files/{upload['id']}/download"
+    head = client.head(download, headers=AUTH)  # the headers a GET sends, no body
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "image/png"
+    assert int(head.headers["content-length"]) == len(png.getvalue()) == len(client.get(download, headers=AUTH).content)
+    assert client.head(download).status_code == 401
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/predictions" in paths and "/replicate/v1/predictions" in paths
     assert not [p for p in paths if p.startswith(("/predictions", "/models", "/files", "/webhooks",

@@ -271,6 +271,7 @@ class ReplicateAPI:
         def get_file(file_id: str, request: Request) -> dict:
             return file_json(svc.files.get(file_id, tenant_of(request)), base_url(request, svc))
 
+        @r.head("/files/{file_id}/download", include_in_schema=False)
         @r.get("/files/{file_id}/download", summary="Download an uploaded file", response_class=Response,
                responses=binary_responses("The file as uploaded (its own content type)"))
         def download_file(file_id: str, request: Request) -> Response:
