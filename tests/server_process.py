@@ -132,6 +132,21 @@ class Server:
         except OSError:
             return ""
 
+    def final_log(self, timeout: float = 30.0) -> str:
+        """The log once no process writes to it any more (the server's helpers, such as multiprocessing's
+        resource tracker, outlive it briefly and report at their own exit)."""
+        target = str(self.log_path)
+
+        def writers() -> bool:
+            for fd in Path("/proc").glob("[0-9]*/fd/*"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return True
+            return False
+
+        wait_for(lambda: not writers(), "every process to close the server's log", timeout=timeout)
+        return self.log_path.read_text(errors="replace")
+
     def kill(self) -> None:
         """SIGKILL the server process (its worker notices and exits on its own)."""
         if self.proc and self.proc.poll() is None:

@@ -306,6 +306,8 @@ def test_sigterm_drains_the_running_job(tiny_model_dir: Path, tmp_path: Path, dr
     finally:
         release(worker_pid)
         server.stop()
+    if drain == "finishes":  # the shared primitives were released at shutdown (a killed worker leaves tqdm's lock)
+        assert "leaked semaphore" not in server.final_log()
     rows = _stored(server.data_dir)
     [pred] = [p for p in rows if p.id == prediction_id]
     # The waiting job, and any create answered in the moment before the listener closed: stored, never taken up.

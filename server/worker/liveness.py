@@ -74,7 +74,13 @@ class Liveness:
         return (time.time() if now is None else now) - self._beat.value
 
     def wake(self) -> None:
-        self._wake.release()
+        wake = self._wake  # read once: close() may run meanwhile
+        if wake is not None:
+            wake.release()
+
+    def close(self) -> None:
+        """The worker is gone for good: drop the wake-up semaphore (its name is unlinked when it is collected)."""
+        self._wake = None
 
     def take_changed(self) -> bool:
         """Whether the worker wrote since the last call."""

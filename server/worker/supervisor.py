@@ -188,6 +188,17 @@ class WorkerSupervisor:
         with self._lock:
             if self.process is not None:
                 self._stop_process(drain_s)
+            self._release_shared()
+
+    def _release_shared(self) -> None:
+        """Let go of what the worker shared with us, so that their named semaphores are removed now. uvicorn ends
+        the process by raising the stop signal again, which skips the interpreter's exit clean-up: the resource
+        tracker then reported them leaked."""
+        if self._events is not None:
+            self._events.close()
+            self._events.join_thread()
+        self._events = self._stop = None
+        self.liveness.close()
 
     def _stop_process(self, drain_s: float) -> None:
         self.process.join(max(drain_s, 0.5))
