@@ -39,9 +39,14 @@ IDLE_POLL_S = 0.1  # a worker with neither announcements nor a supervisor's wake
 CLAIM_FALLBACK_S = 5.0
 
 
+def step_percent(step: int, total: int) -> float:
+    """How far denoising is after `step` of `total`, in percent (the stored progress)."""
+    return 100.0 * step / max(total, 1)
+
+
 def progress_line(step: int, total: int) -> str:
     """A tqdm-style line (the replicate client parses `NN%|...| i/N`) that also says `step i/N`."""
-    pct = int(100 * step / max(total, 1))
+    pct = int(step_percent(step, total))
     filled = pct // 10
     return f"{pct:3d}%|{'#' * filled}{' ' * (10 - filled)}| {step}/{total} denoising step {step}/{total}"
 
@@ -121,12 +126,12 @@ class JobRunner:
                     step_seconds.append(round(now - last_step[0], 4))
                 last_step[0] = now
                 logs.append(progress_line(step, total))
-                write_logs(force=step == total, progress=100.0 * step / max(total, 1))
+                write_logs(force=step == total, progress=step_percent(step, total))
 
             def on_preview(preview: Preview) -> None:
                 # with its step's progress: the throttle may have skipped that step's own write
                 self.writes.report(job.id, owner, preview=preview.to_dict(),
-                                   progress=100.0 * preview.step / max(preview.total, 1))
+                                   progress=step_percent(preview.step, preview.total))
 
             out_dir = (self.storage.local_root or work_dir) / "outputs"  # a bucket's: uploaded once complete
             out_dir.mkdir(parents=True, exist_ok=True)
