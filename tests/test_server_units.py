@@ -32,11 +32,12 @@ def store(database_url: str) -> Iterator[Store]:
     store.close()
 
 
-def queued(store: Store, n: int = 1) -> list[str]:
+def queued(store: Store, n: int = 1, **request: object) -> list[str]:
+    """`n` queued tiny-model predictions (prompts "0", "1", ...; `request`: more GenerationRequest fields)."""
     ids = []
     for i in range(n):
         pred = Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny",
-                          input={"prompt": str(i)}, request=GenerationRequest(prompt=str(i)).to_dict(),
+                          input={"prompt": str(i)}, request=GenerationRequest(prompt=str(i), **request).to_dict(),
                           status=QUEUED)
         ids.append(store.insert(pred).id)
     return ids
@@ -338,9 +339,7 @@ def test_each_preview_is_written_with_its_steps_progress(tmp_path: Path, databas
 
     store = _ReportLog(database_url)
     try:
-        request = GenerationRequest(prompt="p", width=32, height=32, num_frames=5, steps=4)
-        store.insert(Prediction(id=new_id(), endpoint="vace/tiny", version="", dialect="replicate", model="tiny",
-                                input={"prompt": "p"}, request=request.to_dict(), status=QUEUED))
+        queued(store, width=32, height=32, num_frames=5, steps=4)
         config = WorkerConfig(settings=ServeSettings(data_dir=tmp_path, model=[f"tiny={tiny_model_dir}"]),
                               database_url=store.url, worker_id="w1")
         assert JobRunner(store, ModelPool(config), config).run(store.claim("w1", 30)) == SUCCEEDED
